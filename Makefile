@@ -1,0 +1,21 @@
+# The README's two commands are `make experiment` and `make test`; both fetch the data sets
+# first (idempotent, sha256-checked).
+CARGO ?= cargo
+
+.PHONY: setup experiment test bench lint
+
+setup:
+	./scripts/setup-data.sh
+
+experiment: setup
+	$(CARGO) run --release -- experiment --dataset mnist --corruption label-symmetric:0.4 --seed 1
+
+test: setup
+	$(CARGO) test --release
+
+bench: setup
+	$(CARGO) run --release -- bench
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings

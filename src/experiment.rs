@@ -1,0 +1,599 @@
+//! `rlap experiment`: Algorithm 1 end to end on a real data set, with the paper's table.
+//!
+//! This module owns the orchestration only: load → corrupt (train split) → train Initial →
+//! attribute → partition → score neurons → prune → L-FT / F-FT on the clean partition →
+//! Retrain on the clean partition → Oracle on the true data → evaluate on the clean test split.
+//! It also scores the partition against the hidden mask, and writes the JSON report and the
+//! per-sample posteriors CSV. Sweeps over corruption rates or criteria reuse the same steps.
+//!
+//! Architecture invariant: the [`GroundTruth`] is handed only to evaluation calls and to the
+//! Oracle row; every decision (partition, pruning, fine-tuning set) is made from the noisy set.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::attribution::{attribute, AttributionMode, Attributions};
+use crate::corruption::{corrupt, Corruption, CorruptionError};
+use crate::data::{load, DataError, Dataset, DatasetSpec};
+use crate::evaluation::{classification_report, DetectionReport, GroundTruth};
+use crate::model::{Arch, Model, ModelError, ModelSpec};
+use crate::partition::{
+    fit_partition, Partition, PartitionError, PartitionFeatures, PartitionParams,
+};
+use crate::progress::Progress;
+use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
+use crate::train::{predict, train, Optimizer, Scope, TrainConfig, TrainStats};
+
+/// Any failure of an experiment, with the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Corruption(#[from] CorruptionError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    #[error(transparent)]
+    Prune(#[from] PruneError),
+    /// A report file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Invalid option combination.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything that defines one experiment run. Defaults follow the paper's recipe (§3.4:
+/// Adam, lr 1e-3, batch 64; L-FT weight decay 1e-5; 15.6 % of H pruned).
+#[derive(Clone, Debug, Serialize)]
+pub struct ExperimentConfig {
+    /// Data set to load.
+    #[serde(serialize_with = "ser_display")]
+    pub dataset: DatasetSpec,
+    /// Folder of the named data sets.
+    pub data_dir: PathBuf,
+    /// Corruption of the training split.
+    #[serde(serialize_with = "ser_display")]
+    pub corruption: Corruption,
+    /// Model family.
+    pub arch: Arch,
+    /// Neurons H of the target layer.
+    pub hidden: usize,
+    /// Attribution mode.
+    pub attribution: AttributionMode,
+    /// Neuron criterion.
+    pub criterion: Criterion,
+    /// Fraction of H pruned.
+    pub prune_fraction: f64,
+    /// Epochs of Initial, Retrain and Oracle.
+    pub epochs: usize,
+    /// Epochs of L-FT and F-FT.
+    pub finetune_epochs: usize,
+    /// Mini-batch size of every training run.
+    pub batch_size: usize,
+    /// Adam learning rate of every training run.
+    pub lr: f64,
+    /// Stratified subsample of the training split (None = all).
+    pub train_size: Option<usize>,
+    /// Master seed (data subsample, corruption, init, shuffling, GMM).
+    pub seed: u64,
+    /// Samples per attribution batch.
+    pub attribution_batch: usize,
+    /// Posterior threshold for "noisy".
+    pub threshold: f64,
+    /// The mixture's feature space.
+    pub partition_features: PartitionFeatures,
+    /// Compute device.
+    #[serde(skip)]
+    pub device: Device,
+}
+
+fn ser_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        Self {
+            dataset: DatasetSpec::Mnist,
+            data_dir: crate::data::default_data_dir(),
+            corruption: Corruption::LabelSymmetric { rate: 0.4 },
+            arch: Arch::Mlp,
+            hidden: 256,
+            attribution: AttributionMode::LabelGradient,
+            criterion: Criterion::Rlap,
+            prune_fraction: crate::prune::DEFAULT_PRUNE_FRACTION,
+            epochs: 5,
+            finetune_epochs: 5,
+            batch_size: 64,
+            lr: 1e-3,
+            train_size: None,
+            seed: 1,
+            attribution_batch: 256,
+            threshold: 0.5,
+            partition_features: PartitionFeatures::Summary,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// One row of the paper's table: a model evaluated on the clean test split.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// `Initial`, `Pruned`, `L-FT`, `F-FT`, `Retrain` or `Oracle`.
+    pub name: String,
+    pub accuracy: f64,
+    pub macro_precision: f64,
+    pub macro_recall: f64,
+    pub macro_f1: f64,
+    /// Mean wall-clock seconds per training epoch (0 for Pruned).
+    pub seconds_per_epoch: f64,
+    /// Wall-clock seconds to produce this row's model (Pruned: attribution + partition +
+    /// scoring + pruning).
+    pub total_seconds: f64,
+    /// Training epochs run.
+    pub epochs: usize,
+    /// Training samples used.
+    pub train_samples: usize,
+}
+
+/// Everything an experiment measured. Keys are stable (documented in the README).
+#[derive(Clone, Debug, Serialize)]
+pub struct ExperimentReport {
+    pub config: ExperimentConfig,
+    /// Training samples N (after subsampling).
+    pub train_samples: usize,
+    /// Test samples.
+    pub test_samples: usize,
+    /// Table rows in the paper's order.
+    pub rows: Vec<Row>,
+    /// The partition against the hidden mask.
+    pub partition: DetectionReport,
+    /// Mixture weights, clean component first.
+    pub mixture_weights_clean_noisy: [f64; 2],
+    /// Mean given-label cross-entropy, clean component first.
+    pub mixture_mean_loss_clean_noisy: [f64; 2],
+    /// Pruned neuron indices (ascending).
+    pub pruned_neurons: Vec<usize>,
+    /// Seconds: attribution pass, GMM fit, neuron scoring.
+    pub attribution_seconds: f64,
+    pub partition_seconds: f64,
+    pub scoring_seconds: f64,
+    /// Whole experiment wall-clock seconds.
+    pub total_seconds: f64,
+}
+
+impl ExperimentReport {
+    /// The row named `name`.
+    pub fn row(&self, name: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.name == name)
+    }
+
+    /// The paper-style table and the partition summary as text.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let c = &self.config;
+        s.push_str(&format!(
+            "rlap experiment: dataset {} | corruption {} | model {} (H={}) | attribution {} | GMM on {} | criterion {} | prune {:.1}% | N={} | seed {}\n",
+            c.dataset, c.corruption, c.arch, c.hidden, c.attribution, c.partition_features, c.criterion,
+            100.0 * c.prune_fraction, self.train_samples, c.seed
+        ));
+        s.push_str(&format!(
+            "{:<8} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9}\n",
+            "model", "accuracy", "macro-P", "macro-R", "macro-F1", "s/epoch", "total s"
+        ));
+        for r in &self.rows {
+            s.push_str(&format!(
+                "{:<8} {:>9.4} {:>10.4} {:>10.4} {:>9.4} {:>9.2} {:>9.1}\n",
+                r.name,
+                r.accuracy,
+                r.macro_precision,
+                r.macro_recall,
+                r.macro_f1,
+                r.seconds_per_epoch,
+                r.total_seconds
+            ));
+        }
+        let p = &self.partition;
+        s.push_str(&format!(
+            "partition (noisy = positive): precision {:.4} recall {:.4} F1 {:.4} AUROC {:.4} | noise rate estimated {:.4} true {:.4}\n",
+            p.precision, p.recall, p.f1, p.auroc, p.estimated_noise_rate, p.true_noise_rate
+        ));
+        s.push_str(&format!(
+            "pruned {} neurons | timings: attribution {:.1}s, GMM {:.1}s, scoring {:.1}s, total {:.1}s\n",
+            self.pruned_neurons.len(), self.attribution_seconds, self.partition_seconds,
+            self.scoring_seconds, self.total_seconds
+        ));
+        s
+    }
+}
+
+/// The data an experiment works on: noisy train split, its hidden truth, clean test split.
+pub struct Prepared {
+    pub noisy: Dataset,
+    pub truth: GroundTruth,
+    pub test: Dataset,
+}
+
+/// Load, subsample (stratified on the true labels, before corruption) and corrupt.
+///
+/// # Errors
+/// [`ExperimentError::Data`] or [`ExperimentError::Corruption`].
+pub fn prepare(cfg: &ExperimentConfig) -> Result<Prepared, ExperimentError> {
+    let split = load(&cfg.dataset, &cfg.data_dir)?;
+    let train_set = match cfg.train_size {
+        Some(n) => split
+            .train
+            .select(&split.train.stratified_indices(n, cfg.seed)),
+        None => split.train,
+    };
+    let (noisy, truth) = corrupt(&train_set, &cfg.corruption, cfg.seed)?;
+    Ok(Prepared {
+        noisy,
+        truth,
+        test: split.test,
+    })
+}
+
+fn validate(cfg: &ExperimentConfig) -> Result<(), ExperimentError> {
+    if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.hidden == 0 || cfg.attribution_batch == 0 {
+        return Err(ExperimentError::Invalid(
+            "epochs, batch size, hidden width and attribution batch must be > 0".into(),
+        ));
+    }
+    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
+        return Err(ExperimentError::Invalid(format!(
+            "learning rate {} must be > 0",
+            cfg.lr
+        )));
+    }
+    prune_count(cfg.prune_fraction, cfg.hidden)?;
+    Ok(())
+}
+
+fn recipe(
+    cfg: &ExperimentConfig,
+    epochs: usize,
+    scope: Scope,
+    weight_decay: f64,
+    seed: u64,
+) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: cfg.batch_size,
+        optimizer: Optimizer::Adam {
+            lr: cfg.lr,
+            weight_decay,
+        },
+        scope,
+        seed,
+    }
+}
+
+fn row(
+    name: &str,
+    model: &Model,
+    test: &Dataset,
+    stats: &TrainStats,
+    epochs: usize,
+    n: usize,
+) -> Result<Row, ExperimentError> {
+    let r = classification_report(&predict(model, test)?, &test.labels, test.num_classes);
+    Ok(Row {
+        name: name.into(),
+        accuracy: r.accuracy,
+        macro_precision: r.macro_precision,
+        macro_recall: r.macro_recall,
+        macro_f1: r.macro_f1,
+        seconds_per_epoch: stats.seconds_per_epoch(),
+        total_seconds: stats.total_seconds,
+        epochs,
+        train_samples: n,
+    })
+}
+
+/// The state after steps 1–3 of Algorithm 1, shared by criterion sweeps.
+pub struct Stage1 {
+    pub initial: Model,
+    pub initial_row: Row,
+    pub attributions: Attributions,
+    pub partition: Partition,
+    pub attribution_seconds: f64,
+    pub partition_seconds: f64,
+}
+
+/// Steps 1–3: train Initial on the noisy set, attribute, partition.
+///
+/// # Errors
+/// Any step's error.
+pub fn stage1(
+    cfg: &ExperimentConfig,
+    data: &Prepared,
+    progress: &Progress,
+) -> Result<Stage1, ExperimentError> {
+    validate(cfg)?;
+    let spec = ModelSpec {
+        arch: cfg.arch,
+        input_dim: data.noisy.dim,
+        image_shape: data.noisy.image_shape,
+        hidden: cfg.hidden,
+        num_classes: data.noisy.num_classes,
+    };
+    let initial = Model::new(spec, &cfg.device, cfg.seed)?;
+    let stats = train(
+        &initial,
+        &data.noisy,
+        &recipe(cfg, cfg.epochs, Scope::All, 0.0, cfg.seed),
+        progress,
+        "Initial",
+    )?;
+    let initial_row = row(
+        "Initial",
+        &initial,
+        &data.test,
+        &stats,
+        cfg.epochs,
+        data.noisy.len(),
+    )?;
+    tracing::info!(
+        accuracy = initial_row.accuracy,
+        s_per_epoch = initial_row.seconds_per_epoch,
+        "Initial trained"
+    );
+
+    let t = Instant::now();
+    let attributions = attribute(
+        &initial,
+        &data.noisy,
+        cfg.attribution,
+        cfg.attribution_batch,
+        progress,
+    )?;
+    let attribution_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let params = PartitionParams {
+        features: cfg.partition_features,
+        threshold: cfg.threshold,
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    let partition = fit_partition(
+        &attributions.values,
+        attributions.n,
+        attributions.hidden,
+        &attributions.loss,
+        &params,
+    )?;
+    let partition_seconds = t.elapsed().as_secs_f64();
+    tracing::info!(
+        noisy_fraction = partition.noisy_fraction(),
+        attribution_seconds,
+        partition_seconds,
+        "partition fitted"
+    );
+    Ok(Stage1 {
+        initial,
+        initial_row,
+        attributions,
+        partition,
+        attribution_seconds,
+        partition_seconds,
+    })
+}
+
+/// Steps 4–6 for one criterion: score, prune, L-FT and F-FT. Returns the rows Pruned, L-FT,
+/// F-FT, the pruned indices and the scoring seconds.
+///
+/// # Errors
+/// Any step's error.
+pub fn prune_and_finetune(
+    cfg: &ExperimentConfig,
+    data: &Prepared,
+    s1: &Stage1,
+    criterion: Criterion,
+    progress: &Progress,
+) -> Result<(Vec<Row>, Vec<usize>, f64), ExperimentError> {
+    let a = &s1.attributions;
+    let t = Instant::now();
+    let scores = neuron_scores(
+        criterion,
+        &a.activations,
+        a.n,
+        a.hidden,
+        &s1.partition.noisy,
+        cfg.seed,
+    )?;
+    let k = prune_count(cfg.prune_fraction, a.hidden)?;
+    let top = select_top(&scores, k);
+    let mut pruned = s1.initial.deep_clone()?;
+    pruned.prune(&top)?;
+    let scoring_seconds = t.elapsed().as_secs_f64();
+    let pruning_total = s1.attribution_seconds + s1.partition_seconds + scoring_seconds;
+    let none = TrainStats {
+        total_seconds: pruning_total,
+        ..Default::default()
+    };
+    let mut rows = vec![row("Pruned", &pruned, &data.test, &none, 0, 0)?];
+
+    let clean = data.noisy.select(&s1.partition.clean_indices());
+    if clean.len() < cfg.batch_size {
+        return Err(ExperimentError::Invalid(format!(
+            "the clean partition has only {} samples: nothing to fine-tune on",
+            clean.len()
+        )));
+    }
+    for (name, scope, wd) in [("L-FT", Scope::Head, 1e-5), ("F-FT", Scope::All, 0.0)] {
+        let m = pruned.deep_clone()?;
+        let stats = train(
+            &m,
+            &clean,
+            &recipe(cfg, cfg.finetune_epochs, scope, wd, cfg.seed + 2),
+            progress,
+            name,
+        )?;
+        debug_assert!(pruned_rows_are_zero(&m, &top));
+        rows.push(row(
+            name,
+            &m,
+            &data.test,
+            &stats,
+            cfg.finetune_epochs,
+            clean.len(),
+        )?);
+    }
+    Ok((rows, top, scoring_seconds))
+}
+
+/// True when every pruned neuron's incoming weights and bias are exactly zero.
+pub fn pruned_rows_are_zero(model: &Model, pruned: &[usize]) -> bool {
+    let w = model
+        .param("fc.weight")
+        .to_vec2::<f32>()
+        .unwrap_or_default();
+    let b = model.param("fc.bias").to_vec1::<f32>().unwrap_or_default();
+    pruned
+        .iter()
+        .all(|&j| b.get(j) == Some(&0.0) && w.get(j).is_some_and(|r| r.iter().all(|&v| v == 0.0)))
+}
+
+/// Train a fresh model (seed `seed`) on `set` for `cfg.epochs` and evaluate it as row `name`.
+///
+/// # Errors
+/// Any step's error.
+pub fn from_scratch(
+    cfg: &ExperimentConfig,
+    spec: &ModelSpec,
+    set: &Dataset,
+    test: &Dataset,
+    name: &str,
+    seed: u64,
+    progress: &Progress,
+) -> Result<Row, ExperimentError> {
+    let m = Model::new(spec.clone(), &cfg.device, seed)?;
+    let stats = train(
+        &m,
+        set,
+        &recipe(cfg, cfg.epochs, Scope::All, 0.0, seed),
+        progress,
+        name,
+    )?;
+    row(name, &m, test, &stats, cfg.epochs, set.len())
+}
+
+/// Run Algorithm 1 end to end (see module docs); returns the report and the partition (for
+/// [`write_posteriors`]). `oracle` reuses a precomputed Oracle row
+/// (sweeps over label-noise rates train on the same true data).
+///
+/// # Errors
+/// Any step's error.
+pub fn run(
+    cfg: &ExperimentConfig,
+    data: &Prepared,
+    oracle: Option<Row>,
+    progress: &Progress,
+) -> Result<(ExperimentReport, Partition), ExperimentError> {
+    let t0 = Instant::now();
+    let s1 = stage1(cfg, data, progress)?;
+    let (mut rows, pruned_neurons, scoring_seconds) =
+        prune_and_finetune(cfg, data, &s1, cfg.criterion, progress)?;
+    rows.insert(0, s1.initial_row.clone());
+    let spec = s1.initial.spec().clone();
+    let clean = data.noisy.select(&s1.partition.clean_indices());
+    rows.push(from_scratch(
+        cfg,
+        &spec,
+        &clean,
+        &data.test,
+        "Retrain",
+        cfg.seed + 1,
+        progress,
+    )?);
+    let oracle = match oracle {
+        Some(r) => r,
+        None => oracle_row(cfg, &spec, data, progress)?,
+    };
+    rows.push(oracle);
+    let p = &s1.partition;
+    let (c, nz) = (p.clean_component, 1 - p.clean_component);
+    let report = ExperimentReport {
+        config: cfg.clone(),
+        train_samples: data.noisy.len(),
+        test_samples: data.test.len(),
+        rows,
+        partition: data.truth.detection_report(&p.posterior_noisy, &p.noisy),
+        mixture_weights_clean_noisy: [p.weights[c], p.weights[nz]],
+        mixture_mean_loss_clean_noisy: [p.component_mean_loss[c], p.component_mean_loss[nz]],
+        pruned_neurons,
+        attribution_seconds: s1.attribution_seconds,
+        partition_seconds: s1.partition_seconds,
+        scoring_seconds,
+        total_seconds: t0.elapsed().as_secs_f64(),
+    };
+    Ok((report, s1.partition))
+}
+
+/// The Oracle row: the same architecture and recipe as Initial, trained on the true data
+/// (evaluation-only upper bound).
+///
+/// # Errors
+/// Any step's error.
+pub fn oracle_row(
+    cfg: &ExperimentConfig,
+    spec: &ModelSpec,
+    data: &Prepared,
+    progress: &Progress,
+) -> Result<Row, ExperimentError> {
+    from_scratch(
+        cfg,
+        spec,
+        data.truth.oracle_train_set(),
+        &data.test,
+        "Oracle",
+        cfg.seed,
+        progress,
+    )
+}
+
+/// Write the per-sample posteriors CSV:
+/// `index,given_label,true_label,corrupted,posterior_noisy,predicted_noisy`.
+///
+/// # Errors
+/// [`ExperimentError::Io`].
+pub fn write_posteriors(
+    path: &Path,
+    data: &Prepared,
+    partition: &Partition,
+) -> Result<(), ExperimentError> {
+    let io = |source| ExperimentError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    writeln!(
+        w,
+        "index,given_label,true_label,corrupted,posterior_noisy,predicted_noisy"
+    )
+    .map_err(io)?;
+    for i in 0..data.noisy.len() {
+        writeln!(
+            w,
+            "{i},{},{},{},{:.6},{}",
+            data.noisy.labels[i],
+            data.truth.true_label(i),
+            data.truth.is_corrupted(i) as u8,
+            partition.posterior_noisy[i],
+            partition.noisy[i] as u8
+        )
+        .map_err(io)?;
+    }
+    w.flush().map_err(io)
+}

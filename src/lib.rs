@@ -1,0 +1,32 @@
+//! rlap: a streaming data-quality engine for machine-learning pipelines whose labels arrive
+//! noisy, built on RLAP (Jin et al., "Machine Unlearning for Robust DNNs: Attribution-Guided
+//! Partitioning and Neuron Pruning in Noisy Environments", MAKE 7(3):95, 2025).
+//!
+//! Modules, in reading order (the method's steps follow Algorithm 1):
+//! - [`data`]: real data sets (IDX raw/`.gz`, CSV), validated, stratified subsampling.
+//! - [`corruption`]: seeded input and label noise on the training split; the hidden truth.
+//! - [`evaluation`]: the [`evaluation::GroundTruth`] type (readable only there), classification
+//!   and detection metrics.
+//! - [`model`]: candle MLP and CNN with the paper's `fc` → ReLU → `fc2` head, prune mask,
+//!   checkpoints, structural removal of pruned neurons, device parsing.
+//! - [`train`]: fused Adam/SGD steps and the seeded training loop (all parameters or head only).
+//! - [`attribution`]: §3.2.1, `max-class` and `label-gradient`, batched.
+//! - [`partition`]: §3.2.2, z-score + 2-component GMM + label-free clean-component rule.
+//! - [`prune`]: §3.3, OLS regression sensitivity and the selective-pruning baselines.
+//! - [`experiment`]: Algorithm 1 end to end, the paper's table, JSON and CSV reports.
+//! - [`bench`]: throughput of attribution and training with FLOP counts.
+//! - [`progress`]: indicatif progress bars, silenced by `--quiet`.
+//! - [`cpu`]: candle CPU threading defaults (set once by the binary).
+
+pub mod attribution;
+pub mod bench;
+pub mod corruption;
+pub mod cpu;
+pub mod data;
+pub mod evaluation;
+pub mod experiment;
+pub mod model;
+pub mod partition;
+pub mod progress;
+pub mod prune;
+pub mod train;

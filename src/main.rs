@@ -1,0 +1,383 @@
+//! The `rlap` command line: `rlap experiment` (Algorithm 1 on a real data set, the paper's
+//! table) and `rlap bench` (attribution and training throughput).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use rlap::attribution::AttributionMode;
+use rlap::bench;
+use rlap::corruption::Corruption;
+use rlap::data::{default_data_dir, load, DatasetSpec};
+use rlap::experiment::{self, ExperimentConfig, ExperimentReport, Prepared};
+use rlap::model::{parse_device, Arch, Model, ModelSpec};
+use rlap::partition::PartitionFeatures;
+use rlap::progress::Progress;
+use rlap::prune::Criterion;
+
+#[derive(Parser)]
+#[command(
+    name = "rlap",
+    version,
+    about = "Attribution-guided partitioning and neuron pruning for noisy-label data (RLAP)"
+)]
+struct Cli {
+    /// No progress bars and only warnings in the log (for scripts).
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Algorithm 1 end to end and print the paper's table.
+    Experiment(ExperimentArgs),
+    /// Measure attribution and training throughput (samples/s, GFLOP/s).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ExperimentArgs {
+    /// mnist | fashion-mnist | idx:DIR | csv:TRAIN.csv,TEST.csv
+    #[arg(long, default_value = "mnist")]
+    dataset: DatasetSpec,
+    /// Folder of the named data sets (default: $RLAP_DATA_DIR or ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// none | input-gaussian:SIGMA:RATE | label-symmetric:RATE | label-pair:RATE | label-matrix:PATH
+    #[arg(long, default_value = "label-symmetric:0.4")]
+    corruption: Corruption,
+    /// mlp | cnn
+    #[arg(long, default_value = "mlp")]
+    model: Arch,
+    /// Neurons H of the target layer fc.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// max-class | label-gradient
+    #[arg(long, default_value = "label-gradient")]
+    attribution: AttributionMode,
+    /// rlap | abs | rms | freq | std | random
+    #[arg(long, default_value = "rlap")]
+    criterion: Criterion,
+    /// Fraction of the H neurons to prune.
+    #[arg(long, default_value_t = rlap::prune::DEFAULT_PRUNE_FRACTION)]
+    prune_fraction: f64,
+    /// Epochs of Initial, Retrain and Oracle (the same recipe for all three).
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Epochs of L-FT and F-FT.
+    #[arg(long, default_value_t = 5)]
+    finetune_epochs: usize,
+    /// Mini-batch size of every training run (paper: 64).
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Adam learning rate (paper: 1e-3).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Stratified subsample of the training split.
+    #[arg(long)]
+    train_size: Option<usize>,
+    /// Mixture feature space: summary ([ln‖a‖₂, ln CE], default) | attribution (paper: z-scored
+    /// H-dim vector).
+    #[arg(long, default_value = "summary")]
+    partition_features: PartitionFeatures,
+    /// Posterior P(noisy) at or above which a sample is noisy.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f64,
+    /// Master seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// cpu | cuda | cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write every figure as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write one CSV row per training sample here (not with --sweep).
+    #[arg(long)]
+    posteriors: Option<PathBuf>,
+    /// rates:R1,R2,... (re-run at each corruption rate) or criteria:C1,C2,... (one Initial and
+    /// partition, every criterion pruned and fine-tuned from it).
+    #[arg(long)]
+    sweep: Option<String>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// mlp | cnn
+    #[arg(long, default_value = "mlp")]
+    model: Arch,
+    /// Attribution batch size.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Training batch size.
+    #[arg(long, default_value_t = 64)]
+    train_batch: usize,
+    /// Samples in the timed training epoch.
+    #[arg(long, default_value_t = 10_000)]
+    epoch_samples: usize,
+    /// Repeats per figure (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// cpu | cuda | cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    rlap::cpu::configure_threads();
+    let cli = Cli::parse();
+    let default_level = if cli.quiet { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let progress = if cli.quiet {
+        Progress::hidden()
+    } else {
+        Progress::visible()
+    };
+    match cli.command {
+        Command::Experiment(a) => run_experiment(a, &progress),
+        Command::Bench(a) => run_bench(a),
+    }
+}
+
+fn write_json<T: Serialize>(path: &PathBuf, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn run_experiment(a: ExperimentArgs, progress: &Progress) -> Result<()> {
+    let cfg = ExperimentConfig {
+        dataset: a.dataset,
+        data_dir: a.data_dir.unwrap_or_else(default_data_dir),
+        corruption: a.corruption,
+        arch: a.model,
+        hidden: a.hidden,
+        attribution: a.attribution,
+        criterion: a.criterion,
+        prune_fraction: a.prune_fraction,
+        epochs: a.epochs,
+        finetune_epochs: a.finetune_epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        train_size: a.train_size,
+        seed: a.seed,
+        threshold: a.threshold,
+        partition_features: a.partition_features,
+        device: parse_device(&a.device)?,
+        ..Default::default()
+    };
+    match a.sweep.as_deref() {
+        None => {
+            let data = experiment::prepare(&cfg)?;
+            let (report, partition) = experiment::run(&cfg, &data, None, progress)?;
+            print!("{}", report.table());
+            if let Some(p) = &a.json {
+                write_json(p, &report)?;
+            }
+            if let Some(p) = &a.posteriors {
+                experiment::write_posteriors(p, &data, &partition)?;
+            }
+            Ok(())
+        }
+        Some(spec) => {
+            if a.posteriors.is_some() {
+                bail!("--posteriors writes one run's samples: drop it with --sweep");
+            }
+            let reports = sweep(&cfg, spec, progress)?;
+            if let Some(p) = &a.json {
+                write_json(p, &reports)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn sweep(
+    base: &ExperimentConfig,
+    spec: &str,
+    progress: &Progress,
+) -> Result<Vec<ExperimentReport>> {
+    let (kind, list) = spec.split_once(':').with_context(|| {
+        format!("bad --sweep '{spec}': expected rates:R1,R2,... or criteria:C1,C2,...")
+    })?;
+    let items: Vec<&str> = list.split(',').filter(|s| !s.is_empty()).collect();
+    let mut reports = Vec::new();
+    match kind {
+        "rates" => {
+            let rates = items
+                .iter()
+                .map(|r| {
+                    r.parse::<f64>()
+                        .with_context(|| format!("bad rate '{r}' in --sweep"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut oracle = None;
+            for rate in rates {
+                let cfg = ExperimentConfig {
+                    corruption: base.corruption.with_rate(rate),
+                    ..base.clone()
+                };
+                let data = experiment::prepare(&cfg)?;
+                let (report, _) = experiment::run(&cfg, &data, oracle.clone(), progress)?;
+                if cfg.corruption.is_label_noise() {
+                    // Label noise leaves the inputs alone: the Oracle's training data is the same.
+                    oracle = report.row("Oracle").cloned();
+                }
+                print!("{}\n", report.table());
+                reports.push(report);
+            }
+        }
+        "criteria" => {
+            let criteria = items
+                .iter()
+                .map(|c| c.parse::<Criterion>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let data: Prepared = experiment::prepare(base)?;
+            let s1 = experiment::stage1(base, &data, progress)?;
+            let spec = s1.initial.spec().clone();
+            let clean = data.noisy.select(&s1.partition.clean_indices());
+            let retrain = experiment::from_scratch(
+                base,
+                &spec,
+                &clean,
+                &data.test,
+                "Retrain",
+                base.seed + 1,
+                progress,
+            )?;
+            let oracle = experiment::oracle_row(base, &spec, &data, progress)?;
+            for criterion in criteria {
+                let (mut rows, pruned, scoring) =
+                    experiment::prune_and_finetune(base, &data, &s1, criterion, progress)?;
+                rows.insert(0, s1.initial_row.clone());
+                rows.push(retrain.clone());
+                rows.push(oracle.clone());
+                let p = &s1.partition;
+                let (c, nz) = (p.clean_component, 1 - p.clean_component);
+                let report = ExperimentReport {
+                    config: ExperimentConfig {
+                        criterion,
+                        ..base.clone()
+                    },
+                    train_samples: data.noisy.len(),
+                    test_samples: data.test.len(),
+                    rows,
+                    partition: data.truth.detection_report(&p.posterior_noisy, &p.noisy),
+                    mixture_weights_clean_noisy: [p.weights[c], p.weights[nz]],
+                    mixture_mean_loss_clean_noisy: [
+                        p.component_mean_loss[c],
+                        p.component_mean_loss[nz],
+                    ],
+                    pruned_neurons: pruned,
+                    attribution_seconds: s1.attribution_seconds,
+                    partition_seconds: s1.partition_seconds,
+                    scoring_seconds: scoring,
+                    total_seconds: 0.0,
+                };
+                print!("{}\n", report.table());
+                reports.push(report);
+            }
+        }
+        _ => bail!("bad --sweep '{spec}': expected rates:... or criteria:..."),
+    }
+    println!("sweep summary (test accuracy; partition F1)");
+    println!(
+        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "run", "Initial", "Pruned", "L-FT", "F-FT", "Retrain", "Oracle", "part.F1"
+    );
+    for r in &reports {
+        let acc = |n: &str| r.row(n).map(|x| x.accuracy).unwrap_or(f64::NAN);
+        let label = if kind == "rates" {
+            r.config.corruption.to_string()
+        } else {
+            r.config.criterion.to_string()
+        };
+        println!(
+            "{:<22} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4}",
+            label,
+            acc("Initial"),
+            acc("Pruned"),
+            acc("L-FT"),
+            acc("F-FT"),
+            acc("Retrain"),
+            acc("Oracle"),
+            r.partition.f1
+        );
+    }
+    Ok(reports)
+}
+
+fn run_bench(a: BenchArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let split = load(&DatasetSpec::Mnist, &default_data_dir())?;
+    let data = split
+        .train
+        .select(&(0..a.epoch_samples.min(split.train.len())).collect::<Vec<_>>());
+    let spec = ModelSpec {
+        arch: a.model,
+        input_dim: data.dim,
+        image_shape: data.image_shape,
+        hidden: 256,
+        num_classes: 10,
+    };
+    let model = Model::new(spec.clone(), &device, 1)?;
+    println!(
+        "rlap bench: model {} ({} parameters, {:.3} MFLOP forward per sample), device {}, {} threads",
+        a.model,
+        model.num_parameters(),
+        spec.forward_flops()? / 1e6,
+        a.device,
+        rayon::current_num_threads()
+    );
+    let mut results = Vec::new();
+    for mode in [AttributionMode::LabelGradient, AttributionMode::MaxClass] {
+        results.push(bench::bench_attribution(
+            &model, &data, mode, a.batch, 40, a.repeats,
+        )?);
+    }
+    results.push(bench::bench_epoch(
+        &model,
+        &data,
+        a.train_batch,
+        a.repeats.min(3),
+    )?);
+    println!(
+        "{:<48} {:>12} {:>12} {:>9} {:>10}",
+        "work", "samples/s", "FLOP/sample", "GFLOP/s", "median s"
+    );
+    for r in &results {
+        println!(
+            "{:<48} {:>12.0} {:>12.3e} {:>9.2} {:>10.4}",
+            r.name, r.samples_per_second, r.flops_per_sample, r.gflops, r.median_seconds
+        );
+    }
+    let breakdown = if device.is_cpu() {
+        let b = bench::step_breakdown(&spec, &data, a.train_batch, 50)?;
+        println!(
+            "training step at batch {} (median ms): forward {:.2}, backward {:.2}, fused Adam {:.2}, candle-nn AdamW {:.2}",
+            b.batch, b.forward_ms, b.backward_ms, b.fused_adam_ms, b.candle_adamw_ms
+        );
+        Some(b)
+    } else {
+        None
+    };
+    if let Some(p) = &a.json {
+        write_json(
+            p,
+            &serde_json::json!({ "results": results, "step_breakdown": breakdown }),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,708 @@
+//! The classifiers RLAP acts on, in candle: an MLP and a small CNN, both ending in the paper's
+//! head `fc: Linear(F → H)` → ReLU → `fc2: Linear(H → K)` (rlap-method.md, "Terms").
+//!
+//! This module owns parameters (seeded initialisation, safetensors checkpoints that round-trip),
+//! the forward pass split at the target layer (`body` → `fc` → `head`), the persistent prune
+//! mask over the H neurons of `fc` (§3.3, project decision) and the structural removal of pruned
+//! neurons that the ONNX export uses. Device choice (`cpu`, `cuda:N`) is parsed here too.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Module, Tensor, Var, D};
+use rand::Rng;
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::{Deserialize, Serialize};
+
+/// Errors from building, running, saving or loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A tensor operation failed (shape mismatch, device error).
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A checkpoint could not be written or read, or does not describe a valid model.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    /// The model specification is inconsistent (e.g. a CNN without an image shape).
+    #[error("invalid model: {0}")]
+    Invalid(String),
+    /// The requested device is not available.
+    #[error("{0}")]
+    Device(String),
+}
+
+/// Model family (the `--model` option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// `Linear(D → 512)` → ReLU → head.
+    Mlp,
+    /// `Conv(C→16, 5×5)` → ReLU → MaxPool 2 → `Conv(16→32, 5×5)` → ReLU → MaxPool 2 → flatten → head.
+    Cnn,
+}
+
+impl FromStr for Arch {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "mlp" => Ok(Self::Mlp),
+            "cnn" => Ok(Self::Cnn),
+            _ => Err(ModelError::Invalid(format!(
+                "unknown model '{s}': expected mlp | cnn"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Mlp => "mlp",
+            Self::Cnn => "cnn",
+        })
+    }
+}
+
+/// Width of the MLP's hidden layer before the head.
+pub const MLP_WIDTH: usize = 512;
+const CONV1: usize = 16;
+const CONV2: usize = 32;
+const KERNEL: usize = 5;
+
+/// Everything that fixes a model's shapes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Model family.
+    pub arch: Arch,
+    /// Number of input features D (= C·H·W for images).
+    pub input_dim: usize,
+    /// `(channels, height, width)`; required by the CNN.
+    pub image_shape: Option<(usize, usize, usize)>,
+    /// Neurons H of the target layer `fc` (paper: 256).
+    pub hidden: usize,
+    /// Classes K.
+    pub num_classes: usize,
+}
+
+impl ModelSpec {
+    /// Width F of the input to `fc` (the body's output).
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] for a CNN without a usable image shape.
+    pub fn body_width(&self) -> Result<usize, ModelError> {
+        match self.arch {
+            Arch::Mlp => Ok(MLP_WIDTH),
+            Arch::Cnn => {
+                let (_, h, w) = self.image_shape.ok_or_else(|| {
+                    ModelError::Invalid("the CNN needs an image data set (IDX)".into())
+                })?;
+                let side =
+                    |s: usize| ((s.saturating_sub(KERNEL - 1)) / 2).saturating_sub(KERNEL - 1) / 2;
+                let (oh, ow) = (side(h), side(w));
+                if oh == 0 || ow == 0 {
+                    return Err(ModelError::Invalid(format!(
+                        "image {h}x{w} too small for the CNN"
+                    )));
+                }
+                Ok(CONV2 * oh * ow)
+            }
+        }
+    }
+
+    /// Multiply–add count ×2 of one forward pass for one sample (FLOPs), counting the matrix
+    /// products and convolutions only.
+    ///
+    /// # Errors
+    /// As [`ModelSpec::body_width`].
+    pub fn forward_flops(&self) -> Result<f64, ModelError> {
+        let f = self.body_width()? as f64;
+        let head = f * self.hidden as f64 + (self.hidden * self.num_classes) as f64;
+        let body = match self.arch {
+            Arch::Mlp => (self.input_dim * MLP_WIDTH) as f64,
+            Arch::Cnn => {
+                let (c, h, w) = self.image_shape.unwrap_or((1, 0, 0));
+                let (h1, w1) = (h - KERNEL + 1, w - KERNEL + 1);
+                let (h2, w2) = (h1 / 2 - KERNEL + 1, w1 / 2 - KERNEL + 1);
+                (h1 * w1 * CONV1 * c * KERNEL * KERNEL + h2 * w2 * CONV2 * CONV1 * KERNEL * KERNEL)
+                    as f64
+            }
+        };
+        Ok(2.0 * (body + head))
+    }
+}
+
+/// Which part of the network a parameter belongs to (L-FT trains only [`Group::Head`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// Everything before `fc`.
+    Body,
+    /// `fc` and `fc2` (§3.4).
+    Head,
+}
+
+/// One named trainable tensor.
+#[derive(Clone, Debug)]
+pub struct Param {
+    /// Checkpoint name, e.g. `fc.weight`.
+    pub name: String,
+    /// The tensor (a candle `Var`, so gradients flow to it).
+    pub var: Var,
+    /// Body or head.
+    pub group: Group,
+}
+
+/// A classifier with the RLAP head and a persistent prune mask.
+///
+/// Shapes: input `[B, D]` (images flattened, reshaped inside for the CNN); `h = fc(body(x))`
+/// is `[B, H]` pre-ReLU; logits `[B, K]`.
+#[derive(Clone, Debug)]
+pub struct Model {
+    spec: ModelSpec,
+    device: Device,
+    params: Vec<Param>,
+    pruned: BTreeSet<usize>,
+}
+
+/// `(weight, bias)` with PyTorch's default `nn.Linear`/`nn.Conv2d` initialisation:
+/// U(−1/√fan_in, 1/√fan_in) for both.
+fn init_uniform(
+    rng: &mut Xoshiro256PlusPlus,
+    shape: &[usize],
+    fan_in: usize,
+    device: &Device,
+) -> Result<Var, ModelError> {
+    let bound = 1.0 / (fan_in as f32).sqrt();
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-bound..bound)).collect();
+    Ok(Var::from_tensor(&Tensor::from_vec(v, shape, device)?)?)
+}
+
+impl Model {
+    /// A freshly initialised model, seeded.
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] for an inconsistent spec; [`ModelError::Candle`] on device errors.
+    pub fn new(spec: ModelSpec, device: &Device, seed: u64) -> Result<Self, ModelError> {
+        if spec.hidden == 0 || spec.num_classes < 2 || spec.input_dim == 0 {
+            return Err(ModelError::Invalid(format!(
+                "need hidden > 0, classes >= 2, inputs > 0 (got {}, {}, {})",
+                spec.hidden, spec.num_classes, spec.input_dim
+            )));
+        }
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let f = spec.body_width()?;
+        let mut params = Vec::new();
+        let mut push = |name: &str, shape: &[usize], fan_in: usize, group, rng: &mut _| {
+            init_uniform(rng, shape, fan_in, device).map(|var| {
+                params.push(Param {
+                    name: name.into(),
+                    var,
+                    group,
+                })
+            })
+        };
+        match spec.arch {
+            Arch::Mlp => {
+                push(
+                    "body.0.weight",
+                    &[MLP_WIDTH, spec.input_dim],
+                    spec.input_dim,
+                    Group::Body,
+                    &mut rng,
+                )?;
+                push(
+                    "body.0.bias",
+                    &[MLP_WIDTH],
+                    spec.input_dim,
+                    Group::Body,
+                    &mut rng,
+                )?;
+            }
+            Arch::Cnn => {
+                let c = spec.image_shape.map(|s| s.0).unwrap_or(1);
+                let fan1 = c * KERNEL * KERNEL;
+                let fan2 = CONV1 * KERNEL * KERNEL;
+                push(
+                    "conv1.weight",
+                    &[CONV1, c, KERNEL, KERNEL],
+                    fan1,
+                    Group::Body,
+                    &mut rng,
+                )?;
+                push("conv1.bias", &[CONV1], fan1, Group::Body, &mut rng)?;
+                push(
+                    "conv2.weight",
+                    &[CONV2, CONV1, KERNEL, KERNEL],
+                    fan2,
+                    Group::Body,
+                    &mut rng,
+                )?;
+                push("conv2.bias", &[CONV2], fan2, Group::Body, &mut rng)?;
+            }
+        }
+        push("fc.weight", &[spec.hidden, f], f, Group::Head, &mut rng)?;
+        push("fc.bias", &[spec.hidden], f, Group::Head, &mut rng)?;
+        push(
+            "fc2.weight",
+            &[spec.num_classes, spec.hidden],
+            spec.hidden,
+            Group::Head,
+            &mut rng,
+        )?;
+        push(
+            "fc2.bias",
+            &[spec.num_classes],
+            spec.hidden,
+            Group::Head,
+            &mut rng,
+        )?;
+        Ok(Self {
+            spec,
+            device: device.clone(),
+            params,
+            pruned: BTreeSet::new(),
+        })
+    }
+
+    /// The shapes of this model.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The device its tensors live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// All parameters, body first, in a fixed order.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Total number of scalar parameters.
+    pub fn num_parameters(&self) -> usize {
+        self.params.iter().map(|p| p.var.elem_count()).sum()
+    }
+
+    /// The parameter named `name`.
+    ///
+    /// # Panics
+    /// If no such parameter exists (names are fixed by [`Model::new`]).
+    pub fn param(&self, name: &str) -> &Tensor {
+        self.params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.var.as_tensor())
+            .unwrap_or_else(|| panic!("no parameter {name}"))
+    }
+
+    /// Indices (into `0..H`) of the pruned neurons of `fc`, ascending.
+    pub fn pruned(&self) -> Vec<usize> {
+        self.pruned.iter().copied().collect()
+    }
+
+    /// The body: input `[B, D]` → `[B, F]`, the input of the target layer `fc`.
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`] on a shape mismatch.
+    pub fn body(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        match self.spec.arch {
+            Arch::Mlp => {
+                let l = candle_nn::Linear::new(
+                    self.param("body.0.weight").clone(),
+                    Some(self.param("body.0.bias").clone()),
+                );
+                Ok(l.forward(x)?.relu()?)
+            }
+            Arch::Cnn => {
+                let (c, h, w) = self.spec.image_shape.unwrap_or((1, 0, 0));
+                let b = x.dim(0)?;
+                let x = x.reshape((b, c, h, w))?;
+                let conv = |x: &Tensor, name: &str| -> Result<Tensor, ModelError> {
+                    let wt = self.param(&format!("{name}.weight"));
+                    let bias = self.param(&format!("{name}.bias"));
+                    let y = x.conv2d(wt, 0, 1, 1, 1)?;
+                    Ok(y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?)
+                };
+                let x = conv(&x, "conv1")?.relu()?.max_pool2d(2)?;
+                let x = conv(&x, "conv2")?.relu()?.max_pool2d(2)?;
+                Ok(x.flatten_from(1)?)
+            }
+        }
+    }
+
+    /// The target layer: `[B, F]` → `h`, `[B, H]`, pre-ReLU (§3.2.1).
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`] on a shape mismatch.
+    pub fn fc(&self, z: &Tensor) -> Result<Tensor, ModelError> {
+        let l = candle_nn::Linear::new(
+            self.param("fc.weight").clone(),
+            Some(self.param("fc.bias").clone()),
+        );
+        Ok(l.forward(z)?)
+    }
+
+    /// The rest of the head: `h` `[B, H]` → ReLU → `fc2` → logits `[B, K]`.
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`] on a shape mismatch.
+    pub fn head(&self, h: &Tensor) -> Result<Tensor, ModelError> {
+        let l = candle_nn::Linear::new(
+            self.param("fc2.weight").clone(),
+            Some(self.param("fc2.bias").clone()),
+        );
+        Ok(l.forward(&h.relu()?)?)
+    }
+
+    /// Logits `[B, K]` for inputs `[B, D]`.
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`] on a shape mismatch.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.head(&self.fc(&self.body(x)?)?)
+    }
+
+    /// Predicted classes for `features` (`[n, D]` row-major), in batches of `batch_size`.
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`].
+    pub fn predict(&self, features: &[f32], batch_size: usize) -> Result<Vec<u32>, ModelError> {
+        let d = self.spec.input_dim;
+        let n = features.len() / d;
+        let mut out = Vec::with_capacity(n);
+        for start in (0..n).step_by(batch_size.max(1)) {
+            let end = (start + batch_size).min(n);
+            let x = Tensor::from_slice(
+                &features[start * d..end * d],
+                (end - start, d),
+                &self.device,
+            )?;
+            let logits = self.forward(&x)?;
+            out.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
+        }
+        Ok(out)
+    }
+
+    /// Prune neurons `indices` of `fc`: zero their incoming weight rows and biases and add them
+    /// to the persistent mask that training re-applies after every step (§3.3, project
+    /// decision). Already-pruned indices are ignored.
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] for an index `>= H`; [`ModelError::Candle`].
+    pub fn prune(&mut self, indices: &[usize]) -> Result<(), ModelError> {
+        if let Some(&bad) = indices.iter().find(|&&j| j >= self.spec.hidden) {
+            return Err(ModelError::Invalid(format!(
+                "cannot prune neuron {bad}: the layer has {} neurons",
+                self.spec.hidden
+            )));
+        }
+        self.pruned.extend(indices.iter().copied());
+        self.apply_mask()
+    }
+
+    /// The keep-mask over the H neurons: `[H]` f32, 0 for pruned, 1 otherwise.
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`].
+    pub fn keep_mask(&self) -> Result<Tensor, ModelError> {
+        let m: Vec<f32> = (0..self.spec.hidden)
+            .map(|j| if self.pruned.contains(&j) { 0.0 } else { 1.0 })
+            .collect();
+        Ok(Tensor::from_vec(m, self.spec.hidden, &self.device)?)
+    }
+
+    /// Re-zero the pruned neurons' incoming weights and biases (idempotent).
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`].
+    pub fn apply_mask(&self) -> Result<(), ModelError> {
+        if self.pruned.is_empty() {
+            return Ok(());
+        }
+        let keep = self.keep_mask()?;
+        for p in &self.params {
+            match p.name.as_str() {
+                "fc.weight" => p.var.set(&p.var.broadcast_mul(&keep.unsqueeze(1)?)?)?,
+                "fc.bias" => p.var.set(&p.var.mul(&keep)?)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy of this model with the pruned neurons removed structurally: `fc` becomes
+    /// `Linear(F → H − k)` and `fc2` `Linear(H − k → K)`. Its logits equal this model's (a
+    /// pruned neuron contributes ReLU(0) = 0). Used by the ONNX export.
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] when every neuron is pruned; [`ModelError::Candle`].
+    pub fn without_pruned(&self) -> Result<Model, ModelError> {
+        let keep: Vec<u32> = (0..self.spec.hidden as u32)
+            .filter(|j| !self.pruned.contains(&(*j as usize)))
+            .collect();
+        if keep.is_empty() {
+            return Err(ModelError::Invalid("every neuron of fc is pruned".into()));
+        }
+        let idx = Tensor::new(keep.as_slice(), &self.device)?;
+        let mut params = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let t = p.var.as_tensor();
+            let t = match p.name.as_str() {
+                "fc.weight" | "fc.bias" => t.index_select(&idx, 0)?,
+                "fc2.weight" => t.index_select(&idx, 1)?,
+                _ => t.copy()?,
+            };
+            params.push(Param {
+                name: p.name.clone(),
+                var: Var::from_tensor(&t.contiguous()?)?,
+                group: p.group,
+            });
+        }
+        Ok(Model {
+            spec: ModelSpec {
+                hidden: keep.len(),
+                ..self.spec.clone()
+            },
+            device: self.device.clone(),
+            params,
+            pruned: BTreeSet::new(),
+        })
+    }
+
+    /// A deep copy (new storage) so that training the copy leaves this model unchanged.
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`].
+    pub fn deep_clone(&self) -> Result<Model, ModelError> {
+        let params = self
+            .params
+            .iter()
+            .map(|p| {
+                Ok(Param {
+                    name: p.name.clone(),
+                    var: Var::from_tensor(&p.var.as_tensor().copy()?)?,
+                    group: p.group,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Model {
+            params,
+            ..self.clone()
+        })
+    }
+
+    /// Write the weights, the prune mask and the spec to a safetensors file. The spec goes in
+    /// the header metadata (`rlap.spec`, JSON), the mask as the tensor `rlap.prune_mask` `[H]`.
+    ///
+    /// # Errors
+    /// [`ModelError::Checkpoint`] on I/O failure; [`ModelError::Candle`].
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let ck = |reason: String| ModelError::Checkpoint {
+            path: path.into(),
+            reason,
+        };
+        let mut tensors: HashMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.var.as_tensor().to_device(&Device::Cpu)))
+            .map(|(n, t)| t.map(|t| (n, t)))
+            .collect::<Result<_, _>>()?;
+        tensors.insert(
+            "rlap.prune_mask".into(),
+            self.keep_mask()?.to_device(&Device::Cpu)?,
+        );
+        let meta = HashMap::from([(
+            "rlap.spec".to_string(),
+            serde_json::to_string(&self.spec).map_err(|e| ck(e.to_string()))?,
+        )]);
+        let views: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| ck(e.to_string()))
+    }
+
+    /// Read a checkpoint written by [`Model::save`] onto `device`.
+    ///
+    /// # Errors
+    /// [`ModelError::Checkpoint`] when the file is unreadable, lacks the spec or a tensor, or a
+    /// tensor has the wrong shape.
+    pub fn load(path: &Path, device: &Device) -> Result<Model, ModelError> {
+        let ck = |reason: String| ModelError::Checkpoint {
+            path: path.into(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| ck(e.to_string()))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| ck(e.to_string()))?;
+        let spec: ModelSpec = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("rlap.spec"))
+            .ok_or_else(|| ck("no rlap.spec in the header: not an rlap checkpoint".into()))
+            .and_then(|s| serde_json::from_str(s).map_err(|e| ck(format!("rlap.spec: {e}"))))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+        let mut model = Model::new(spec, device, 0)?;
+        for p in &mut model.params {
+            let t = tensors
+                .get(&p.name)
+                .ok_or_else(|| ck(format!("missing tensor {}", p.name)))?;
+            if t.dims() != p.var.dims() {
+                return Err(ck(format!(
+                    "{}: shape {:?}, expected {:?}",
+                    p.name,
+                    t.dims(),
+                    p.var.dims()
+                )));
+            }
+            p.var = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+        }
+        let mask = tensors
+            .get("rlap.prune_mask")
+            .ok_or_else(|| ck("missing tensor rlap.prune_mask".into()))?
+            .to_vec1::<f32>()?;
+        model.pruned = mask
+            .iter()
+            .enumerate()
+            .filter(|(_, &m)| m == 0.0)
+            .map(|(j, _)| j)
+            .collect();
+        Ok(model)
+    }
+}
+
+/// Parse a device name: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+///
+/// # Errors
+/// [`ModelError::Device`] with one line saying what to do: an unknown name, a binary built
+/// without the `cuda` feature, or no visible GPU.
+pub fn parse_device(name: &str) -> Result<Device, ModelError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        _ if name == "cuda" || name.starts_with("cuda:") => {
+            let ordinal: usize = name
+                .strip_prefix("cuda:")
+                .unwrap_or("0")
+                .parse()
+                .map_err(|_| ModelError::Device(format!("bad device '{name}': expected cuda:N")))?;
+            cuda_device(ordinal)
+        }
+        _ => Err(ModelError::Device(format!(
+            "unknown device '{name}': expected cpu | cuda | cuda:N"
+        ))),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
+    Device::new_cuda(ordinal).map_err(|e| {
+        ModelError::Device(format!(
+            "cannot open GPU cuda:{ordinal} ({e}); is a GPU visible (nvidia-smi)?"
+        ))
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
+    Err(ModelError::Device(format!(
+        "device cuda:{ordinal} requested but this binary was built without the `cuda` feature; \
+         rebuild with scripts/build-cuda.sh (see README, GPU)"
+    )))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::data::tests::mnist;
+
+    pub(crate) fn mnist_spec(arch: Arch, hidden: usize) -> ModelSpec {
+        ModelSpec {
+            arch,
+            input_dim: 784,
+            image_shape: Some((1, 28, 28)),
+            hidden,
+            num_classes: 10,
+        }
+    }
+
+    fn batch(n: usize) -> Tensor {
+        Tensor::from_slice(&mnist().test.features[..n * 784], (n, 784), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn shapes_of_both_architectures() {
+        for arch in [Arch::Mlp, Arch::Cnn] {
+            let m = Model::new(mnist_spec(arch, 32), &Device::Cpu, 1).unwrap();
+            let x = batch(5);
+            let h = m.fc(&m.body(&x).unwrap()).unwrap();
+            assert_eq!(h.dims(), &[5, 32]);
+            assert_eq!(m.forward(&x).unwrap().dims(), &[5, 10]);
+        }
+        assert_eq!(mnist_spec(Arch::Cnn, 256).body_width().unwrap(), 512);
+    }
+
+    #[test]
+    fn checkpoint_round_trips_with_mask() {
+        let dir = tempfile::tempdir().unwrap();
+        for arch in [Arch::Mlp, Arch::Cnn] {
+            let mut m = Model::new(mnist_spec(arch, 16), &Device::Cpu, 7).unwrap();
+            m.prune(&[3, 5]).unwrap();
+            let p = dir.path().join(format!("{arch}.safetensors"));
+            m.save(&p).unwrap();
+            let back = Model::load(&p, &Device::Cpu).unwrap();
+            assert_eq!(back.spec(), m.spec());
+            assert_eq!(back.pruned(), vec![3, 5]);
+            let x = batch(4);
+            let a = m.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+            let b = back.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(a, b);
+        }
+        std::fs::write(dir.path().join("bad"), b"garbage").unwrap();
+        assert!(matches!(
+            Model::load(&dir.path().join("bad"), &Device::Cpu),
+            Err(ModelError::Checkpoint { .. })
+        ));
+    }
+
+    #[test]
+    fn structural_removal_keeps_logits() {
+        for arch in [Arch::Mlp, Arch::Cnn] {
+            let mut m = Model::new(mnist_spec(arch, 20), &Device::Cpu, 3).unwrap();
+            m.prune(&[0, 7, 19]).unwrap();
+            let small = m.without_pruned().unwrap();
+            assert_eq!(small.spec().hidden, 17);
+            assert_eq!(small.param("fc2.weight").dims(), &[10, 17]);
+            let x = batch(8);
+            let a = m.forward(&x).unwrap();
+            let b = small.forward(&x).unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "{diff}");
+        }
+    }
+
+    #[test]
+    fn seeded_init_is_reproducible() {
+        let a = Model::new(mnist_spec(Arch::Mlp, 8), &Device::Cpu, 5).unwrap();
+        let b = Model::new(mnist_spec(Arch::Mlp, 8), &Device::Cpu, 5).unwrap();
+        let wa = a.param("fc.weight").to_vec2::<f32>().unwrap();
+        assert_eq!(wa, b.param("fc.weight").to_vec2::<f32>().unwrap());
+    }
+
+    #[test]
+    fn cuda_without_feature_is_one_clear_error() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        let e = parse_device("cuda:0").unwrap_err().to_string();
+        assert!(e.contains("without the `cuda` feature"), "{e}");
+        assert!(parse_device("tpu").is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! End-to-end tests of the `rlap` binary on real MNIST (run `scripts/setup-data.sh` first;
+//! `make test` does).
+
+use std::process::Command;
+
+fn rlap() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rlap"))
+}
+
+#[test]
+fn experiment_on_an_mnist_slice_prints_the_table_and_writes_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let csv = dir.path().join("posteriors.csv");
+    let out = rlap()
+        .args([
+            "--quiet",
+            "experiment",
+            "--dataset",
+            "mnist",
+            "--corruption",
+            "label-symmetric:0.4",
+            "--train-size",
+            "3000",
+            "--epochs",
+            "3",
+            "--finetune-epochs",
+            "2",
+            "--hidden",
+            "64",
+            "--seed",
+            "3",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--posteriors")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "Initial",
+        "Pruned",
+        "L-FT",
+        "F-FT",
+        "Retrain",
+        "Oracle",
+        "partition",
+    ] {
+        assert!(stdout.contains(row), "missing {row} in\n{stdout}");
+    }
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["train_samples"], 3000);
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["Initial", "Pruned", "L-FT", "F-FT", "Retrain", "Oracle"]
+    );
+    let p = &report["partition"];
+    for key in [
+        "precision",
+        "recall",
+        "f1",
+        "auroc",
+        "estimated_noise_rate",
+        "true_noise_rate",
+    ] {
+        assert!(p[key].is_number(), "partition.{key}");
+    }
+    // 40 % symmetric noise on 3,000 digits: the label-gradient partition separates well above
+    // chance even with a small model and few epochs.
+    assert!(p["auroc"].as_f64().unwrap() > 0.85, "{p}");
+    assert_eq!(
+        report["pruned_neurons"].as_array().unwrap().len(),
+        10,
+        "round(0.156 * 64)"
+    );
+    let oracle = rows[5]["accuracy"].as_f64().unwrap();
+    assert!(oracle > 0.85, "oracle accuracy {oracle}");
+
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "index,given_label,true_label,corrupted,posterior_noisy,predicted_noisy"
+    );
+    let body: Vec<&str> = lines.collect();
+    assert_eq!(body.len(), 3000);
+    let corrupted = body
+        .iter()
+        .filter(|l| l.split(',').nth(3) == Some("1"))
+        .count();
+    assert!((corrupted as f64 / 3000.0 - 0.4).abs() < 0.05);
+}
+
+#[test]
+fn bad_options_are_one_clear_error() {
+    let out = rlap()
+        .args(["experiment", "--corruption", "label-symmetric:1.5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("outside [0, 1]"), "{err}");
+
+    let out = rlap()
+        .args([
+            "--quiet",
+            "experiment",
+            "--dataset",
+            "idx:/nonexistent/rlap-data",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/rlap-data/train-images-idx3-ubyte"),
+        "{err}"
+    );
+
+    let out = rlap()
+        .args(["experiment", "--device", "cuda:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
