@@ -396,28 +396,44 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// Read a whole IDX file and check its magic number, then that it holds at least the
+/// `header` bytes of its kind.
+fn read_idx(
+    path: &Path,
+    magic: u32,
+    kind: &'static str,
+    header: usize,
+) -> Result<Vec<u8>, DataError> {
+    let b = read_all(path)?;
+    let truncated = |b: &[u8]| DataError::Truncated {
+        path: path.into(),
+        expected: header,
+        actual: b.len(),
+    };
+    if b.len() < 4 {
+        return Err(truncated(&b));
+    }
+    let found = be_u32(&b, 0);
+    if found != magic {
+        return Err(DataError::BadMagic {
+            path: path.into(),
+            kind,
+            found,
+            expected: magic,
+        });
+    }
+    if b.len() < header {
+        return Err(truncated(&b));
+    }
+    Ok(b)
+}
+
 /// Read an IDX3 image file: returns the pixels (row-major `[n, rows*cols]`) and `(rows, cols)`.
 ///
 /// # Errors
 /// [`DataError::BadMagic`], [`DataError::Truncated`], [`DataError::Io`].
 pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, (usize, usize)), DataError> {
-    let b = read_all(path)?;
-    if b.len() < 16 {
-        return Err(DataError::Truncated {
-            path: path.into(),
-            expected: 16,
-            actual: b.len(),
-        });
-    }
-    let magic = be_u32(&b, 0);
-    if magic != 0x0803 {
-        return Err(DataError::BadMagic {
-            path: path.into(),
-            kind: "images (u8, 3 dims)",
-            found: magic,
-            expected: 0x0803,
-        });
-    }
+    let b = read_idx(path, 0x0803, "images (u8, 3 dims)", 16)?;
     let (n, r, c) = (
         be_u32(&b, 4) as usize,
         be_u32(&b, 8) as usize,
@@ -439,23 +455,7 @@ pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, (usize, usize)), DataErr
 /// # Errors
 /// [`DataError::BadMagic`], [`DataError::Truncated`], [`DataError::Io`].
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
-    let b = read_all(path)?;
-    if b.len() < 8 {
-        return Err(DataError::Truncated {
-            path: path.into(),
-            expected: 8,
-            actual: b.len(),
-        });
-    }
-    let magic = be_u32(&b, 0);
-    if magic != 0x0801 {
-        return Err(DataError::BadMagic {
-            path: path.into(),
-            kind: "labels (u8, 1 dim)",
-            found: magic,
-            expected: 0x0801,
-        });
-    }
+    let b = read_idx(path, 0x0801, "labels (u8, 1 dim)", 8)?;
     let n = be_u32(&b, 4) as usize;
     if b.len() != 8 + n {
         return Err(DataError::Truncated {

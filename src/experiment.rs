@@ -173,6 +173,35 @@ pub struct ExperimentReport {
 }
 
 impl ExperimentReport {
+    /// Gather a run's figures: `rows` in table order, the partition of `s1` scored against
+    /// the hidden truth of `data`.
+    pub fn assemble(
+        cfg: &ExperimentConfig,
+        data: &Prepared,
+        s1: &Stage1,
+        rows: Vec<Row>,
+        pruned_neurons: Vec<usize>,
+        scoring_seconds: f64,
+        total_seconds: f64,
+    ) -> Self {
+        let p = &s1.partition;
+        let (c, nz) = (p.clean_component, 1 - p.clean_component);
+        ExperimentReport {
+            config: cfg.clone(),
+            train_samples: data.noisy.len(),
+            test_samples: data.test.len(),
+            rows,
+            partition: data.truth.detection_report(&p.posterior_noisy, &p.noisy),
+            mixture_weights_clean_noisy: [p.weights[c], p.weights[nz]],
+            mixture_mean_loss_clean_noisy: [p.component_mean_loss[c], p.component_mean_loss[nz]],
+            pruned_neurons,
+            attribution_seconds: s1.attribution_seconds,
+            partition_seconds: s1.partition_seconds,
+            scoring_seconds,
+            total_seconds,
+        }
+    }
+
     /// The row named `name`.
     pub fn row(&self, name: &str) -> Option<&Row> {
         self.rows.iter().find(|r| r.name == name)
@@ -440,7 +469,11 @@ pub fn prune_and_finetune(
             progress,
             name,
         )?;
-        debug_assert!(pruned_rows_are_zero(&m, &top));
+        if !pruned_rows_are_zero(&m, &top)? {
+            return Err(ExperimentError::Invalid(format!(
+                "{name} regrew a pruned neuron"
+            )));
+        }
         rows.push(row(
             name,
             &m,
@@ -454,15 +487,15 @@ pub fn prune_and_finetune(
 }
 
 /// True when every pruned neuron's incoming weights and bias are exactly zero.
-pub fn pruned_rows_are_zero(model: &Model, pruned: &[usize]) -> bool {
-    let w = model
-        .param("fc.weight")
-        .to_vec2::<f32>()
-        .unwrap_or_default();
-    let b = model.param("fc.bias").to_vec1::<f32>().unwrap_or_default();
-    pruned
+///
+/// # Errors
+/// [`ModelError::Candle`] when the weights cannot be read back.
+pub fn pruned_rows_are_zero(model: &Model, pruned: &[usize]) -> Result<bool, ModelError> {
+    let w = model.param("fc.weight").to_vec2::<f32>()?;
+    let b = model.param("fc.bias").to_vec1::<f32>()?;
+    Ok(pruned
         .iter()
-        .all(|&j| b.get(j) == Some(&0.0) && w.get(j).is_some_and(|r| r.iter().all(|&v| v == 0.0)))
+        .all(|&j| b.get(j) == Some(&0.0) && w.get(j).is_some_and(|r| r.iter().all(|&v| v == 0.0))))
 }
 
 /// Train a fresh model (seed `seed`) on `set` for `cfg.epochs` and evaluate it as row `name`.
@@ -522,22 +555,15 @@ pub fn run(
         None => oracle_row(cfg, &spec, data, progress)?,
     };
     rows.push(oracle);
-    let p = &s1.partition;
-    let (c, nz) = (p.clean_component, 1 - p.clean_component);
-    let report = ExperimentReport {
-        config: cfg.clone(),
-        train_samples: data.noisy.len(),
-        test_samples: data.test.len(),
+    let report = ExperimentReport::assemble(
+        cfg,
+        data,
+        &s1,
         rows,
-        partition: data.truth.detection_report(&p.posterior_noisy, &p.noisy),
-        mixture_weights_clean_noisy: [p.weights[c], p.weights[nz]],
-        mixture_mean_loss_clean_noisy: [p.component_mean_loss[c], p.component_mean_loss[nz]],
         pruned_neurons,
-        attribution_seconds: s1.attribution_seconds,
-        partition_seconds: s1.partition_seconds,
         scoring_seconds,
-        total_seconds: t0.elapsed().as_secs_f64(),
-    };
+        t0.elapsed().as_secs_f64(),
+    );
     Ok((report, s1.partition))
 }
 

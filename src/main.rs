@@ -235,7 +235,7 @@ fn sweep(
                     // Label noise leaves the inputs alone: the Oracle's training data is the same.
                     oracle = report.row("Oracle").cloned();
                 }
-                print!("{}\n", report.table());
+                println!("{}", report.table());
                 reports.push(report);
             }
         }
@@ -244,6 +244,7 @@ fn sweep(
                 .iter()
                 .map(|c| c.parse::<Criterion>())
                 .collect::<Result<Vec<_>, _>>()?;
+            let t0 = std::time::Instant::now();
             let data: Prepared = experiment::prepare(base)?;
             let s1 = experiment::stage1(base, &data, progress)?;
             let spec = s1.initial.spec().clone();
@@ -264,29 +265,14 @@ fn sweep(
                 rows.insert(0, s1.initial_row.clone());
                 rows.push(retrain.clone());
                 rows.push(oracle.clone());
-                let p = &s1.partition;
-                let (c, nz) = (p.clean_component, 1 - p.clean_component);
-                let report = ExperimentReport {
-                    config: ExperimentConfig {
-                        criterion,
-                        ..base.clone()
-                    },
-                    train_samples: data.noisy.len(),
-                    test_samples: data.test.len(),
-                    rows,
-                    partition: data.truth.detection_report(&p.posterior_noisy, &p.noisy),
-                    mixture_weights_clean_noisy: [p.weights[c], p.weights[nz]],
-                    mixture_mean_loss_clean_noisy: [
-                        p.component_mean_loss[c],
-                        p.component_mean_loss[nz],
-                    ],
-                    pruned_neurons: pruned,
-                    attribution_seconds: s1.attribution_seconds,
-                    partition_seconds: s1.partition_seconds,
-                    scoring_seconds: scoring,
-                    total_seconds: 0.0,
+                let cfg = ExperimentConfig {
+                    criterion,
+                    ..base.clone()
                 };
-                print!("{}\n", report.table());
+                let total = t0.elapsed().as_secs_f64();
+                let report =
+                    ExperimentReport::assemble(&cfg, &data, &s1, rows, pruned, scoring, total);
+                println!("{}", report.table());
                 reports.push(report);
             }
         }

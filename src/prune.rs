@@ -287,12 +287,8 @@ mod tests {
         }
         let fit = ols_sensitivity(&x, n, h, &y).unwrap();
         let want = [2.0, 0.0, -3.0, 0.0];
-        for j in 0..h {
-            assert!(
-                (fit.beta[j] - want[j]).abs() < 1e-6,
-                "beta[{j}] = {}",
-                fit.beta[j]
-            );
+        for (j, (b, w)) in fit.beta.iter().zip(want).enumerate() {
+            assert!((b - w).abs() < 1e-6, "beta[{j}] = {b}");
         }
         assert!((fit.intercept - 0.7).abs() < 1e-6);
         assert!(fit.ridge_lambda > 0.0 && fit.ridge_lambda < 1e-6);
