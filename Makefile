@@ -1,11 +1,12 @@
-# The README's two commands are `make experiment` and `make test`; both fetch the data sets
-# first (idempotent, sha256-checked).
+# The README's two commands are `make experiment` and `make test`; both first fetch the data
+# sets (sha256-checked) and the ONNX Runtime library, idempotently.
 CARGO ?= cargo
 
 .PHONY: setup experiment test bench lint
 
 setup:
 	./scripts/setup-data.sh
+	./scripts/setup-ort.sh
 
 experiment: setup
 	$(CARGO) run --release -- experiment --dataset mnist --corruption label-symmetric:0.4 --seed 1

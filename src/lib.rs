@@ -14,6 +14,8 @@
 //! - [`partition`]: §3.2.2, z-score + 2-component GMM + label-free clean-component rule.
 //! - [`prune`]: §3.3, OLS regression sensitivity and the selective-pruning baselines.
 //! - [`experiment`]: Algorithm 1 end to end, the paper's table, JSON and CSV reports.
+//! - [`onnx`]: ONNX export (typed prost messages, pruned neurons removed) and ONNX Runtime
+//!   inference (`ort`, load-dynamic).
 //! - [`bench`]: throughput of attribution and training with FLOP counts.
 //! - [`progress`]: indicatif progress bars, silenced by `--quiet`.
 //! - [`cpu`]: candle CPU threading defaults (set once by the binary).
@@ -26,6 +28,7 @@ pub mod data;
 pub mod evaluation;
 pub mod experiment;
 pub mod model;
+pub mod onnx;
 pub mod partition;
 pub mod progress;
 pub mod prune;

@@ -1,0 +1,146 @@
+//! Inference with ONNX Runtime through `ort` (load-dynamic): finding the shared library without
+//! the user exporting anything, initialising it once per process, and running an exported
+//! model on a batch.
+//!
+//! Library search order: `$ORT_DYLIB_PATH`; `libonnxruntime.so*` beside the executable; the
+//! project's `.cache/onnxruntime/onnxruntime/capi/` (filled by `scripts/setup-ort.sh`) under the
+//! checkout the binary was built from, then under the current directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::session::Session;
+use ort::value::Tensor;
+
+use super::export::{INPUT, OUTPUT};
+
+/// The ONNX Runtime version the project pins (ort rc.15 refuses older libraries).
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// Errors of the ONNX Runtime bridge.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The shared library was not found.
+    #[error(
+        "ONNX Runtime library not found (looked in {looked}); run scripts/setup-ort.sh or set ORT_DYLIB_PATH"
+    )]
+    NotFound { looked: String },
+    /// The library could not be loaded or initialised.
+    #[error("cannot load ONNX Runtime from {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    /// Building a session or running it failed.
+    #[error("ONNX Runtime: {0}")]
+    Ort(#[from] ort::Error),
+    /// The input does not match the model.
+    #[error("bad input: {0}")]
+    Input(String),
+}
+
+fn lib_name() -> String {
+    format!("libonnxruntime.so.{ORT_VERSION}")
+}
+
+/// Candidate library paths, in search order (see the module docs).
+pub fn candidate_paths() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        out.push(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        out.push(dir.join(lib_name()));
+        out.push(dir.join("libonnxruntime.so"));
+    }
+    let rel = Path::new(".cache/onnxruntime/onnxruntime/capi").join(lib_name());
+    out.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(&rel));
+    out.push(rel);
+    out
+}
+
+/// The first existing candidate library.
+///
+/// # Errors
+/// [`RuntimeError::NotFound`] listing the places searched.
+pub fn find_library() -> Result<PathBuf, RuntimeError> {
+    let c = candidate_paths();
+    c.iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| RuntimeError::NotFound {
+            looked: c
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment, initialised on first use.
+///
+/// # Errors
+/// [`RuntimeError::NotFound`] or [`RuntimeError::Load`].
+pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
+    let path = find_library()?;
+    ENVIRONMENT
+        .get_or_init(|| {
+            ort::init_from(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| b.with_name("rlap").build().map_err(|e| e.to_string()))
+        })
+        .as_ref()
+        .map_err(|reason| RuntimeError::Load {
+            path,
+            reason: reason.clone(),
+        })
+}
+
+/// An exported model loaded into ONNX Runtime. Thread-safe: runs are serialised.
+pub struct OnnxModel {
+    session: Mutex<Session>,
+    input_dim: usize,
+}
+
+impl OnnxModel {
+    /// Load serialized ONNX bytes; `input_dim` is D of the `[batch, D]` input.
+    ///
+    /// # Errors
+    /// [`RuntimeError`] when the library or the model cannot be loaded.
+    pub fn from_bytes(bytes: &[u8], input_dim: usize) -> Result<Self, RuntimeError> {
+        let session = Session::builder(environment()?)?
+            .with_intra_threads(1)
+            .map_err(ort::Error::from)?
+            .commit_from_memory(bytes)?;
+        Ok(Self {
+            session: Mutex::new(session),
+            input_dim,
+        })
+    }
+
+    /// Logits `[n, K]` (row-major) for `features` `[n, D]` (row-major).
+    ///
+    /// # Errors
+    /// [`RuntimeError::Input`] when `features` is not a whole number of rows;
+    /// [`RuntimeError::Ort`] when the run fails.
+    pub fn logits(&self, features: &[f32]) -> Result<Vec<f32>, RuntimeError> {
+        if self.input_dim == 0 || features.len() % self.input_dim != 0 || features.is_empty() {
+            return Err(RuntimeError::Input(format!(
+                "{} values is not a non-empty whole number of rows of {}",
+                features.len(),
+                self.input_dim
+            )));
+        }
+        let n = features.len() / self.input_dim;
+        let input = Tensor::from_array(([n, self.input_dim], features.to_vec()))?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| RuntimeError::Input("session lock poisoned".into()))?;
+        let outputs = session.run(ort::inputs![INPUT => input])?;
+        let (_, logits) = outputs[OUTPUT].try_extract_tensor::<f32>()?;
+        Ok(logits.to_vec())
+    }
+}
