@@ -419,8 +419,7 @@ pub fn stage1(
     })
 }
 
-/// Steps 4–6 for one criterion: score, prune, L-FT and F-FT. Returns the rows Pruned, L-FT,
-/// F-FT, the pruned indices and the scoring seconds.
+/// Steps 4–6 for one criterion: score, prune, L-FT and F-FT.
 ///
 /// # Errors
 /// Any step's error.
@@ -430,7 +429,7 @@ pub fn prune_and_finetune(
     s1: &Stage1,
     criterion: Criterion,
     progress: &Progress,
-) -> Result<(Vec<Row>, Vec<usize>, f64), ExperimentError> {
+) -> Result<Finetuned, ExperimentError> {
     let a = &s1.attributions;
     let t = Instant::now();
     let scores = neuron_scores(
@@ -460,6 +459,7 @@ pub fn prune_and_finetune(
             clean.len()
         )));
     }
+    let mut fft = None;
     for (name, scope, wd) in [("L-FT", Scope::Head, 1e-5), ("F-FT", Scope::All, 0.0)] {
         let m = pruned.deep_clone()?;
         let stats = train(
@@ -482,8 +482,27 @@ pub fn prune_and_finetune(
             cfg.finetune_epochs,
             clean.len(),
         )?);
+        fft = Some(m);
     }
-    Ok((rows, top, scoring_seconds))
+    let fft = fft.expect("the F-FT row ran");
+    Ok(Finetuned {
+        rows,
+        pruned: top,
+        scoring_seconds,
+        fft,
+    })
+}
+
+/// What steps 4–6 produce for one criterion.
+pub struct Finetuned {
+    /// Rows Pruned, L-FT, F-FT.
+    pub rows: Vec<Row>,
+    /// Pruned neuron indices, ascending.
+    pub pruned: Vec<usize>,
+    /// Seconds spent scoring neurons.
+    pub scoring_seconds: f64,
+    /// The F-FT model (the one a cycle would publish).
+    pub fft: Model,
 }
 
 /// True when every pruned neuron's incoming weights and bias are exactly zero.
@@ -522,8 +541,8 @@ pub fn from_scratch(
     row(name, &m, test, &stats, cfg.epochs, set.len())
 }
 
-/// Run Algorithm 1 end to end (see module docs); returns the report and the partition (for
-/// [`write_posteriors`]). `oracle` reuses a precomputed Oracle row
+/// Run Algorithm 1 end to end (see module docs); returns the report, the partition (for
+/// [`write_posteriors`]) and the F-FT model. `oracle` reuses a precomputed Oracle row
 /// (sweeps over label-noise rates train on the same true data).
 ///
 /// # Errors
@@ -533,11 +552,15 @@ pub fn run(
     data: &Prepared,
     oracle: Option<Row>,
     progress: &Progress,
-) -> Result<(ExperimentReport, Partition), ExperimentError> {
+) -> Result<(ExperimentReport, Partition, Model), ExperimentError> {
     let t0 = Instant::now();
     let s1 = stage1(cfg, data, progress)?;
-    let (mut rows, pruned_neurons, scoring_seconds) =
-        prune_and_finetune(cfg, data, &s1, cfg.criterion, progress)?;
+    let Finetuned {
+        mut rows,
+        pruned: pruned_neurons,
+        scoring_seconds,
+        fft,
+    } = prune_and_finetune(cfg, data, &s1, cfg.criterion, progress)?;
     rows.insert(0, s1.initial_row.clone());
     let spec = s1.initial.spec().clone();
     let clean = data.noisy.select(&s1.partition.clean_indices());
@@ -564,7 +587,7 @@ pub fn run(
         scoring_seconds,
         t0.elapsed().as_secs_f64(),
     );
-    Ok((report, s1.partition))
+    Ok((report, s1.partition, fft))
 }
 
 /// The Oracle row: the same architecture and recipe as Initial, trained on the true data

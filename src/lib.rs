@@ -16,6 +16,8 @@
 //! - [`experiment`]: Algorithm 1 end to end, the paper's table, JSON and CSV reports.
 //! - [`onnx`]: ONNX export (typed prost messages, pruned neurons removed) and ONNX Runtime
 //!   inference (`ort`, load-dynamic).
+//! - [`store`]: the versioned model store (Triton layout, atomic publish, retention).
+//! - [`serve`]: the HTTP API (axum) over ONNX Runtime: predict, versions, hot swap, rollback.
 //! - [`bench`]: throughput of attribution and training with FLOP counts.
 //! - [`progress`]: indicatif progress bars, silenced by `--quiet`.
 //! - [`cpu`]: candle CPU threading defaults (set once by the binary).
@@ -32,4 +34,6 @@ pub mod onnx;
 pub mod partition;
 pub mod progress;
 pub mod prune;
+pub mod serve;
+pub mod store;
 pub mod train;

@@ -37,6 +37,49 @@ enum Command {
     Experiment(ExperimentArgs),
     /// Measure attribution and training throughput (samples/s, GFLOP/s).
     Bench(BenchArgs),
+    /// Publish a checkpoint to a model store as the next version (ONNX + weights + metadata).
+    Publish(PublishArgs),
+    /// Serve a model store's versions over HTTP (predict, versions, hot swap, rollback).
+    ServeModel(ServeModelArgs),
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// Checkpoint written by `rlap experiment --save-checkpoint` (safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Model store folder.
+    #[arg(long)]
+    store: PathBuf,
+    /// Model name inside the store.
+    #[arg(long)]
+    model: String,
+    /// Versions kept per model.
+    #[arg(long, default_value_t = 5)]
+    retain: usize,
+}
+
+#[derive(Args)]
+struct ServeModelArgs {
+    /// Model store folder.
+    #[arg(long)]
+    store: PathBuf,
+    /// Model name served by /v1/predict.
+    #[arg(long)]
+    model: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: std::net::SocketAddr,
+    /// Bearer token for the admin endpoints (rollback, cycle); read from $RLAP_ADMIN_TOKEN when
+    /// not given; without one they are disabled.
+    #[arg(long)]
+    admin_token: Option<String>,
+    /// Seconds between checks of the store for a newer version.
+    #[arg(long, default_value_t = 2.0)]
+    poll_seconds: f64,
+    /// Largest batch /v1/predict accepts.
+    #[arg(long, default_value_t = 1024)]
+    max_batch: usize,
 }
 
 #[derive(Args)]
@@ -96,6 +139,9 @@ struct ExperimentArgs {
     /// Write every figure as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Save the F-FT model (weights and prune mask, safetensors) here, for `rlap publish`.
+    #[arg(long)]
+    save_checkpoint: Option<PathBuf>,
     /// Write one CSV row per training sample here (not with --sweep).
     #[arg(long)]
     posteriors: Option<PathBuf>,
@@ -149,6 +195,8 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Experiment(a) => run_experiment(a, &progress),
         Command::Bench(a) => run_bench(a),
+        Command::Publish(a) => run_publish(a),
+        Command::ServeModel(a) => run_serve_model(a),
     }
 }
 
@@ -181,13 +229,16 @@ fn run_experiment(a: ExperimentArgs, progress: &Progress) -> Result<()> {
     match a.sweep.as_deref() {
         None => {
             let data = experiment::prepare(&cfg)?;
-            let (report, partition) = experiment::run(&cfg, &data, None, progress)?;
+            let (report, partition, fft) = experiment::run(&cfg, &data, None, progress)?;
             print!("{}", report.table());
             if let Some(p) = &a.json {
                 write_json(p, &report)?;
             }
             if let Some(p) = &a.posteriors {
                 experiment::write_posteriors(p, &data, &partition)?;
+            }
+            if let Some(p) = &a.save_checkpoint {
+                fft.save(p)?;
             }
             Ok(())
         }
@@ -230,7 +281,7 @@ fn sweep(
                     ..base.clone()
                 };
                 let data = experiment::prepare(&cfg)?;
-                let (report, _) = experiment::run(&cfg, &data, oracle.clone(), progress)?;
+                let (report, _, _) = experiment::run(&cfg, &data, oracle.clone(), progress)?;
                 if cfg.corruption.is_label_noise() {
                     // Label noise leaves the inputs alone: the Oracle's training data is the same.
                     oracle = report.row("Oracle").cloned();
@@ -260,8 +311,8 @@ fn sweep(
             )?;
             let oracle = experiment::oracle_row(base, &spec, &data, progress)?;
             for criterion in criteria {
-                let (mut rows, pruned, scoring) =
-                    experiment::prune_and_finetune(base, &data, &s1, criterion, progress)?;
+                let ft = experiment::prune_and_finetune(base, &data, &s1, criterion, progress)?;
+                let (mut rows, pruned, scoring) = (ft.rows, ft.pruned, ft.scoring_seconds);
                 rows.insert(0, s1.initial_row.clone());
                 rows.push(retrain.clone());
                 rows.push(oracle.clone());
@@ -365,5 +416,48 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             &serde_json::json!({ "results": results, "step_breakdown": breakdown }),
         )?;
     }
+    Ok(())
+}
+
+fn run_publish(a: PublishArgs) -> Result<()> {
+    let model = Model::load(&a.checkpoint, &candle_core::Device::Cpu)?;
+    let store = rlap::store::ModelStore::open(&a.store, a.retain)?;
+    let parent = store.latest(&a.model).ok();
+    let meta = store.publish(
+        &a.model,
+        &model,
+        rlap::store::PublishInfo {
+            parent_version: parent,
+            ..Default::default()
+        },
+    )?;
+    println!(
+        "published {} version {} to {}",
+        meta.model,
+        meta.version,
+        store.version_dir(&meta.model, meta.version)?.display()
+    );
+    Ok(())
+}
+
+fn run_serve_model(a: ServeModelArgs) -> Result<()> {
+    if !(a.poll_seconds > 0.0 && a.poll_seconds.is_finite()) {
+        bail!("--poll-seconds must be > 0");
+    }
+    let store = rlap::store::ModelStore::open(&a.store, usize::MAX)?;
+    let cfg = rlap::serve::ServeConfig {
+        bind: a.bind,
+        model: a.model,
+        admin_token: a
+            .admin_token
+            .or_else(|| std::env::var("RLAP_ADMIN_TOKEN").ok()),
+        poll_interval: std::time::Duration::from_secs_f64(a.poll_seconds),
+        max_batch: a.max_batch,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(rlap::serve::run(store, cfg))?;
     Ok(())
 }

@@ -1,0 +1,482 @@
+//! The model-serving HTTP API (axum) over ONNX Runtime: predictions from the current model
+//! version, the store's versions and files, hot swap to newer versions, rollback.
+//!
+//! This module owns the server. Architecture invariants:
+//! - **In-flight requests never fail on a swap.** The current version is an `Arc<Served>`
+//!   behind a lock held only to clone or replace the `Arc`; a request keeps the version it
+//!   started with until it ends.
+//! - **A version that fails to load or to pass the smoke check is refused**; the current one
+//!   keeps serving and the refusal is logged with its reason.
+//! - Binds to 127.0.0.1 unless configured; admin endpoints need the bearer token from config
+//!   and are disabled without one.
+//!
+//! The API is documented in `openapi/rlap.json`; `tests/http_api.rs` checks the server
+//! against it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::onnx::runtime::{OnnxModel, RuntimeError};
+use crate::store::{ModelStore, StoreError, VersionMetadata, ONNX_FILE};
+
+/// Errors of loading a version for serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The file on disk does not match the sha256 in its metadata.
+    #[error("{0}: sha256 mismatch with metadata.json")]
+    Checksum(String),
+    /// The model loaded but produced unusable output on the smoke batch.
+    #[error("smoke check failed: {0}")]
+    Smoke(String),
+}
+
+/// A loaded, checked model version.
+pub struct Served {
+    /// Store metadata of this version.
+    pub meta: VersionMetadata,
+    onnx: OnnxModel,
+}
+
+/// Load `model`/`version` from `store`: verify the file's sha256, build the ONNX Runtime
+/// session, run a smoke batch (zeros, `[2, D]`) and require `[2, K]` finite logits.
+///
+/// # Errors
+/// [`ServeError`] naming what failed.
+pub fn load_version(store: &ModelStore, model: &str, version: u64) -> Result<Served, ServeError> {
+    let meta = store.metadata(model, version)?;
+    let path = store.version_dir(model, version)?.join(ONNX_FILE);
+    let bytes = std::fs::read(&path).map_err(|source| StoreError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    if meta.sha256.get(ONNX_FILE) != Some(&format!("{:x}", Sha256::digest(&bytes))) {
+        return Err(ServeError::Checksum(path.display().to_string()));
+    }
+    let onnx = OnnxModel::from_bytes(&bytes, meta.input_dim)?;
+    let logits = onnx.logits(&vec![0.0; 2 * meta.input_dim])?;
+    if logits.len() != 2 * meta.num_classes || logits.iter().any(|v| !v.is_finite()) {
+        return Err(ServeError::Smoke(format!(
+            "{} logits for 2 samples of {} classes (finite: {})",
+            logits.len(),
+            meta.num_classes,
+            logits.iter().all(|v| v.is_finite())
+        )));
+    }
+    Ok(Served { meta, onnx })
+}
+
+/// Settings of the serving process.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Address to bind (default 127.0.0.1:8080).
+    pub bind: SocketAddr,
+    /// The model name served by `/v1/predict`.
+    pub model: String,
+    /// Bearer token of the admin endpoints; `None` disables them.
+    pub admin_token: Option<String>,
+    /// How often the store is checked for a newer version.
+    pub poll_interval: Duration,
+    /// Largest batch `/v1/predict` accepts.
+    pub max_batch: usize,
+}
+
+/// Shared state of the server.
+pub struct AppState {
+    store: ModelStore,
+    cfg: ServeConfig,
+    current: RwLock<Option<Arc<Served>>>,
+    /// A version pinned by rollback: the watcher stops following newer versions.
+    pinned: Mutex<Option<u64>>,
+}
+
+impl AppState {
+    /// State serving `cfg.model` from `store`, loading its newest version if there is one.
+    pub fn new(store: ModelStore, cfg: ServeConfig) -> Arc<Self> {
+        let state = Arc::new(Self {
+            store,
+            cfg,
+            current: RwLock::new(None),
+            pinned: Mutex::new(None),
+        });
+        state.follow_latest();
+        state
+    }
+
+    /// The version being served, if any.
+    pub fn current(&self) -> Option<Arc<Served>> {
+        self.current.read().expect("lock").clone()
+    }
+
+    /// Swap to `version` if it loads and passes the smoke check; otherwise keep the current
+    /// one and return why.
+    ///
+    /// # Errors
+    /// [`ServeError`] from [`load_version`].
+    pub fn swap_to(&self, version: u64) -> Result<(), ServeError> {
+        match load_version(&self.store, &self.cfg.model, version) {
+            Ok(s) => {
+                tracing::info!(model = %self.cfg.model, version, "serving model version");
+                *self.current.write().expect("lock") = Some(Arc::new(s));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(model = %self.cfg.model, version, error = %e, "model version refused; keeping the current one");
+                Err(e)
+            }
+        }
+    }
+
+    /// Load the newest version when it is newer than the served one (unless pinned).
+    pub fn follow_latest(&self) {
+        if self.pinned.lock().expect("lock").is_some() {
+            return;
+        }
+        let Ok(latest) = self.store.latest(&self.cfg.model) else {
+            return;
+        };
+        let serving = self.current().map(|s| s.meta.version);
+        if serving.is_none_or(|v| latest > v) {
+            let _ = self.swap_to(latest);
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(ErrorBody { error: msg.into() })).into_response()
+}
+
+/// `POST /v1/predict` body.
+#[derive(Deserialize)]
+struct PredictRequest {
+    /// `[batch][D]` features.
+    instances: Vec<Vec<f32>>,
+}
+
+#[derive(Serialize)]
+struct Prediction {
+    class: usize,
+    probabilities: Vec<f32>,
+}
+
+#[derive(Serialize)]
+struct PredictResponse {
+    model: String,
+    version: u64,
+    predictions: Vec<Prediction>,
+}
+
+async fn predict(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let req: PredictRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+    };
+    let Some(served) = st.current() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no model version loaded yet",
+        );
+    };
+    let d = served.meta.input_dim;
+    if req.instances.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "instances is empty");
+    }
+    if req.instances.len() > st.cfg.max_batch {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} instances; at most {} per request",
+                req.instances.len(),
+                st.cfg.max_batch
+            ),
+        );
+    }
+    let mut flat = Vec::with_capacity(req.instances.len() * d);
+    for (i, x) in req.instances.iter().enumerate() {
+        if x.len() != d {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("instance {i}: {} features, expected {d}", x.len()),
+            );
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("instance {i}: NaN or infinite feature"),
+            );
+        }
+        flat.extend_from_slice(x);
+    }
+    let logits = match served.onnx.logits(&flat) {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let k = served.meta.num_classes;
+    let predictions = logits
+        .chunks(k)
+        .map(|row| {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+            let s: f32 = e.iter().sum();
+            let probabilities: Vec<f32> = e.iter().map(|v| v / s).collect();
+            let class = probabilities
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(c, _)| c);
+            Prediction {
+                class,
+                probabilities,
+            }
+        })
+        .collect();
+    Json(PredictResponse {
+        model: served.meta.model.clone(),
+        version: served.meta.version,
+        predictions,
+    })
+    .into_response()
+}
+
+#[derive(Serialize)]
+struct ModelEntry {
+    name: String,
+    versions: Vec<u64>,
+    serving: Option<u64>,
+}
+
+async fn list_models(State(st): State<Arc<AppState>>) -> Response {
+    let names = match st.store.models() {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let serving = st.current().map(|s| (s.meta.model.clone(), s.meta.version));
+    let models: Vec<ModelEntry> = names
+        .into_iter()
+        .map(|name| ModelEntry {
+            versions: st.store.versions(&name).unwrap_or_default(),
+            serving: serving
+                .as_ref()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, v)| *v),
+            name,
+        })
+        .collect();
+    Json(serde_json::json!({ "models": models })).into_response()
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::BadName(_) | StoreError::NoSuchVersion { .. } | StoreError::Empty(_) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn version_metadata(
+    State(st): State<Arc<AppState>>,
+    UrlPath((name, version)): UrlPath<(String, u64)>,
+) -> Response {
+    match st.store.metadata(&name, version) {
+        Ok(m) => Json(m).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn download_onnx(
+    State(st): State<Arc<AppState>>,
+    UrlPath((name, version)): UrlPath<(String, u64)>,
+) -> Response {
+    // `name` is checked as a plain folder name and `version` parsed as a number by the store:
+    // no path can leave the store.
+    let dir = match st.store.version_dir(&name, version) {
+        Ok(d) => d,
+        Err(e) => return store_error(e),
+    };
+    match std::fs::read(dir.join(ONNX_FILE)) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `None` when the request carries the admin bearer token, else the rejection to send.
+fn authorize(st: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &st.cfg.admin_token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "admin API disabled: configure an admin token",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token.as_str()) {
+        None
+    } else {
+        Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+struct RollbackRequest {
+    version: u64,
+}
+
+async fn rollback(
+    State(st): State<Arc<AppState>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = authorize(&st, &headers) {
+        return r;
+    }
+    if name != st.cfg.model {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("this server serves '{}', not '{name}'", st.cfg.model),
+        );
+    }
+    let req: RollbackRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
+    };
+    let st2 = st.clone();
+    match tokio::task::spawn_blocking(move || st2.swap_to(req.version)).await {
+        Ok(Ok(())) => {
+            *st.pinned.lock().expect("lock") = Some(req.version);
+            Json(serde_json::json!({ "model": name, "serving": req.version, "pinned": true }))
+                .into_response()
+        }
+        Ok(Err(ServeError::Store(e))) => store_error(e),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn cycle(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = authorize(&st, &headers) {
+        return r;
+    }
+    error(
+        StatusCode::CONFLICT,
+        "this process only serves models (serve-model): cycles are run by the streaming daemon",
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    match st.current() {
+        Some(s) => Json(
+            serde_json::json!({ "ready": true, "model": s.meta.model, "version": s.meta.version }),
+        )
+        .into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no model version loaded yet",
+        ),
+    }
+}
+
+/// The API's routes (see `openapi/rlap.json`).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/predict", post(predict))
+        .route("/v1/models", get(list_models))
+        .route(
+            "/v1/models/{name}/versions/{version}",
+            get(version_metadata),
+        )
+        .route(
+            "/v1/models/{name}/versions/{version}/model.onnx",
+            get(download_onnx),
+        )
+        .route("/v1/models/{name}/rollback", post(rollback))
+        .route("/v1/cycle", post(cycle))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Watch the store every `poll_interval` and hot-swap to newer versions, until `shutdown`.
+pub async fn watch_store(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(state.cfg.poll_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let st = state.clone();
+                let _ = tokio::task::spawn_blocking(move || st.follow_latest()).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Serve until SIGINT or SIGTERM, then finish in-flight requests and return.
+///
+/// # Errors
+/// I/O errors of binding or serving.
+pub async fn run(store: ModelStore, cfg: ServeConfig) -> std::io::Result<()> {
+    let bind = cfg.bind;
+    let state = tokio::task::spawn_blocking(move || AppState::new(store, cfg))
+        .await
+        .map_err(std::io::Error::other)?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(watch_store(state.clone(), rx));
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    let _ = tx.send(true);
+    let _ = watcher.await;
+    tracing::info!("HTTP API stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,428 @@
+//! The versioned model store, in Triton's layout: `<store>/<model>/<version>/` holding
+//! `model.onnx` (pruned neurons removed), `weights.safetensors` (the masked candle weights the
+//! next cycle fine-tunes from) and `metadata.json` ([`VersionMetadata`]).
+//!
+//! This module owns publishing and reading versions. Architecture invariant: **a reader never
+//! sees a half-written version.** A publish writes into `<model>/.tmp-<version>-<pid>/`, fsyncs
+//! every file and the folder, then renames the folder to `<version>` (atomic on POSIX) and
+//! fsyncs the parent. Only numeric folders that hold a `metadata.json` are versions; stale
+//! `.tmp-*` folders left by a crash are removed by the next publish. Retention keeps the newest
+//! N versions.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{Model, ModelError};
+use crate::onnx::export::{self, ExportError, OPSET};
+
+/// Errors of the model store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or folder operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A model name is not a plain folder name.
+    #[error("bad model name '{0}': use letters, digits, '-', '_' or '.' (not starting with '.')")]
+    BadName(String),
+    /// The version does not exist.
+    #[error("model '{model}' has no version {version}")]
+    NoSuchVersion { model: String, version: u64 },
+    /// The model has no version at all.
+    #[error("model '{0}' has no published version")]
+    Empty(String),
+    /// `metadata.json` is unreadable.
+    #[error("{path}: bad metadata: {reason}")]
+    BadMetadata { path: PathBuf, reason: String },
+    /// Exporting the model failed.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// Saving the weights failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Test accuracy and macro F1 of a model, as stored in the metadata.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub accuracy: f64,
+    pub macro_f1: f64,
+}
+
+/// Where the samples of a cycle came from (for the streaming daemon; free-form otherwise).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SampleWindow {
+    /// Samples the cycle used.
+    pub samples: u64,
+    /// A description of the source, e.g. a topic and offset range or a data set name.
+    pub source: String,
+}
+
+/// What the publisher knows about a new version.
+#[derive(Clone, Debug, Default)]
+pub struct PublishInfo {
+    /// The version this one was derived from.
+    pub parent_version: Option<u64>,
+    pub sample_window: Option<SampleWindow>,
+    pub estimated_noise_rate: Option<f64>,
+    pub metrics_before: Option<Metrics>,
+    pub metrics_after: Option<Metrics>,
+}
+
+/// `metadata.json` of one version.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VersionMetadata {
+    pub model: String,
+    pub version: u64,
+    pub parent_version: Option<u64>,
+    /// RFC 3339, UTC, seconds.
+    pub created_at: String,
+    pub sample_window: Option<SampleWindow>,
+    pub estimated_noise_rate: Option<f64>,
+    pub metrics_before: Option<Metrics>,
+    pub metrics_after: Option<Metrics>,
+    /// Indices (into the original H) of the neurons removed from `fc`.
+    pub pruned_neurons: Vec<usize>,
+    /// Model family, input features D, classes K, target-layer width H (before removal).
+    pub arch: String,
+    pub input_dim: usize,
+    pub num_classes: usize,
+    pub hidden: usize,
+    /// ONNX opset of `model.onnx`.
+    pub opset: i64,
+    /// sha256 (hex) of every other file of the version.
+    pub sha256: BTreeMap<String, String>,
+}
+
+/// File names inside a version folder.
+pub const ONNX_FILE: &str = "model.onnx";
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+pub const METADATA_FILE: &str = "metadata.json";
+
+/// A model store rooted at a folder.
+#[derive(Clone, Debug)]
+pub struct ModelStore {
+    root: PathBuf,
+    retain: usize,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+fn check_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.into()))
+    }
+}
+
+fn fsync_file(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<String, StoreError> {
+    let mut f = File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))?;
+    Ok(format!("{:x}", Sha256::digest(bytes)))
+}
+
+impl ModelStore {
+    /// A store at `root` (created if absent) keeping the newest `retain` versions per model
+    /// (at least 1).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the folder cannot be created.
+    pub fn open(root: &Path, retain: usize) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        Ok(Self {
+            root: root.into(),
+            retain: retain.max(1),
+        })
+    }
+
+    /// The store's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Model names (folders), sorted.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`].
+    pub fn models(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let e = e.map_err(io(&self.root))?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if e.path().is_dir() && check_name(&name).is_ok() {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Published versions of `model`, ascending. Half-written versions are never listed.
+    ///
+    /// # Errors
+    /// [`StoreError::BadName`], [`StoreError::Io`].
+    pub fn versions(&self, model: &str) -> Result<Vec<u64>, StoreError> {
+        check_name(model)?;
+        let dir = self.root.join(model);
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
+            if let Ok(v) = e.file_name().to_string_lossy().parse::<u64>() {
+                if e.path().join(METADATA_FILE).is_file() {
+                    out.push(v);
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The newest version of `model`.
+    ///
+    /// # Errors
+    /// [`StoreError::Empty`] when there is none.
+    pub fn latest(&self, model: &str) -> Result<u64, StoreError> {
+        self.versions(model)?
+            .last()
+            .copied()
+            .ok_or_else(|| StoreError::Empty(model.into()))
+    }
+
+    /// The folder of a published version.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchVersion`].
+    pub fn version_dir(&self, model: &str, version: u64) -> Result<PathBuf, StoreError> {
+        check_name(model)?;
+        let dir = self.root.join(model).join(version.to_string());
+        if dir.join(METADATA_FILE).is_file() {
+            Ok(dir)
+        } else {
+            Err(StoreError::NoSuchVersion {
+                model: model.into(),
+                version,
+            })
+        }
+    }
+
+    /// The metadata of a published version.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchVersion`], [`StoreError::BadMetadata`].
+    pub fn metadata(&self, model: &str, version: u64) -> Result<VersionMetadata, StoreError> {
+        let path = self.version_dir(model, version)?.join(METADATA_FILE);
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        serde_json::from_str(&text).map_err(|e| StoreError::BadMetadata {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Publish `model` as the next version of `name` (see the module docs for atomicity), then
+    /// apply retention. Returns the new version's metadata.
+    ///
+    /// # Errors
+    /// [`StoreError`] on any failure; nothing is visible to readers unless the whole version is.
+    pub fn publish(
+        &self,
+        name: &str,
+        model: &Model,
+        info: PublishInfo,
+    ) -> Result<VersionMetadata, StoreError> {
+        check_name(name)?;
+        let model_dir = self.root.join(name);
+        std::fs::create_dir_all(&model_dir).map_err(io(&model_dir))?;
+        self.remove_stale_tmp(&model_dir)?;
+        let version = self.versions(name)?.last().map_or(1, |v| v + 1);
+        let tmp = model_dir.join(format!(".tmp-{version}-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+
+        let mut sha256 = BTreeMap::new();
+        sha256.insert(
+            ONNX_FILE.to_string(),
+            write_synced(&tmp.join(ONNX_FILE), &export::to_bytes(model)?)?,
+        );
+        let weights = tmp.join(WEIGHTS_FILE);
+        model.save(&weights)?;
+        fsync_file(&weights)?;
+        let bytes = std::fs::read(&weights).map_err(io(&weights))?;
+        sha256.insert(
+            WEIGHTS_FILE.to_string(),
+            format!("{:x}", Sha256::digest(&bytes)),
+        );
+        let spec = model.spec();
+        let meta = VersionMetadata {
+            model: name.into(),
+            version,
+            parent_version: info.parent_version,
+            created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            sample_window: info.sample_window,
+            estimated_noise_rate: info.estimated_noise_rate,
+            metrics_before: info.metrics_before,
+            metrics_after: info.metrics_after,
+            pruned_neurons: model.pruned(),
+            arch: spec.arch.to_string(),
+            input_dim: spec.input_dim,
+            num_classes: spec.num_classes,
+            hidden: spec.hidden,
+            opset: OPSET,
+            sha256,
+        };
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| StoreError::BadMetadata {
+            path: tmp.join(METADATA_FILE),
+            reason: e.to_string(),
+        })?;
+        write_synced(&tmp.join(METADATA_FILE), &json)?;
+        fsync_file(&tmp)?;
+        failpoint_sleep();
+        let dest = model_dir.join(version.to_string());
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        fsync_file(&model_dir)?;
+        tracing::info!(model = name, version, "model version published");
+        self.apply_retention(name)?;
+        Ok(meta)
+    }
+
+    fn remove_stale_tmp(&self, model_dir: &Path) -> Result<(), StoreError> {
+        for e in std::fs::read_dir(model_dir).map_err(io(model_dir))? {
+            let e = e.map_err(io(model_dir))?;
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                tracing::warn!(path = %e.path().display(), "removing a half-written version left by a crash");
+                std::fs::remove_dir_all(e.path()).map_err(io(&e.path()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_retention(&self, name: &str) -> Result<(), StoreError> {
+        let versions = self.versions(name)?;
+        if versions.len() <= self.retain {
+            return Ok(());
+        }
+        for v in &versions[..versions.len() - self.retain] {
+            let dir = self.root.join(name).join(v.to_string());
+            // Rename first so readers never see a version without its files.
+            let doomed = self.root.join(name).join(format!(".tmp-retired-{v}"));
+            std::fs::rename(&dir, &doomed).map_err(io(&dir))?;
+            std::fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
+            tracing::info!(model = name, version = v, "model version retired");
+        }
+        Ok(())
+    }
+}
+
+/// Test hook: `RLAP_FAILPOINT_PUBLISH_SLEEP_MS` pauses a publish after its files are written
+/// and before the rename, so a test can kill the process mid-publish.
+fn failpoint_sleep() {
+    if let Some(ms) = std::env::var("RLAP_FAILPOINT_PUBLISH_SLEEP_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::mnist_spec;
+    use crate::model::Arch;
+    use candle_core::Device;
+
+    #[test]
+    fn publish_lists_reads_and_retains() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(dir.path(), 2).unwrap();
+        let mut m = Model::new(mnist_spec(Arch::Mlp, 16), &Device::Cpu, 1).unwrap();
+        m.prune(&[2, 3]).unwrap();
+        for v in 1..=3u64 {
+            let meta = store
+                .publish(
+                    "digits",
+                    &m,
+                    PublishInfo {
+                        parent_version: v.checked_sub(1).filter(|&p| p > 0),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            assert_eq!(meta.version, v);
+        }
+        assert_eq!(
+            store.versions("digits").unwrap(),
+            vec![2, 3],
+            "retention keeps 2"
+        );
+        assert_eq!(store.models().unwrap(), vec!["digits"]);
+        let meta = store.metadata("digits", 3).unwrap();
+        assert_eq!(meta.pruned_neurons, vec![2, 3]);
+        assert_eq!(meta.parent_version, Some(2));
+        let onnx = std::fs::read(store.version_dir("digits", 3).unwrap().join(ONNX_FILE)).unwrap();
+        assert_eq!(
+            meta.sha256[ONNX_FILE],
+            format!("{:x}", Sha256::digest(&onnx))
+        );
+        let back = Model::load(
+            &store.version_dir("digits", 3).unwrap().join(WEIGHTS_FILE),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(back.pruned(), vec![2, 3]);
+        assert!(matches!(
+            store.metadata("digits", 1),
+            Err(StoreError::NoSuchVersion { .. })
+        ));
+        assert!(matches!(
+            store.versions("../etc"),
+            Err(StoreError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn half_written_version_is_invisible_and_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(dir.path(), 5).unwrap();
+        std::fs::create_dir_all(dir.path().join("m/.tmp-1-999")).unwrap();
+        std::fs::write(dir.path().join("m/.tmp-1-999/model.onnx"), b"partial").unwrap();
+        std::fs::create_dir_all(dir.path().join("m/7")).unwrap(); // no metadata.json
+        assert!(store.versions("m").unwrap().is_empty());
+        let m = Model::new(mnist_spec(Arch::Mlp, 8), &Device::Cpu, 1).unwrap();
+        assert_eq!(
+            store
+                .publish("m", &m, PublishInfo::default())
+                .unwrap()
+                .version,
+            1
+        );
+        assert!(!dir.path().join("m/.tmp-1-999").exists());
+    }
+}
