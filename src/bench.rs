@@ -218,3 +218,191 @@ pub fn step_breakdown(
         candle_adamw_ms: median(c),
     })
 }
+
+/// Errors of the serving benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeBenchError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Runtime(#[from] crate::onnx::runtime::RuntimeError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(String),
+}
+
+/// Serving figures: ONNX Runtime in-process (rlap, through `ort`) beside python onnxruntime on
+/// the same model file and thread count, and HTTP latency at batch 1 on loopback.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServeBench {
+    /// rlap in-process, samples/s at batch 1 and 64 (median of 5 repeats).
+    pub inproc_batch1_samples_per_second: f64,
+    pub inproc_batch64_samples_per_second: f64,
+    /// python onnxruntime, same model and settings (None when the peer could not run).
+    pub peer_batch1_samples_per_second: Option<f64>,
+    pub peer_batch64_samples_per_second: Option<f64>,
+    /// rlap / peer.
+    pub ratio_batch1: Option<f64>,
+    pub ratio_batch64: Option<f64>,
+    /// Why the peer did not run, if it did not.
+    pub peer_error: Option<String>,
+    /// `POST /v1/predict` with one image, sequential requests on one keep-alive connection.
+    pub http_requests: usize,
+    pub http_p50_ms: f64,
+    pub http_p99_ms: f64,
+    pub http_requests_per_second: f64,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn inproc_samples_per_second(
+    onnx: &crate::onnx::runtime::OnnxModel,
+    x: &[f32],
+    batch: usize,
+    iters: usize,
+) -> Result<f64, ServeBenchError> {
+    for _ in 0..20 {
+        onnx.logits(x)?;
+    }
+    let mut secs = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            onnx.logits(x)?;
+        }
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    Ok((batch * iters) as f64 / median(secs))
+}
+
+/// Publish `model` to a temporary store, then measure in-process inference, the python
+/// onnxruntime peer (`benches/ort_peer.py`) and HTTP latency (`requests` sequential batch-1
+/// requests) against `rlap::serve` on 127.0.0.1.
+///
+/// # Errors
+/// [`ServeBenchError`]; a failing peer is reported in the result instead.
+pub fn bench_serving(
+    model: &Model,
+    sample: &[f32],
+    requests: usize,
+    iters1: usize,
+    iters64: usize,
+) -> Result<ServeBench, ServeBenchError> {
+    use crate::onnx::runtime::{find_library, OnnxModel};
+    use crate::store::{ModelStore, PublishInfo, ONNX_FILE};
+    let d = model.spec().input_dim;
+    let dir = std::env::temp_dir().join(format!("rlap-bench-serve-{}", std::process::id()));
+    let store = ModelStore::open(&dir, 1)?;
+    store.publish("bench", model, PublishInfo::default())?;
+    let onnx_path = store.version_dir("bench", 1)?.join(ONNX_FILE);
+    let bytes = std::fs::read(&onnx_path)?;
+    let onnx = OnnxModel::from_bytes(&bytes, d)?;
+    let x64: Vec<f32> = (0..64).flat_map(|_| sample.iter().copied()).collect();
+    let in1 = inproc_samples_per_second(&onnx, sample, 1, iters1)?;
+    let in64 = inproc_samples_per_second(&onnx, &x64, 64, iters64)?;
+
+    // The peer: python onnxruntime from the same wheel (its package folder is two levels above
+    // the shared library).
+    let pythonpath = find_library()?
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_peer.py");
+    let peer = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&onnx_path)
+        .args([d.to_string(), iters1.to_string(), iters64.to_string()])
+        .env("PYTHONPATH", &pythonpath)
+        .output();
+    let (mut p1, mut p64, mut peer_error) = (None, None, None);
+    match peer {
+        Ok(out) if out.status.success() => {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            p1 = v["batch1_samples_per_second"].as_f64();
+            p64 = v["batch64_samples_per_second"].as_f64();
+        }
+        Ok(out) => {
+            peer_error = Some(
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("failed")
+                    .to_string(),
+            )
+        }
+        Err(e) => peer_error = Some(format!("python3: {e}")),
+    }
+
+    // HTTP on loopback.
+    let cfg = crate::serve::ServeConfig {
+        bind: "127.0.0.1:0".parse().expect("literal address"),
+        model: "bench".into(),
+        admin_token: None,
+        poll_interval: std::time::Duration::from_secs(3600),
+        max_batch: 64,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let state = crate::serve::AppState::new(store, cfg);
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    rt.spawn(async move { axum::serve(listener, crate::serve::router(state)).await });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{addr}/v1/predict");
+    let body = serde_json::json!({ "instances": [sample] }).to_string();
+    let call = || -> Result<(), ServeBenchError> {
+        let mut r = agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(body.as_str())
+            .map_err(|e| ServeBenchError::Http(e.to_string()))?;
+        let status = r.status();
+        r.body_mut()
+            .read_to_vec()
+            .map_err(|e| ServeBenchError::Http(e.to_string()))?;
+        if status != 200 {
+            return Err(ServeBenchError::Http(format!("status {status}")));
+        }
+        Ok(())
+    };
+    for _ in 0..100 {
+        call()?;
+    }
+    let mut lat = Vec::with_capacity(requests);
+    let t0 = Instant::now();
+    for _ in 0..requests {
+        let t = Instant::now();
+        call()?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let total = t0.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    rt.shutdown_background();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ServeBench {
+        inproc_batch1_samples_per_second: in1,
+        inproc_batch64_samples_per_second: in64,
+        peer_batch1_samples_per_second: p1,
+        peer_batch64_samples_per_second: p64,
+        ratio_batch1: p1.map(|p| in1 / p),
+        ratio_batch64: p64.map(|p| in64 / p),
+        peer_error,
+        http_requests: requests,
+        http_p50_ms: quantile(&lat, 0.5),
+        http_p99_ms: quantile(&lat, 0.99),
+        http_requests_per_second: requests as f64 / total,
+    })
+}

@@ -37,10 +37,30 @@ enum Command {
     Experiment(ExperimentArgs),
     /// Measure attribution and training throughput (samples/s, GFLOP/s).
     Bench(BenchArgs),
+    /// Measure serving: in-process ONNX Runtime vs python onnxruntime, HTTP p50/p99 latency.
+    BenchServe(BenchServeArgs),
     /// Publish a checkpoint to a model store as the next version (ONNX + weights + metadata).
     Publish(PublishArgs),
     /// Serve a model store's versions over HTTP (predict, versions, hot swap, rollback).
     ServeModel(ServeModelArgs),
+}
+
+#[derive(Args)]
+struct BenchServeArgs {
+    /// mlp | cnn
+    #[arg(long, default_value = "mlp")]
+    model: Arch,
+    /// Sequential HTTP requests timed (batch 1).
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// In-process iterations per repeat at batch 1 and at batch 64.
+    #[arg(long, default_value_t = 5000)]
+    iters_batch1: usize,
+    #[arg(long, default_value_t = 200)]
+    iters_batch64: usize,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -195,6 +215,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Experiment(a) => run_experiment(a, &progress),
         Command::Bench(a) => run_bench(a),
+        Command::BenchServe(a) => run_bench_serve(a),
         Command::Publish(a) => run_publish(a),
         Command::ServeModel(a) => run_serve_model(a),
     }
@@ -459,5 +480,60 @@ fn run_serve_model(a: ServeModelArgs) -> Result<()> {
         .enable_all()
         .build()?
         .block_on(rlap::serve::run(store, cfg))?;
+    Ok(())
+}
+
+fn run_bench_serve(a: BenchServeArgs) -> Result<()> {
+    let split = load(&DatasetSpec::Mnist, &default_data_dir())?;
+    let spec = ModelSpec {
+        arch: a.model,
+        input_dim: split.train.dim,
+        image_shape: split.train.image_shape,
+        hidden: 256,
+        num_classes: 10,
+    };
+    let model = Model::new(spec, &candle_core::Device::Cpu, 1)?;
+    let r = bench::bench_serving(
+        &model,
+        split.test.row(0),
+        a.requests,
+        a.iters_batch1,
+        a.iters_batch64,
+    )?;
+    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0}"));
+    let ratio = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
+    println!(
+        "rlap bench-serve: model {} ({} parameters), 1 intra-op thread on both sides",
+        a.model,
+        model.num_parameters()
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "in-process ONNX Runtime", "rlap (ort)", "python ort", "ratio"
+    );
+    println!(
+        "{:<34} {:>12.0} {:>12} {:>8}",
+        "batch 1 samples/s",
+        r.inproc_batch1_samples_per_second,
+        fmt(r.peer_batch1_samples_per_second),
+        ratio(r.ratio_batch1)
+    );
+    println!(
+        "{:<34} {:>12.0} {:>12} {:>8}",
+        "batch 64 samples/s",
+        r.inproc_batch64_samples_per_second,
+        fmt(r.peer_batch64_samples_per_second),
+        ratio(r.ratio_batch64)
+    );
+    if let Some(e) = &r.peer_error {
+        println!("python peer did not run: {e}");
+    }
+    println!(
+        "HTTP POST /v1/predict batch 1, {} sequential requests on loopback: p50 {:.3} ms, p99 {:.3} ms, {:.0} requests/s",
+        r.http_requests, r.http_p50_ms, r.http_p99_ms, r.http_requests_per_second
+    );
+    if let Some(p) = &a.json {
+        write_json(p, &r)?;
+    }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::session::Session;
-use ort::value::Tensor;
+use ort::value::TensorRef;
 
 use super::export::{INPUT, OUTPUT};
 
@@ -134,7 +134,8 @@ impl OnnxModel {
             )));
         }
         let n = features.len() / self.input_dim;
-        let input = Tensor::from_array(([n, self.input_dim], features.to_vec()))?;
+        // A view of the caller's buffer: no copy of the input.
+        let input = TensorRef::from_array_view(([n, self.input_dim], features))?;
         let mut session = self
             .session
             .lock()
