@@ -83,6 +83,9 @@ pub enum DataError {
     BadSpec(String),
 }
 
+/// The largest number of classes a CSV set may declare (labels `0..MAX_CLASSES`).
+pub const MAX_CLASSES: usize = 65_536;
+
 /// A labelled data set held in memory, row-major.
 ///
 /// `features` has shape `[n, dim]` (f32). Images are scaled to `[0, 1]` (pixel / 255) and keep
@@ -137,8 +140,8 @@ impl Dataset {
         }
     }
 
-    /// Indices of a stratified subsample of `size` rows (per-class proportions kept, at least
-    /// one row per present class when `size` allows), sorted ascending. Seeded.
+    /// Indices of a stratified subsample of `size` rows (per-class counts proportional to the
+    /// full set's, largest-remainder rounding), sorted ascending. Seeded.
     /// Returns all indices when `size >= len()`.
     pub fn stratified_indices(&self, size: usize, seed: u64) -> Vec<usize> {
         let n = self.len();
@@ -439,7 +442,19 @@ pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, (usize, usize)), DataErr
         be_u32(&b, 8) as usize,
         be_u32(&b, 12) as usize,
     );
-    let expected = 16 + n * r * c;
+    if r == 0 || c == 0 {
+        return Err(DataError::DimMismatch {
+            path: path.into(),
+            place: "header".into(),
+            found: r * c,
+            expected: 1,
+        });
+    }
+    let expected = n
+        .checked_mul(r)
+        .and_then(|v| v.checked_mul(c))
+        .and_then(|v| v.checked_add(16))
+        .unwrap_or(usize::MAX);
     if b.len() != expected {
         return Err(DataError::Truncated {
             path: path.into(),
@@ -512,12 +527,12 @@ pub fn read_csv(path: &Path) -> Result<(Vec<f32>, Vec<u32>, usize), DataError> {
         let label: i64 = rec[0]
             .parse::<i64>()
             .map_err(|_| bad(1, format!("label '{}' is not an integer", &rec[0])))?;
-        if label < 0 {
+        if !(0..MAX_CLASSES as i64).contains(&label) {
             return Err(DataError::LabelOutOfRange {
                 path: path.into(),
                 place: format!("line {line}"),
                 label,
-                num_classes: 0,
+                num_classes: MAX_CLASSES,
             });
         }
         let d = rec.len() - 1;

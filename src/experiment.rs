@@ -164,6 +164,10 @@ pub struct ExperimentReport {
     pub mixture_mean_loss_clean_noisy: [f64; 2],
     /// Pruned neuron indices (ascending).
     pub pruned_neurons: Vec<usize>,
+    /// Ridge λ of the OLS sensitivity solve (`rlap` criterion), for numerical stability only.
+    pub regression_ridge_lambda: Option<f64>,
+    /// Covariance regularisation of the mixture fit that succeeded.
+    pub mixture_reg_covar: f64,
     /// Seconds: attribution pass, GMM fit, neuron scoring.
     pub attribution_seconds: f64,
     pub partition_seconds: f64,
@@ -195,6 +199,8 @@ impl ExperimentReport {
             mixture_weights_clean_noisy: [p.weights[c], p.weights[nz]],
             mixture_mean_loss_clean_noisy: [p.component_mean_loss[c], p.component_mean_loss[nz]],
             pruned_neurons,
+            regression_ridge_lambda: None,
+            mixture_reg_covar: p.reg_covar,
             attribution_seconds: s1.attribution_seconds,
             partition_seconds: s1.partition_seconds,
             scoring_seconds,
@@ -441,7 +447,7 @@ pub fn prune_and_finetune(
         cfg.seed,
     )?;
     let k = prune_count(cfg.prune_fraction, a.hidden)?;
-    let top = select_top(&scores, k);
+    let top = select_top(&scores.scores, k);
     let mut pruned = s1.initial.deep_clone()?;
     pruned.prune(&top)?;
     let scoring_seconds = t.elapsed().as_secs_f64();
@@ -465,7 +471,13 @@ pub fn prune_and_finetune(
         let stats = train(
             &m,
             &clean,
-            &recipe(cfg, cfg.finetune_epochs, scope, wd, cfg.seed + 2),
+            &recipe(
+                cfg,
+                cfg.finetune_epochs,
+                scope,
+                wd,
+                cfg.seed.wrapping_add(2),
+            ),
             progress,
             name,
         )?;
@@ -489,6 +501,7 @@ pub fn prune_and_finetune(
         rows,
         pruned: top,
         scoring_seconds,
+        ridge_lambda: scores.ridge_lambda,
         fft,
     })
 }
@@ -501,6 +514,8 @@ pub struct Finetuned {
     pub pruned: Vec<usize>,
     /// Seconds spent scoring neurons.
     pub scoring_seconds: f64,
+    /// The ridge λ of the OLS solve (`rlap` criterion only).
+    pub ridge_lambda: Option<f64>,
     /// The F-FT model (the one a cycle would publish).
     pub fft: Model,
 }
@@ -559,6 +574,7 @@ pub fn run(
         mut rows,
         pruned: pruned_neurons,
         scoring_seconds,
+        ridge_lambda,
         fft,
     } = prune_and_finetune(cfg, data, &s1, cfg.criterion, progress)?;
     rows.insert(0, s1.initial_row.clone());
@@ -570,7 +586,7 @@ pub fn run(
         &clean,
         &data.test,
         "Retrain",
-        cfg.seed + 1,
+        cfg.seed.wrapping_add(1),
         progress,
     )?);
     let oracle = match oracle {
@@ -578,7 +594,7 @@ pub fn run(
         None => oracle_row(cfg, &spec, data, progress)?,
     };
     rows.push(oracle);
-    let report = ExperimentReport::assemble(
+    let mut report = ExperimentReport::assemble(
         cfg,
         data,
         &s1,
@@ -587,6 +603,7 @@ pub fn run(
         scoring_seconds,
         t0.elapsed().as_secs_f64(),
     );
+    report.regression_ridge_lambda = ridge_lambda;
     Ok((report, s1.partition, fft))
 }
 

@@ -1,5 +1,5 @@
-//! rlap: a streaming data-quality engine for machine-learning pipelines whose labels arrive
-//! noisy, built on RLAP (Jin et al., "Machine Unlearning for Robust DNNs: Attribution-Guided
+//! rlap: the data-quality engine (and, next, the streaming daemon) for machine-learning
+//! pipelines whose labels arrive noisy, built on RLAP (Jin et al., "Machine Unlearning for Robust DNNs: Attribution-Guided
 //! Partitioning and Neuron Pruning in Noisy Environments", MAKE 7(3):95, 2025).
 //!
 //! Modules, in reading order (the method's steps follow Algorithm 1):

@@ -1,5 +1,6 @@
-//! The `rlap` command line: `rlap experiment` (Algorithm 1 on a real data set, the paper's
-//! table) and `rlap bench` (attribution and training throughput).
+//! The `rlap` command line: `experiment` (Algorithm 1 on a real data set, the paper's table),
+//! `bench` (attribution and training throughput), `bench-serve` (serving throughput and
+//! latency), `publish` (a checkpoint into the model store) and `serve-model` (the HTTP API).
 
 use std::path::PathBuf;
 
@@ -288,11 +289,17 @@ fn sweep(
     let mut reports = Vec::new();
     match kind {
         "rates" => {
+            if matches!(
+                base.corruption,
+                Corruption::None | Corruption::LabelMatrix { .. }
+            ) {
+                bail!("--sweep rates needs a corruption with a rate (input-gaussian, label-symmetric, label-pair), not '{}'", base.corruption);
+            }
             let rates = items
                 .iter()
-                .map(|r| {
-                    r.parse::<f64>()
-                        .with_context(|| format!("bad rate '{r}' in --sweep"))
+                .map(|r| match r.parse::<f64>() {
+                    Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+                    _ => bail!("bad rate '{r}' in --sweep: expected a number in [0, 1]"),
                 })
                 .collect::<Result<Vec<_>>>()?;
             let mut oracle = None;
@@ -327,7 +334,7 @@ fn sweep(
                 &clean,
                 &data.test,
                 "Retrain",
-                base.seed + 1,
+                base.seed.wrapping_add(1),
                 progress,
             )?;
             let oracle = experiment::oracle_row(base, &spec, &data, progress)?;
@@ -342,8 +349,9 @@ fn sweep(
                     ..base.clone()
                 };
                 let total = t0.elapsed().as_secs_f64();
-                let report =
+                let mut report =
                     ExperimentReport::assemble(&cfg, &data, &s1, rows, pruned, scoring, total);
+                report.regression_ridge_lambda = ft.ridge_lambda;
                 println!("{}", report.table());
                 reports.push(report);
             }
@@ -378,6 +386,9 @@ fn sweep(
 }
 
 fn run_bench(a: BenchArgs) -> Result<()> {
+    if a.epoch_samples == 0 || a.batch == 0 || a.train_batch == 0 || a.repeats == 0 {
+        bail!("--epoch-samples, --batch, --train-batch and --repeats must be > 0");
+    }
     let device = parse_device(&a.device)?;
     let split = load(&DatasetSpec::Mnist, &default_data_dir())?;
     let data = split
@@ -462,8 +473,8 @@ fn run_publish(a: PublishArgs) -> Result<()> {
 }
 
 fn run_serve_model(a: ServeModelArgs) -> Result<()> {
-    if !(a.poll_seconds > 0.0 && a.poll_seconds.is_finite()) {
-        bail!("--poll-seconds must be > 0");
+    if !(a.poll_seconds > 0.0 && a.poll_seconds <= 86_400.0) {
+        bail!("--poll-seconds must lie in (0, 86400]");
     }
     let store = rlap::store::ModelStore::open(&a.store, usize::MAX)?;
     let cfg = rlap::serve::ServeConfig {
@@ -484,6 +495,9 @@ fn run_serve_model(a: ServeModelArgs) -> Result<()> {
 }
 
 fn run_bench_serve(a: BenchServeArgs) -> Result<()> {
+    if a.requests == 0 || a.iters_batch1 == 0 || a.iters_batch64 == 0 {
+        bail!("--requests, --iters-batch1 and --iters-batch64 must be > 0");
+    }
     let split = load(&DatasetSpec::Mnist, &default_data_dir())?;
     let spec = ModelSpec {
         arch: a.model,

@@ -543,6 +543,18 @@ impl Model {
             .ok_or_else(|| ck("no rlap.spec in the header: not an rlap checkpoint".into()))
             .and_then(|s| serde_json::from_str(s).map_err(|e| ck(format!("rlap.spec: {e}"))))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+        // Check the header's shapes against the tensors before allocating anything from them.
+        let fc = tensors
+            .get("fc.weight")
+            .ok_or_else(|| ck("missing tensor fc.weight".into()))?;
+        if fc.dims() != [spec.hidden, spec.body_width()?] {
+            return Err(ck(format!(
+                "fc.weight has shape {:?}, the spec says [{}, {}]",
+                fc.dims(),
+                spec.hidden,
+                spec.body_width()?
+            )));
+        }
         let mut model = Model::new(spec, device, 0)?;
         for p in &mut model.params {
             let t = tensors
@@ -562,12 +574,20 @@ impl Model {
             .get("rlap.prune_mask")
             .ok_or_else(|| ck("missing tensor rlap.prune_mask".into()))?
             .to_vec1::<f32>()?;
+        if mask.len() != model.spec.hidden {
+            return Err(ck(format!(
+                "rlap.prune_mask has {} entries, expected H = {}",
+                mask.len(),
+                model.spec.hidden
+            )));
+        }
         model.pruned = mask
             .iter()
             .enumerate()
             .filter(|(_, &m)| m == 0.0)
             .map(|(j, _)| j)
             .collect();
+        model.apply_mask()?;
         Ok(model)
     }
 }

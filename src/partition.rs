@@ -301,6 +301,13 @@ pub fn fit_partition(
         }
     };
     let proba = gmm.predict_proba(&z);
+    if proba.iter().any(|p| !p.is_finite()) {
+        // linfa's log-sum-exp is not max-shifted: far points underflow in high dimensions.
+        return Err(PartitionError::Invalid(format!(
+            "the mixture's posteriors are not finite in this {d}-dimensional space (linfa underflow); \
+             use --partition-features summary"
+        )));
+    }
     let hard: Vec<usize> = proba
         .outer_iter()
         .map(|r| if r[1] > r[0] { 1 } else { 0 })

@@ -33,7 +33,9 @@ pub enum PruneError {
 pub enum Criterion {
     /// RLAP: `|β_j|` of the OLS fit `1[noisy] ~ h` (§3.3).
     Rlap,
-    /// `mean|z|` on noisy / on clean.
+    /// `mean|z|` on noisy / on clean. (Baselines read z = h, the pre-ReLU output of `fc`, like
+    /// RLAP's regression; post-ReLU values would make a silent neuron and a strongly negative
+    /// one look alike.)
     Abs,
     /// `sqrt(mean z²)` on noisy / on clean.
     Rms,
@@ -162,12 +164,21 @@ pub fn ols_sensitivity(x: &[f32], n: usize, h: usize, y: &[f64]) -> Result<OlsFi
     })
 }
 
+/// Per-neuron pruning scores, and the ridge λ when the criterion solved least squares.
+#[derive(Clone, Debug, Serialize)]
+pub struct NeuronScores {
+    /// One score per neuron `[H]`; higher = prune first.
+    pub scores: Vec<f64>,
+    /// The tiny ridge λ of the OLS solve ([`Criterion::Rlap`] only).
+    pub ridge_lambda: Option<f64>,
+}
+
 /// Per-neuron pruning scores `[H]` (higher = prune first) from the activations `h` `[n, H]`
 /// and the partition's `noisy` flags `[n]`.
 ///
 /// # Errors
-/// [`PruneError::Invalid`] for mismatched lengths or an empty partition side (baselines need
-/// both sides).
+/// [`PruneError::Invalid`] for mismatched lengths, or when one side of the partition is empty
+/// (`random` excepted): a constant indicator makes every neuron equally (in)sensitive.
 pub fn neuron_scores(
     criterion: Criterion,
     activations: &[f32],
@@ -175,7 +186,7 @@ pub fn neuron_scores(
     h: usize,
     noisy: &[bool],
     seed: u64,
-) -> Result<Vec<f64>, PruneError> {
+) -> Result<NeuronScores, PruneError> {
     if activations.len() != n * h || noisy.len() != n {
         return Err(PruneError::Invalid(format!(
             "{} activations and {} flags for {n} samples of {h} neurons",
@@ -183,14 +194,20 @@ pub fn neuron_scores(
             noisy.len()
         )));
     }
-    match criterion {
+    let one_sided = noisy.iter().all(|&b| b) || noisy.iter().all(|&b| !b);
+    if one_sided && criterion != Criterion::Random {
+        return Err(PruneError::Invalid(
+            "the partition has an empty side (all samples clean or all noisy): no neuron can be ranked by it".into(),
+        ));
+    }
+    let scores = match criterion {
         Criterion::Rlap => {
             let y: Vec<f64> = noisy.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect();
-            Ok(ols_sensitivity(activations, n, h, &y)?
-                .beta
-                .iter()
-                .map(|b| b.abs())
-                .collect())
+            let fit = ols_sensitivity(activations, n, h, &y)?;
+            return Ok(NeuronScores {
+                scores: fit.beta.iter().map(|b| b.abs()).collect(),
+                ridge_lambda: Some(fit.ridge_lambda),
+            });
         }
         Criterion::Random => {
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
@@ -200,24 +217,22 @@ pub fn neuron_scores(
             for (rank, &j) in order.iter().enumerate() {
                 s[j] = (h - rank) as f64;
             }
-            Ok(s)
+            s
         }
         _ => {
             let forget = activation_stat(criterion, activations, h, noisy, true);
             let retain = activation_stat(criterion, activations, h, noisy, false);
-            if noisy.iter().all(|&b| b) || noisy.iter().all(|&b| !b) {
-                return Err(PruneError::Invalid(
-                    "the partition has an empty side: baselines need both noisy and clean samples"
-                        .into(),
-                ));
-            }
-            Ok(forget
+            forget
                 .iter()
                 .zip(&retain)
                 .map(|(f, r)| f / (r + 1e-8))
-                .collect())
+                .collect()
         }
-    }
+    };
+    Ok(NeuronScores {
+        scores,
+        ridge_lambda: None,
+    })
 }
 
 /// `I(D, j)` over the samples whose noisy flag equals `side`.
@@ -292,8 +307,7 @@ mod tests {
         }
         assert!((fit.intercept - 0.7).abs() < 1e-6);
         assert!(fit.ridge_lambda > 0.0 && fit.ridge_lambda < 1e-6);
-        let s = neuron_scores(Criterion::Rlap, &x, n, h, &vec![false; n], 0).unwrap();
-        assert_eq!(s.len(), 4);
+        assert!(neuron_scores(Criterion::Rlap, &x, n, h, &vec![false; n], 0).is_err());
     }
 
     #[test]
@@ -319,10 +333,12 @@ mod tests {
             Criterion::Freq,
             Criterion::Rlap,
         ] {
-            let s = neuron_scores(c, &x, n, h, &noisy, 0).unwrap();
+            let s = neuron_scores(c, &x, n, h, &noisy, 0).unwrap().scores;
             assert_eq!(select_top(&s, 1), vec![1], "{c}: {s:?}");
         }
-        let r = neuron_scores(Criterion::Random, &x, n, h, &noisy, 4).unwrap();
+        let r = neuron_scores(Criterion::Random, &x, n, h, &noisy, 4)
+            .unwrap()
+            .scores;
         assert_eq!(select_top(&r, 3), vec![0, 1, 2]);
         assert!(neuron_scores(Criterion::Abs, &x, n, h, &vec![true; n], 0).is_err());
     }
@@ -332,7 +348,9 @@ mod tests {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
         let x: Vec<f32> = (0..40).map(|_| rng.gen()).collect();
         let noisy: Vec<bool> = (0..20).map(|i| i < 8).collect();
-        let s = neuron_scores(Criterion::Std, &x, 20, 2, &noisy, 0).unwrap();
+        let s = neuron_scores(Criterion::Std, &x, 20, 2, &noisy, 0)
+            .unwrap()
+            .scores;
         let sd = |v: Vec<f64>| {
             let m = v.iter().sum::<f64>() / v.len() as f64;
             (v.iter().map(|a| (a - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()

@@ -86,7 +86,7 @@ pub struct ServeConfig {
     pub bind: SocketAddr,
     /// The model name served by `/v1/predict`.
     pub model: String,
-    /// Bearer token of the admin endpoints; `None` disables them.
+    /// Bearer token of the admin endpoints; `None` or empty disables them.
     pub admin_token: Option<String>,
     /// How often the store is checked for a newer version.
     pub poll_interval: Duration,
@@ -99,20 +99,38 @@ pub struct AppState {
     store: ModelStore,
     cfg: ServeConfig,
     current: RwLock<Option<Arc<Served>>>,
+    /// Serialises every change of version (watcher, rollback) from "decide" to "install",
+    /// and guards the fields that decision reads.
+    swap: Mutex<SwapState>,
+}
+
+#[derive(Default)]
+struct SwapState {
     /// A version pinned by rollback: the watcher stops following newer versions.
-    pinned: Mutex<Option<u64>>,
+    pinned: Option<u64>,
+    /// Versions refused since start, with the sha256 of the file that was refused, so the
+    /// watcher does not reload the same bad file on every poll.
+    refused: Vec<(u64, Option<String>)>,
 }
 
 impl AppState {
-    /// State serving `cfg.model` from `store`, loading its newest version if there is one.
+    /// State serving `cfg.model` from `store`: the newest version that loads and passes the
+    /// smoke check (older ones are tried when the newest is refused).
     pub fn new(store: ModelStore, cfg: ServeConfig) -> Arc<Self> {
         let state = Arc::new(Self {
             store,
             cfg,
             current: RwLock::new(None),
-            pinned: Mutex::new(None),
+            swap: Mutex::new(SwapState::default()),
         });
-        state.follow_latest();
+        let versions = state.store.versions(&state.cfg.model).unwrap_or_default();
+        let mut guard = state.swap.lock().expect("lock");
+        for &v in versions.iter().rev() {
+            if state.install(&mut guard, v).is_ok() {
+                break;
+            }
+        }
+        drop(guard);
         state
     }
 
@@ -121,12 +139,16 @@ impl AppState {
         self.current.read().expect("lock").clone()
     }
 
-    /// Swap to `version` if it loads and passes the smoke check; otherwise keep the current
-    /// one and return why.
-    ///
-    /// # Errors
-    /// [`ServeError`] from [`load_version`].
-    pub fn swap_to(&self, version: u64) -> Result<(), ServeError> {
+    fn onnx_sha(&self, version: u64) -> Option<String> {
+        self.store
+            .metadata(&self.cfg.model, version)
+            .ok()
+            .and_then(|m| m.sha256.get(ONNX_FILE).cloned())
+    }
+
+    /// Load `version` and make it current, or record and return why it was refused (the
+    /// current one keeps serving). Callers hold the swap lock.
+    fn install(&self, swap: &mut SwapState, version: u64) -> Result<(), ServeError> {
         match load_version(&self.store, &self.cfg.model, version) {
             Ok(s) => {
                 tracing::info!(model = %self.cfg.model, version, "serving model version");
@@ -135,23 +157,42 @@ impl AppState {
             }
             Err(e) => {
                 tracing::warn!(model = %self.cfg.model, version, error = %e, "model version refused; keeping the current one");
+                swap.refused.push((version, self.onnx_sha(version)));
                 Err(e)
             }
         }
     }
 
-    /// Load the newest version when it is newer than the served one (unless pinned).
+    /// Serve `version` and pin it (rollback): the watcher stops following newer versions.
+    ///
+    /// # Errors
+    /// [`ServeError`] when the version does not exist or is refused; nothing changes then.
+    pub fn rollback_to(&self, version: u64) -> Result<(), ServeError> {
+        let mut swap = self.swap.lock().expect("lock");
+        self.install(&mut swap, version)?;
+        swap.pinned = Some(version);
+        Ok(())
+    }
+
+    /// Load the newest version when it is newer than the served one, unless a rollback pinned
+    /// a version or this very file was refused before.
     pub fn follow_latest(&self) {
-        if self.pinned.lock().expect("lock").is_some() {
+        let mut swap = self.swap.lock().expect("lock");
+        if swap.pinned.is_some() {
             return;
         }
         let Ok(latest) = self.store.latest(&self.cfg.model) else {
             return;
         };
         let serving = self.current().map(|s| s.meta.version);
-        if serving.is_none_or(|v| latest > v) {
-            let _ = self.swap_to(latest);
+        if serving.is_some_and(|v| latest <= v) {
+            return;
         }
+        let sha = self.onnx_sha(latest);
+        if swap.refused.iter().any(|(v, h)| *v == latest && *h == sha) {
+            return;
+        }
+        let _ = self.install(&mut swap, latest);
     }
 }
 
@@ -225,8 +266,14 @@ async fn predict(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
         }
         flat.extend_from_slice(x);
     }
-    let logits = match served.onnx.logits(&flat) {
-        Ok(l) => l,
+    // ONNX Runtime runs synchronously: keep it off the async workers.
+    let run = {
+        let served = served.clone();
+        tokio::task::spawn_blocking(move || served.onnx.logits(&flat)).await
+    };
+    let logits = match run {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let k = served.meta.num_classes;
@@ -320,7 +367,7 @@ async fn download_onnx(
 
 /// `None` when the request carries the admin bearer token, else the rejection to send.
 fn authorize(st: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = &st.cfg.admin_token else {
+    let Some(token) = st.cfg.admin_token.as_ref().filter(|t| !t.is_empty()) else {
         return Some(error(
             StatusCode::FORBIDDEN,
             "admin API disabled: configure an admin token",
@@ -330,7 +377,7 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Option<Response> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.as_str()) {
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
         None
     } else {
         Some(error(
@@ -338,6 +385,11 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Option<Response> {
             "missing or wrong bearer token",
         ))
     }
+}
+
+/// Compare secrets without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Deserialize)]
@@ -365,9 +417,8 @@ async fn rollback(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
     };
     let st2 = st.clone();
-    match tokio::task::spawn_blocking(move || st2.swap_to(req.version)).await {
+    match tokio::task::spawn_blocking(move || st2.rollback_to(req.version)).await {
         Ok(Ok(())) => {
-            *st.pinned.lock().expect("lock") = Some(req.version);
             Json(serde_json::json!({ "model": name, "serving": req.version, "pinned": true }))
                 .into_response()
         }
@@ -406,6 +457,9 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 
 /// The API's routes (see `openapi/rlap.json`).
 pub fn router(state: Arc<AppState>) -> Router {
+    // Room for `max_batch` rows of JSON floats (up to ~24 characters each) of the model's D.
+    let d = state.current().map_or(4096, |s| s.meta.input_dim.max(1));
+    let body_limit = (state.cfg.max_batch.max(1) * d * 24).max(1 << 20);
     Router::new()
         .route("/v1/predict", post(predict))
         .route("/v1/models", get(list_models))
@@ -421,6 +475,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cycle", post(cycle))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 

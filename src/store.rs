@@ -6,8 +6,9 @@
 //! sees a half-written version.** A publish writes into `<model>/.tmp-<version>-<pid>/`, fsyncs
 //! every file and the folder, then renames the folder to `<version>` (atomic on POSIX) and
 //! fsyncs the parent. Only numeric folders that hold a `metadata.json` are versions; stale
-//! `.tmp-*` folders left by a crash are removed by the next publish. Retention keeps the newest
-//! N versions.
+//! `.tmp-*` folders left by a crash are removed by the next publish. Publishers of one model
+//! take an exclusive file lock (`<model>/.lock`) for the whole publish, so concurrent
+//! publishers (threads or processes) get distinct versions. Retention keeps the newest N.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -196,8 +197,10 @@ impl ModelStore {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let e = e.map_err(io(&dir))?;
-            if let Ok(v) = e.file_name().to_string_lossy().parse::<u64>() {
-                if e.path().join(METADATA_FILE).is_file() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Ok(v) = name.parse::<u64>() {
+                // Only canonical names ("5", not "05" or "+5") are versions.
+                if name == v.to_string() && e.path().join(METADATA_FILE).is_file() {
                     out.push(v);
                 }
             }
@@ -261,6 +264,11 @@ impl ModelStore {
         check_name(name)?;
         let model_dir = self.root.join(name);
         std::fs::create_dir_all(&model_dir).map_err(io(&model_dir))?;
+        // One publisher per model at a time, across processes: the lock is held until this
+        // function returns (the file handle drops), so any `.tmp-*` seen under it is stale.
+        let lock_path = model_dir.join(".lock");
+        let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
         self.remove_stale_tmp(&model_dir)?;
         let version = self.versions(name)?.last().map_or(1, |v| v + 1);
         let tmp = model_dir.join(format!(".tmp-{version}-{}", std::process::id()));
@@ -308,7 +316,10 @@ impl ModelStore {
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         fsync_file(&model_dir)?;
         tracing::info!(model = name, version, "model version published");
-        self.apply_retention(name)?;
+        // The version is visible now: a retention failure must not make callers retry it.
+        if let Err(e) = self.apply_retention(name) {
+            tracing::warn!(model = name, error = %e, "retention failed; old versions kept");
+        }
         Ok(meta)
     }
 

@@ -225,11 +225,14 @@ impl OptimizerState {
                     })
                     .collect();
                 let keep = Tensor::from_vec(keep, h, p.device())?;
-                if stride == 1 {
-                    new_p.mul(&keep)?
+                let keep = if stride == 1 {
+                    keep
                 } else {
-                    new_p.broadcast_mul(&keep.unsqueeze(1)?)?
-                }
+                    keep.unsqueeze(1)?
+                };
+                *m = m.broadcast_mul(&keep)?;
+                *v = v.broadcast_mul(&keep)?;
+                new_p.broadcast_mul(&keep)?
             }
             _ => new_p,
         };

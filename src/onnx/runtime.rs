@@ -126,7 +126,10 @@ impl OnnxModel {
     /// [`RuntimeError::Input`] when `features` is not a whole number of rows;
     /// [`RuntimeError::Ort`] when the run fails.
     pub fn logits(&self, features: &[f32]) -> Result<Vec<f32>, RuntimeError> {
-        if self.input_dim == 0 || features.len() % self.input_dim != 0 || features.is_empty() {
+        if self.input_dim == 0
+            || !features.len().is_multiple_of(self.input_dim)
+            || features.is_empty()
+        {
             return Err(RuntimeError::Input(format!(
                 "{} values is not a non-empty whole number of rows of {}",
                 features.len(),
@@ -141,7 +144,10 @@ impl OnnxModel {
             .lock()
             .map_err(|_| RuntimeError::Input("session lock poisoned".into()))?;
         let outputs = session.run(ort::inputs![INPUT => input])?;
-        let (_, logits) = outputs[OUTPUT].try_extract_tensor::<f32>()?;
+        let out = outputs.get(OUTPUT).ok_or_else(|| {
+            RuntimeError::Input(format!("the model has no output named '{OUTPUT}'"))
+        })?;
+        let (_, logits) = out.try_extract_tensor::<f32>()?;
         Ok(logits.to_vec())
     }
 }
