@@ -678,6 +678,30 @@ pub(crate) mod tests {
             let b = back.forward(&x).unwrap().to_vec2::<f32>().unwrap();
             assert_eq!(a, b);
         }
+        // A checkpoint whose header disagrees with its tensors is refused, not trusted.
+        let m = Model::new(mnist_spec(Arch::Mlp, 16), &Device::Cpu, 7).unwrap();
+        let p = dir.path().join("lying.safetensors");
+        let mut tensors: HashMap<String, Tensor> = m
+            .params()
+            .iter()
+            .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+            .collect();
+        tensors.insert("rlap.prune_mask".into(), m.keep_mask().unwrap());
+        let spec = ModelSpec {
+            hidden: 4096,
+            ..m.spec().clone()
+        };
+        let meta = HashMap::from([(
+            "rlap.spec".to_string(),
+            serde_json::to_string(&spec).unwrap(),
+        )]);
+        safetensors::serialize_to_file(tensors.into_iter().collect::<Vec<_>>(), Some(meta), &p)
+            .unwrap();
+        let e = Model::load(&p, &Device::Cpu).unwrap_err().to_string();
+        assert!(
+            e.contains("fc.weight has shape [16, 512], the spec says [4096, 512]"),
+            "{e}"
+        );
         std::fs::write(dir.path().join("bad"), b"garbage").unwrap();
         assert!(matches!(
             Model::load(&dir.path().join("bad"), &Device::Cpu),

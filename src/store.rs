@@ -419,6 +419,44 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_publishers_get_distinct_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(dir.path(), 10).unwrap();
+        let m = Model::new(mnist_spec(Arch::Mlp, 8), &Device::Cpu, 1).unwrap();
+        let versions: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        store
+                            .publish("m", &m, PublishInfo::default())
+                            .unwrap()
+                            .version
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = versions.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![1, 2, 3, 4], "{versions:?}");
+        assert_eq!(store.versions("m").unwrap(), vec![1, 2, 3, 4]);
+        for v in 1..=4 {
+            store.metadata("m", v).unwrap();
+        }
+    }
+
+    #[test]
+    fn non_canonical_folder_names_are_not_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(dir.path(), 10).unwrap();
+        for name in ["05", "+5"] {
+            std::fs::create_dir_all(dir.path().join("m").join(name)).unwrap();
+            std::fs::write(dir.path().join("m").join(name).join(METADATA_FILE), b"{}").unwrap();
+        }
+        assert!(store.versions("m").unwrap().is_empty());
+    }
+
+    #[test]
     fn half_written_version_is_invisible_and_cleaned() {
         let dir = tempfile::tempdir().unwrap();
         let store = ModelStore::open(dir.path(), 5).unwrap();
