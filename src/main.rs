@@ -40,6 +40,8 @@ enum Command {
     Bench(BenchArgs),
     /// Measure serving: in-process ONNX Runtime vs python onnxruntime, HTTP p50/p99 latency.
     BenchServe(BenchServeArgs),
+    /// Check that a device (GPU) gives the CPU's attributions and partition on an MNIST slice.
+    DeviceCheck(DeviceCheckArgs),
     /// Publish a checkpoint to a model store as the next version (ONNX + weights + metadata).
     Publish(PublishArgs),
     /// Serve a model store's versions over HTTP (predict, versions, hot swap, rollback).
@@ -59,6 +61,16 @@ struct BenchServeArgs {
     iters_batch1: usize,
     #[arg(long, default_value_t = 200)]
     iters_batch64: usize,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DeviceCheckArgs {
+    /// The device compared with the CPU: cuda | cuda:N (cpu checks the check itself).
+    #[arg(long, default_value = "cuda:0")]
+    device: String,
     /// Write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -217,6 +229,7 @@ fn main() -> Result<()> {
         Command::Experiment(a) => run_experiment(a, &progress),
         Command::Bench(a) => run_bench(a),
         Command::BenchServe(a) => run_bench_serve(a),
+        Command::DeviceCheck(a) => run_device_check(a),
         Command::Publish(a) => run_publish(a),
         Command::ServeModel(a) => run_serve_model(a),
     }
@@ -548,6 +561,32 @@ fn run_bench_serve(a: BenchServeArgs) -> Result<()> {
     );
     if let Some(p) = &a.json {
         write_json(p, &r)?;
+    }
+    Ok(())
+}
+
+fn run_device_check(a: DeviceCheckArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let split = load(&DatasetSpec::Mnist, &default_data_dir())?;
+    let slice = split.train.select(&split.train.stratified_indices(5000, 1));
+    let (noisy, _) =
+        rlap::corruption::corrupt(&slice, &Corruption::LabelSymmetric { rate: 0.4 }, 1)?;
+    let r = bench::device_parity(&noisy, &device)?;
+    println!(
+        "device check, cpu vs {} on {} MNIST samples (40 % symmetric label noise): label-gradient rel. diff {:.2e}, max-class rel. diff {:.2e} (tolerance {:.0e}), partition agreement {:.4} -> {}",
+        a.device,
+        r.samples,
+        r.label_gradient_rel_diff,
+        r.max_class_rel_diff,
+        r.tolerance,
+        r.partition_agreement,
+        if r.passed { "PASS" } else { "FAIL" }
+    );
+    if let Some(p) = &a.json {
+        write_json(p, &r)?;
+    }
+    if !r.passed {
+        bail!("device check failed");
     }
     Ok(())
 }
