@@ -27,10 +27,11 @@ pub enum CorruptionError {
     #[error("bad corruption '{spec}': {reason}")]
     BadValue { spec: String, reason: String },
     /// The transition matrix file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// The underlying I/O error (part of the message, not a separate cause).
+        error: std::io::Error,
     },
     /// The transition matrix is malformed.
     #[error("{path}: {reason}")]
@@ -147,7 +148,7 @@ impl Corruption {
 pub fn read_transition_matrix(path: &Path, k: usize) -> Result<Vec<Vec<f64>>, CorruptionError> {
     let text = std::fs::read_to_string(path).map_err(|source| CorruptionError::Io {
         path: path.into(),
-        source,
+        error: source,
     })?;
     let bad = |reason: String| CorruptionError::BadMatrix {
         path: path.into(),

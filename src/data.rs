@@ -19,10 +19,11 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file could not be opened or read.
-    #[error("{path}: {source}{hint}")]
+    #[error("{path}: {error}{hint}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// The underlying I/O error (part of the message, not a separate cause).
+        error: std::io::Error,
         /// Extra advice, e.g. to run the setup script.
         hint: String,
     },
@@ -376,7 +377,7 @@ fn check_labels(path: &Path, labels: &[u8], k: usize) -> Result<(), DataError> {
 fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
     let io = |source| DataError::Io {
         path: path.into(),
-        source,
+        error: source,
         hint: if path.exists() {
             String::new()
         } else {
@@ -492,7 +493,7 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
 pub fn read_csv(path: &Path) -> Result<(Vec<f32>, Vec<u32>, usize), DataError> {
     let io = |source| DataError::Io {
         path: path.into(),
-        source,
+        error: source,
         hint: String::new(),
     };
     let file = std::fs::File::open(path).map_err(io)?;

@@ -42,10 +42,11 @@ pub enum ExperimentError {
     #[error(transparent)]
     Prune(#[from] PruneError),
     /// A report file could not be written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// The underlying I/O error (part of the message, not a separate cause).
+        error: std::io::Error,
     },
     /// Invalid option combination.
     #[error("{0}")]
@@ -641,7 +642,7 @@ pub fn write_posteriors(
 ) -> Result<(), ExperimentError> {
     let io = |source| ExperimentError::Io {
         path: path.into(),
-        source,
+        error: source,
     };
     let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     writeln!(

@@ -56,9 +56,10 @@ struct BenchServeArgs {
     /// Sequential HTTP requests timed (batch 1).
     #[arg(long, default_value_t = 5000)]
     requests: usize,
-    /// In-process iterations per repeat at batch 1 and at batch 64.
+    /// In-process iterations per repeat at batch 1.
     #[arg(long, default_value_t = 5000)]
     iters_batch1: usize,
+    /// In-process iterations per repeat at batch 64.
     #[arg(long, default_value_t = 200)]
     iters_batch64: usize,
     /// Write the figures as JSON here.
@@ -212,13 +213,15 @@ struct BenchArgs {
 fn main() -> Result<()> {
     rlap::cpu::configure_threads();
     let cli = Cli::parse();
-    let default_level = if cli.quiet { "warn" } else { "info" };
+    // ONNX Runtime forwards its own (very chatty) logs into tracing under `ort`.
+    let default_level = if cli.quiet { "warn" } else { "info,ort=warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let progress = if cli.quiet {
         Progress::hidden()

@@ -61,7 +61,7 @@ pub fn load_version(store: &ModelStore, model: &str, version: u64) -> Result<Ser
     let path = store.version_dir(model, version)?.join(ONNX_FILE);
     let bytes = std::fs::read(&path).map_err(|source| StoreError::Io {
         path: path.clone(),
-        source,
+        error: source,
     })?;
     if meta.sha256.get(ONNX_FILE) != Some(&format!("{:x}", Sha256::digest(&bytes))) {
         return Err(ServeError::Checksum(path.display().to_string()));
@@ -124,6 +124,13 @@ impl AppState {
             swap: Mutex::new(SwapState::default()),
         });
         let versions = state.store.versions(&state.cfg.model).unwrap_or_default();
+        if versions.is_empty() {
+            tracing::warn!(
+                store = %state.store.root().display(),
+                model = %state.cfg.model,
+                "the store holds no version of this model yet: /v1/predict answers 503 until one is published"
+            );
+        }
         let mut guard = state.swap.lock().expect("lock");
         for &v in versions.iter().rev() {
             if state.install(&mut guard, v).is_ok() {

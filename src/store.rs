@@ -26,10 +26,11 @@ use crate::onnx::export::{self, ExportError, OPSET};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file or folder operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// The underlying I/O error (part of the message, not a separate cause).
+        error: std::io::Error,
     },
     /// A model name is not a plain folder name.
     #[error("bad model name '{0}': use letters, digits, '-', '_' or '.' (not starting with '.')")]
@@ -118,7 +119,7 @@ pub struct ModelStore {
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.into(),
-        source,
+        error: source,
     }
 }
 

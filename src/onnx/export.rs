@@ -33,10 +33,11 @@ pub enum ExportError {
     #[error(transparent)]
     Model(#[from] ModelError),
     /// Writing the file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        /// The underlying I/O error (part of the message, not a separate cause).
+        error: std::io::Error,
     },
 }
 
@@ -205,6 +206,6 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>, ExportError> {
 pub fn save(model: &Model, path: &Path) -> Result<(), ExportError> {
     std::fs::write(path, to_bytes(model)?).map_err(|source| ExportError::Io {
         path: path.into(),
-        source,
+        error: source,
     })
 }
