@@ -37,16 +37,7 @@ fn main() {
         num_classes: 10,
     };
     let m = Model::new(spec, &cfg.device, 1).expect("model");
-    let recipe = TrainConfig {
-        epochs,
-        batch_size: 64,
-        optimizer: Optimizer::Adam {
-            lr: 1e-3,
-            weight_decay: 0.0,
-        },
-        scope: Scope::All,
-        seed: 1,
-    };
+    let recipe = TrainConfig::paper(epochs, 1);
     train(&m, &data.noisy, &recipe, &Progress::visible(), "Initial").expect("train");
     let a = attribute(
         &m,

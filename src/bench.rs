@@ -433,24 +433,9 @@ pub struct DeviceParity {
 pub fn device_parity(data: &Dataset, device: &Device) -> Result<DeviceParity, ModelError> {
     use crate::attribution::attribute;
     use crate::partition::{fit_partition, PartitionParams};
-    let spec = ModelSpec {
-        arch: crate::model::Arch::Mlp,
-        input_dim: data.dim,
-        image_shape: data.image_shape,
-        hidden: 256,
-        num_classes: data.num_classes,
-    };
+    let spec = ModelSpec::for_dataset(crate::model::Arch::Mlp, 256, &data);
     let cpu_model = Model::new(spec, &Device::Cpu, 1)?;
-    let cfg = TrainConfig {
-        epochs: 1,
-        batch_size: 64,
-        optimizer: Optimizer::Adam {
-            lr: 1e-3,
-            weight_decay: 0.0,
-        },
-        scope: Scope::All,
-        seed: 1,
-    };
+    let cfg = TrainConfig::paper(1, 1);
     train(&cpu_model, data, &cfg, &Progress::hidden(), "parity")?;
     let ckpt = std::env::temp_dir().join(format!("rlap-parity-{}.safetensors", std::process::id()));
     cpu_model.save(&ckpt)?;

@@ -357,13 +357,7 @@ pub fn stage1(
     progress: &Progress,
 ) -> Result<Stage1, ExperimentError> {
     validate(cfg)?;
-    let spec = ModelSpec {
-        arch: cfg.arch,
-        input_dim: data.noisy.dim,
-        image_shape: data.noisy.image_shape,
-        hidden: cfg.hidden,
-        num_classes: data.noisy.num_classes,
-    };
+    let spec = ModelSpec::for_dataset(cfg.arch, cfg.hidden, &data.noisy);
     let initial = Model::new(spec, &cfg.device, cfg.seed)?;
     let stats = train(
         &initial,

@@ -410,13 +410,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let data = split
         .train
         .select(&(0..a.epoch_samples.min(split.train.len())).collect::<Vec<_>>());
-    let spec = ModelSpec {
-        arch: a.model,
-        input_dim: data.dim,
-        image_shape: data.image_shape,
-        hidden: 256,
-        num_classes: 10,
-    };
+    let spec = ModelSpec::for_dataset(a.model, 256, &data);
     let model = Model::new(spec.clone(), &device, 1)?;
     println!(
         "rlap bench: model {} ({} parameters, {:.3} MFLOP forward per sample), device {}, {} threads",
@@ -515,13 +509,7 @@ fn run_bench_serve(a: BenchServeArgs) -> Result<()> {
         bail!("--requests, --iters-batch1 and --iters-batch64 must be > 0");
     }
     let split = load(&DatasetSpec::Mnist, &default_data_dir())?;
-    let spec = ModelSpec {
-        arch: a.model,
-        input_dim: split.train.dim,
-        image_shape: split.train.image_shape,
-        hidden: 256,
-        num_classes: 10,
-    };
+    let spec = ModelSpec::for_dataset(a.model, 256, &split.train);
     let model = Model::new(spec, &candle_core::Device::Cpu, 1)?;
     let r = bench::bench_serving(
         &model,

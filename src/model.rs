@@ -88,6 +88,18 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// The spec of an `arch` model with `hidden` neurons in `fc` for `data` (D, image shape
+    /// and K taken from it).
+    pub fn for_dataset(arch: Arch, hidden: usize, data: &crate::data::Dataset) -> Self {
+        Self {
+            arch,
+            input_dim: data.dim,
+            image_shape: data.image_shape,
+            hidden,
+            num_classes: data.num_classes,
+        }
+    }
+
     /// Width F of the input to `fc` (the body's output).
     ///
     /// # Errors

@@ -60,6 +60,22 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+impl TrainConfig {
+    /// The paper's recipe (§3.4): Adam, lr 1e-3, no weight decay, batch 64, every parameter.
+    pub fn paper(epochs: usize, seed: u64) -> Self {
+        Self {
+            epochs,
+            batch_size: 64,
+            optimizer: Optimizer::Adam {
+                lr: 1e-3,
+                weight_decay: 0.0,
+            },
+            scope: Scope::All,
+            seed,
+        }
+    }
+}
+
 /// What a training run measured.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TrainStats {

@@ -168,16 +168,7 @@ fn trained_model(seed: u64, prune: &[usize]) -> Model {
         num_classes: 10,
     };
     let mut m = Model::new(spec, &Device::Cpu, seed).unwrap();
-    let cfg = TrainConfig {
-        epochs: 1,
-        batch_size: 64,
-        optimizer: Optimizer::Adam {
-            lr: 1e-3,
-            weight_decay: 0.0,
-        },
-        scope: Scope::All,
-        seed,
-    };
+    let cfg = TrainConfig::paper(1, seed);
     train(&m, &set, &cfg, &Progress::hidden(), "t").unwrap();
     m.prune(prune).unwrap();
     m

@@ -26,16 +26,7 @@ fn onnx_runtime_matches_candle_on_real_images() {
             num_classes: 10,
         };
         let mut model = Model::new(spec, &Device::Cpu, 5).unwrap();
-        let cfg = TrainConfig {
-            epochs: 1,
-            batch_size: 64,
-            optimizer: Optimizer::Adam {
-                lr: 1e-3,
-                weight_decay: 0.0,
-            },
-            scope: Scope::All,
-            seed: 1,
-        };
+        let cfg = TrainConfig::paper(1, 1);
         train(&model, &train_set, &cfg, &Progress::hidden(), "t").unwrap();
         for pruned in [false, true] {
             if pruned {
