@@ -433,7 +433,7 @@ pub struct DeviceParity {
 pub fn device_parity(data: &Dataset, device: &Device) -> Result<DeviceParity, ModelError> {
     use crate::attribution::attribute;
     use crate::partition::{fit_partition, PartitionParams};
-    let spec = ModelSpec::for_dataset(crate::model::Arch::Mlp, 256, &data);
+    let spec = ModelSpec::for_dataset(crate::model::Arch::Mlp, 256, data);
     let cpu_model = Model::new(spec, &Device::Cpu, 1)?;
     let cfg = TrainConfig::paper(1, 1);
     train(&cpu_model, data, &cfg, &Progress::hidden(), "parity")?;
