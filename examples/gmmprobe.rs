@@ -11,7 +11,7 @@ use rlap::experiment::{prepare, ExperimentConfig};
 use rlap::model::{Arch, Model, ModelSpec};
 use rlap::partition::{fit_partition, PartitionFeatures, PartitionParams};
 use rlap::progress::Progress;
-use rlap::train::{train, Optimizer, Scope, TrainConfig};
+use rlap::train::{train, TrainConfig};
 
 fn dump<T: Copy>(path: &str, values: &[T], to_bytes: impl Fn(T) -> Vec<u8>) {
     let bytes: Vec<u8> = values.iter().flat_map(|&v| to_bytes(v)).collect();

@@ -14,7 +14,7 @@ use rlap::model::{Arch, Model, ModelSpec};
 use rlap::progress::Progress;
 use rlap::serve::{router, watch_store, AppState, ServeConfig};
 use rlap::store::{ModelStore, PublishInfo, ONNX_FILE};
-use rlap::train::{train, Optimizer, Scope, TrainConfig};
+use rlap::train::{train, TrainConfig};
 use serde_json::Value;
 
 /// Minimal OpenAPI 3 schema check: `$ref`, `type`, `nullable`, `required`, `properties`, `items`.
@@ -353,15 +353,21 @@ fn http_api_matches_its_openapi_document() {
     );
     assert!(ok.load(Ordering::Relaxed) > 10);
 
-    // A corrupt version is refused; v2 keeps serving.
-    store
+    // A corrupt version is refused; v2 keeps serving. It is prepared elsewhere and moved in
+    // with one rename, so the watcher never sees a good v3 first.
+    let side = tempfile::tempdir().unwrap();
+    let side_store = ModelStore::open(side.path(), 1).unwrap();
+    side_store
         .publish("digits", &trained_model(3, &[]), PublishInfo::default())
         .unwrap();
-    std::fs::write(
-        store.version_dir("digits", 3).unwrap().join(ONNX_FILE),
-        b"corrupt",
-    )
-    .unwrap();
+    let v3 = side_store.version_dir("digits", 1).unwrap();
+    let meta_path = v3.join(rlap::store::METADATA_FILE);
+    let mut meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["version"] = 3.into();
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    std::fs::write(v3.join(ONNX_FILE), b"corrupt").unwrap();
+    std::fs::rename(&v3, dir.path().join("digits").join("3")).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         c.json("GET", "/readyz", "/readyz", None, None, 200)["version"],

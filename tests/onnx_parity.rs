@@ -10,7 +10,7 @@ use rlap::onnx::export::{to_bytes, to_model_proto, OPSET};
 use rlap::onnx::proto::ModelProto;
 use rlap::onnx::runtime::OnnxModel;
 use rlap::progress::Progress;
-use rlap::train::{train, Optimizer, Scope, TrainConfig};
+use rlap::train::{train, TrainConfig};
 
 #[test]
 fn onnx_runtime_matches_candle_on_real_images() {
