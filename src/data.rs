@@ -196,7 +196,9 @@ impl Dataset {
 /// A train split and a test split with the same feature dimension and classes.
 #[derive(Clone, Debug)]
 pub struct Split {
+    /// The training split (the one corruption applies to).
     pub train: Dataset,
+    /// The test split (kept clean).
     pub test: Dataset,
 }
 

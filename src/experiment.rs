@@ -31,14 +31,19 @@ use crate::train::{predict, train, Optimizer, Scope, TrainConfig, TrainStats};
 /// Any failure of an experiment, with the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
+    /// Loading the data set failed.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// The corruption specification or its matrix is invalid.
     #[error(transparent)]
     Corruption(#[from] CorruptionError),
+    /// Training, attribution or checkpointing failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The mixture could not be fitted.
     #[error(transparent)]
     Partition(#[from] PartitionError),
+    /// Neuron scoring failed (e.g. a one-sided partition).
     #[error(transparent)]
     Prune(#[from] PruneError),
     /// A report file could not be written.
@@ -132,9 +137,13 @@ impl Default for ExperimentConfig {
 pub struct Row {
     /// `Initial`, `Pruned`, `L-FT`, `F-FT`, `Retrain` or `Oracle`.
     pub name: String,
+    /// Test-split accuracy, in [0, 1].
     pub accuracy: f64,
+    /// Test-split macro precision, recall and F1 (unweighted means over classes).
     pub macro_precision: f64,
+    /// See `macro_precision`.
     pub macro_recall: f64,
+    /// See `macro_precision`.
     pub macro_f1: f64,
     /// Mean wall-clock seconds per training epoch (0 for Pruned).
     pub seconds_per_epoch: f64,
@@ -150,6 +159,7 @@ pub struct Row {
 /// Everything an experiment measured. Keys are stable (documented in the README).
 #[derive(Clone, Debug, Serialize)]
 pub struct ExperimentReport {
+    /// The settings of the run.
     pub config: ExperimentConfig,
     /// Training samples N (after subsampling).
     pub train_samples: usize,
@@ -169,9 +179,11 @@ pub struct ExperimentReport {
     pub regression_ridge_lambda: Option<f64>,
     /// Covariance regularisation of the mixture fit that succeeded.
     pub mixture_reg_covar: f64,
-    /// Seconds: attribution pass, GMM fit, neuron scoring.
+    /// Wall-clock seconds of the attribution pass over the training split.
     pub attribution_seconds: f64,
+    /// Wall-clock seconds of the mixture fit.
     pub partition_seconds: f64,
+    /// Wall-clock seconds of neuron scoring (the OLS solve for `rlap`).
     pub scoring_seconds: f64,
     /// Whole experiment wall-clock seconds.
     pub total_seconds: f64,
@@ -255,8 +267,11 @@ impl ExperimentReport {
 
 /// The data an experiment works on: noisy train split, its hidden truth, clean test split.
 pub struct Prepared {
+    /// The corrupted training split: all the algorithm sees.
     pub noisy: Dataset,
+    /// The hidden truth, for evaluation and the Oracle row only.
     pub truth: GroundTruth,
+    /// The clean test split.
     pub test: Dataset,
 }
 
@@ -339,11 +354,17 @@ fn row(
 
 /// The state after steps 1–3 of Algorithm 1, shared by criterion sweeps.
 pub struct Stage1 {
+    /// The model trained on the noisy split.
     pub initial: Model,
+    /// Its table row.
     pub initial_row: Row,
+    /// Attributions, activations and losses of every training sample.
     pub attributions: Attributions,
+    /// The clean/noisy partition.
     pub partition: Partition,
+    /// Wall-clock seconds of the attribution pass.
     pub attribution_seconds: f64,
+    /// Wall-clock seconds of the mixture fit.
     pub partition_seconds: f64,
 }
 

@@ -32,8 +32,10 @@ use crate::store::{ModelStore, StoreError, VersionMetadata, ONNX_FILE};
 /// Errors of loading a version for serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The version or its files could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// ONNX Runtime refused the model or failed to run it.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     /// The file on disk does not match the sha256 in its metadata.

@@ -55,7 +55,9 @@ pub enum StoreError {
 /// Test accuracy and macro F1 of a model, as stored in the metadata.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
+    /// Accuracy in [0, 1].
     pub accuracy: f64,
+    /// Macro F1 in [0, 1].
     pub macro_f1: f64,
 }
 
@@ -73,30 +75,44 @@ pub struct SampleWindow {
 pub struct PublishInfo {
     /// The version this one was derived from.
     pub parent_version: Option<u64>,
+    /// The samples the cycle used.
     pub sample_window: Option<SampleWindow>,
+    /// The partition's noisy fraction, in [0, 1].
     pub estimated_noise_rate: Option<f64>,
+    /// Metrics of the parent model on the evaluation set.
     pub metrics_before: Option<Metrics>,
+    /// Metrics of this model on the same set.
     pub metrics_after: Option<Metrics>,
 }
 
 /// `metadata.json` of one version.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct VersionMetadata {
+    /// Model name (the store folder).
     pub model: String,
+    /// This version (1, 2, …).
     pub version: u64,
+    /// The version it was derived from.
     pub parent_version: Option<u64>,
     /// RFC 3339, UTC, seconds.
     pub created_at: String,
+    /// See [`PublishInfo`].
     pub sample_window: Option<SampleWindow>,
+    /// See [`PublishInfo`].
     pub estimated_noise_rate: Option<f64>,
+    /// See [`PublishInfo`].
     pub metrics_before: Option<Metrics>,
+    /// See [`PublishInfo`].
     pub metrics_after: Option<Metrics>,
     /// Indices (into the original H) of the neurons removed from `fc`.
     pub pruned_neurons: Vec<usize>,
     /// Model family, input features D, classes K, target-layer width H (before removal).
     pub arch: String,
+    /// Input features D.
     pub input_dim: usize,
+    /// Classes K.
     pub num_classes: usize,
+    /// Neurons H of `fc` before structural removal.
     pub hidden: usize,
     /// ONNX opset of `model.onnx`.
     pub opset: i64,
@@ -106,7 +122,9 @@ pub struct VersionMetadata {
 
 /// File names inside a version folder.
 pub const ONNX_FILE: &str = "model.onnx";
+/// The masked candle weights (safetensors, [`Model::save`]).
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
+/// The [`VersionMetadata`] as JSON; its presence marks a complete version.
 pub const METADATA_FILE: &str = "metadata.json";
 
 /// A model store rooted at a folder.
