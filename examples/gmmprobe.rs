@@ -29,13 +29,7 @@ fn main() {
         ..Default::default()
     };
     let data = prepare(&cfg).expect("run scripts/setup-data.sh");
-    let spec = ModelSpec {
-        arch: Arch::Mlp,
-        input_dim: 784,
-        image_shape: Some((1, 28, 28)),
-        hidden: 256,
-        num_classes: 10,
-    };
+    let spec = ModelSpec::for_dataset(Arch::Mlp, 256, &data.noisy);
     let m = Model::new(spec, &cfg.device, 1).expect("model");
     let recipe = TrainConfig::paper(epochs, 1);
     train(&m, &data.noisy, &recipe, &Progress::visible(), "Initial").expect("train");

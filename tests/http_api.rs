@@ -160,13 +160,7 @@ fn trained_model(seed: u64, prune: &[usize]) -> Model {
     let set = split
         .train
         .select(&split.train.stratified_indices(1000, seed));
-    let spec = ModelSpec {
-        arch: Arch::Mlp,
-        input_dim: 784,
-        image_shape: Some((1, 28, 28)),
-        hidden: 64,
-        num_classes: 10,
-    };
+    let spec = ModelSpec::for_dataset(Arch::Mlp, 64, &set);
     let mut m = Model::new(spec, &Device::Cpu, seed).unwrap();
     let cfg = TrainConfig::paper(1, seed);
     train(&m, &set, &cfg, &Progress::hidden(), "t").unwrap();
