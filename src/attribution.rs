@@ -23,7 +23,7 @@ use crate::progress::Progress;
 use crate::train::{batch_tensors, per_sample_cross_entropy};
 
 /// Attribution mode (the `--attribution` option).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AttributionMode {
     /// `| max_c ∂y_c/∂h ⊙ h |` (paper, label-free; detects corrupted inputs).

@@ -18,6 +18,9 @@
 //!   inference (`ort`, load-dynamic).
 //! - [`store`]: the versioned model store (Triton layout, atomic publish, retention).
 //! - [`serve`]: the HTTP API (axum) over ONNX Runtime: predict, versions, hot swap, rollback.
+//! - [`stream`]: the streaming daemon: Kafka source → attribution → online GMM → verdicts,
+//!   noise-triggered cycles, checkpoints (see its own module map).
+//! - [`metrics`]: Prometheus metrics of the daemon and the API.
 //! - [`bench`]: throughput of attribution and training with FLOP counts.
 //! - [`progress`]: indicatif progress bars, silenced by `--quiet`.
 //! - [`cpu`]: candle CPU threading defaults (set once by the binary).
@@ -29,6 +32,7 @@ pub mod cpu;
 pub mod data;
 pub mod evaluation;
 pub mod experiment;
+pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod partition;
@@ -36,4 +40,5 @@ pub mod progress;
 pub mod prune;
 pub mod serve;
 pub mod store;
+pub mod stream;
 pub mod train;

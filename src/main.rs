@@ -46,6 +46,129 @@ enum Command {
     Publish(PublishArgs),
     /// Serve a model store's versions over HTTP (predict, versions, hot swap, rollback).
     ServeModel(ServeModelArgs),
+    /// Run the streaming daemon (Kafka in, verdicts out, cycles) and the HTTP API.
+    Serve(ServeArgs),
+    /// Stream a real data set, corrupted, into a Kafka topic as LabeledSample messages.
+    Produce(ProduceCliArgs),
+    /// Join a verdict topic with the input topic's hidden truth: precision, recall, F1.
+    EvaluateVerdicts(EvaluateArgs),
+    /// The whole loop on one machine: in-process mock Kafka, real MNIST, 40 % label noise.
+    Demo(DemoCliArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration (see configs/default.toml); RLAP__SECTION__KEY variables override it.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct ProduceCliArgs {
+    /// Bootstrap servers, host:port[,host:port].
+    #[arg(long)]
+    brokers: String,
+    /// Target topic (created if absent).
+    #[arg(long)]
+    topic: String,
+    /// mnist | fashion-mnist | idx:DIR | csv:TRAIN.csv,TEST.csv (its training split is streamed)
+    #[arg(long, default_value = "mnist")]
+    dataset: DatasetSpec,
+    /// Folder of the named data sets (default: $RLAP_DATA_DIR or ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Corruption, e.g. label-symmetric:0.4 (the truth goes into the rlap-truth-corrupted header).
+    #[arg(long, default_value = "label-symmetric:0.4")]
+    corruption: Corruption,
+    /// Seed of the corruption.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Messages per second at most (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Samples at most (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Skip this many samples first.
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
+    /// Partitions when the topic is created.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Every n-th message is malformed, to exercise the dead-letter topic (0 = none).
+    #[arg(long, default_value_t = 0)]
+    malformed_every: usize,
+    /// Send JSON instead of protobuf (content-type: application/json header).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// Bootstrap servers.
+    #[arg(long)]
+    brokers: String,
+    /// The input topic (carries the truth headers).
+    #[arg(long)]
+    topic: String,
+    /// Verdict topic (default: <topic>.verdicts).
+    #[arg(long)]
+    verdicts: Option<String>,
+    /// Dead-letter topic to count (default: <topic>.dlq).
+    #[arg(long)]
+    dlq: Option<String>,
+    /// Also report the samples after the first N (the warm-up) separately.
+    #[arg(long, default_value_t = 0)]
+    skip_first: usize,
+    /// Model store: also print each version's test accuracy (with --dataset).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Model name in the store.
+    #[arg(long, default_value = "mnist")]
+    model: String,
+    /// Data set whose clean test split scores the versions.
+    #[arg(long, default_value = "mnist")]
+    dataset: DatasetSpec,
+    /// Folder of the named data sets.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoCliArgs {
+    /// Daemon configuration (brokers, store and state are set by the demo).
+    #[arg(long, default_value = "configs/demo.toml")]
+    config: PathBuf,
+    /// mnist | fashion-mnist | idx:DIR | csv:TRAIN.csv,TEST.csv
+    #[arg(long, default_value = "mnist")]
+    dataset: DatasetSpec,
+    /// Folder of the named data sets.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Corruption of the streamed samples.
+    #[arg(long, default_value = "label-symmetric:0.4")]
+    corruption: Corruption,
+    /// Samples streamed (0 = the whole training split).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Every n-th message is malformed (0 = none).
+    #[arg(long, default_value_t = 1000)]
+    malformed_every: usize,
+    /// Seed of the corruption.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Messages per second streamed in (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Output folder (model store, state); emptied first.
+    #[arg(long, default_value = "out/demo")]
+    out: PathBuf,
+    /// Write the summary as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -235,7 +358,130 @@ fn main() -> Result<()> {
         Command::DeviceCheck(a) => run_device_check(a),
         Command::Publish(a) => run_publish(a),
         Command::ServeModel(a) => run_serve_model(a),
+        Command::Serve(a) => run_serve(a),
+        Command::Produce(a) => run_produce(a, &progress),
+        Command::EvaluateVerdicts(a) => run_evaluate(a),
+        Command::Demo(a) => run_demo(a, &progress),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn run_serve(a: ServeArgs) -> Result<()> {
+    let cfg = rlap::stream::config::load(&a.config)?;
+    let rt = runtime()?;
+    let summary = rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            rlap::serve::shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        rlap::stream::daemon::serve(std::sync::Arc::new(cfg), rx).await
+    })?;
+    tracing::info!(
+        consumed = summary.consumed,
+        verdicts = summary.verdicts,
+        dead_letters = summary.dead_letters,
+        model_version = summary.model_version,
+        "exiting"
+    );
+    Ok(())
+}
+
+fn run_produce(a: ProduceCliArgs, progress: &Progress) -> Result<()> {
+    let args = rlap::stream::tools::ProduceArgs {
+        brokers: a.brokers,
+        topic: a.topic,
+        dataset: a.dataset,
+        data_dir: a.data_dir.unwrap_or_else(default_data_dir),
+        corruption: a.corruption,
+        seed: a.seed,
+        rate: a.rate,
+        limit: a.limit,
+        skip: a.skip,
+        partitions: a.partitions,
+        create_topic: true,
+        malformed_every: a.malformed_every,
+        json: a.json,
+        throttle: None,
+    };
+    let r = runtime()?.block_on(rlap::stream::tools::produce(&args, progress))?;
+    println!(
+        "produced {} samples ({} corrupted) and {} malformed messages to {} in {:.1} s ({:.0} msg/s)",
+        r.samples,
+        r.corrupted,
+        r.malformed,
+        args.topic,
+        r.seconds,
+        (r.samples + r.malformed) as f64 / r.seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+fn run_evaluate(a: EvaluateArgs) -> Result<()> {
+    let verdicts = a
+        .verdicts
+        .unwrap_or_else(|| format!("{}.verdicts", a.topic));
+    let dlq = a.dlq.unwrap_or_else(|| format!("{}.dlq", a.topic));
+    let r = rlap::stream::tools::evaluate_verdicts(
+        &a.brokers,
+        &a.topic,
+        &verdicts,
+        Some(&dlq),
+        a.skip_first,
+        &[],
+    )?;
+    print!("{}", r.text());
+    let mut acc = vec![];
+    if let Some(store) = &a.store {
+        let test = load(&a.dataset, &a.data_dir.unwrap_or_else(default_data_dir))?.test;
+        acc = rlap::stream::tools::version_accuracies(store, &a.model, &test)?;
+        print!("test-split accuracy by model version:");
+        for (v, x) in &acc {
+            print!(" v{v}={x:.4}");
+        }
+        println!();
+    }
+    if let Some(p) = a.json {
+        write_json(
+            &p,
+            &serde_json::json!({ "verdicts": r, "version_accuracy": acc }),
+        )?;
+    }
+    Ok(())
+}
+
+fn run_demo(a: DemoCliArgs, progress: &Progress) -> Result<()> {
+    let config = if a.config.is_file() {
+        rlap::stream::config::load(&a.config)?
+    } else {
+        bail!(
+            "{}: no such config file (run from the repository root, or pass --config)",
+            a.config.display()
+        );
+    };
+    let args = rlap::stream::demo::DemoArgs {
+        config,
+        dataset: a.dataset,
+        data_dir: a.data_dir.unwrap_or_else(default_data_dir),
+        corruption: a.corruption,
+        limit: a.limit,
+        malformed_every: a.malformed_every,
+        seed: a.seed,
+        rate: a.rate,
+        out_dir: a.out,
+    };
+    let s = runtime()?.block_on(rlap::stream::demo::run(args, progress))?;
+    print!("{}", s.text());
+    if let Some(p) = a.json {
+        write_json(&p, &s)?;
+    }
+    Ok(())
 }
 
 fn write_json<T: Serialize>(path: &PathBuf, value: &T) -> Result<()> {

@@ -35,7 +35,7 @@ pub enum PartitionError {
 }
 
 /// The space the mixture is fitted in (see the module docs for the measurements).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PartitionFeatures {
     /// The paper's: the H-dimensional attribution vector a(x), z-scored per neuron.

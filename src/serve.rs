@@ -104,6 +104,10 @@ pub struct AppState {
     /// Serialises every change of version (watcher, rollback) from "decide" to "install",
     /// and guards the fields that decision reads.
     swap: Mutex<SwapState>,
+    /// Metrics (`GET /metrics`): the daemon's when it runs in this process.
+    metrics: crate::metrics::DaemonMetrics,
+    /// The streaming daemon in this process (`rlap serve`), if any.
+    daemon: Option<crate::stream::daemon::DaemonHandles>,
 }
 
 #[derive(Default)]
@@ -119,11 +123,24 @@ impl AppState {
     /// State serving `cfg.model` from `store`: the newest version that loads and passes the
     /// smoke check (older ones are tried when the newest is refused).
     pub fn new(store: ModelStore, cfg: ServeConfig) -> Arc<Self> {
+        Self::with_daemon(store, cfg, crate::metrics::DaemonMetrics::new(), None)
+    }
+
+    /// As [`AppState::new`], sharing `metrics` and, for `rlap serve`, the daemon's handles
+    /// (`POST /v1/cycle` then asks the daemon for a cycle; `GET /v1/status` shows it).
+    pub fn with_daemon(
+        store: ModelStore,
+        cfg: ServeConfig,
+        metrics: crate::metrics::DaemonMetrics,
+        daemon: Option<crate::stream::daemon::DaemonHandles>,
+    ) -> Arc<Self> {
         let state = Arc::new(Self {
             store,
             cfg,
             current: RwLock::new(None),
             swap: Mutex::new(SwapState::default()),
+            metrics,
+            daemon,
         });
         let versions = state.store.versions(&state.cfg.model).unwrap_or_default();
         if versions.is_empty() {
@@ -235,6 +252,24 @@ struct PredictResponse {
 }
 
 async fn predict(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let t = std::time::Instant::now();
+    let r = predict_inner(&st, body).await;
+    let class = match r.status().as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    st.metrics
+        .predict_requests
+        .with_label_values(&[class])
+        .inc();
+    st.metrics
+        .predict_seconds
+        .observe(t.elapsed().as_secs_f64());
+    r
+}
+
+async fn predict_inner(st: &Arc<AppState>, body: Bytes) -> Response {
     let req: PredictRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
@@ -441,10 +476,44 @@ async fn cycle(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response 
     if let Some(r) = authorize(&st, &headers) {
         return r;
     }
-    error(
-        StatusCode::CONFLICT,
-        "this process only serves models (serve-model): cycles are run by the streaming daemon",
+    match &st.daemon {
+        Some(d) => match d.control.try_send(crate::stream::daemon::Control::Cycle) {
+            Ok(()) => (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "requested": true })),
+            )
+                .into_response(),
+            Err(_) => error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "a cycle request is already pending",
+            ),
+        },
+        None => error(
+            StatusCode::CONFLICT,
+            "this process only serves models (serve-model): cycles are run by the streaming daemon",
+        ),
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.encode(),
     )
+        .into_response()
+}
+
+async fn status(State(st): State<Arc<AppState>>) -> Response {
+    match &st.daemon {
+        Some(d) => match d.status.lock().expect("status lock").clone() {
+            Some(s) => Json(s).into_response(),
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is starting"),
+        },
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this process only serves models (serve-model): no daemon status",
+        ),
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -482,6 +551,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/models/{name}/rollback", post(rollback))
         .route("/v1/cycle", post(cycle))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

@@ -1,0 +1,274 @@
+//! Prometheus metrics of the daemon and the API (`GET /metrics`, text format).
+//!
+//! This module owns every metric's name, type, unit and label set. Names follow Prometheus
+//! conventions: `rlap_` prefix, base units (seconds), `_total` for counters, and only bounded
+//! label values (outcomes, reasons from [`crate::stream::schema::INVALID_REASONS`], stages,
+//! partition numbers of the input topic). Each [`DaemonMetrics`] has its own registry, so
+//! several daemons can live in one process (tests).
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics, registered in `registry`.
+#[derive(Clone)]
+pub struct DaemonMetrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// `rlap_samples_consumed_total`: input messages received (valid or not).
+    pub samples_consumed: IntCounter,
+    /// `rlap_verdicts_total{outcome="clean|noisy"}`: verdicts acknowledged by the broker.
+    pub verdicts: IntCounterVec,
+    /// `rlap_invalid_samples_total{reason}`: messages sent to the dead-letter topic.
+    pub invalid_samples: IntCounterVec,
+    /// `rlap_noisy_fraction{estimate="window|ewma"}`: estimated noise rate, ratio in [0, 1].
+    pub noisy_fraction: GaugeVec,
+    /// `rlap_mixture_weight{component="clean|noisy"}`: online GMM weights.
+    pub mixture_weight: GaugeVec,
+    /// `rlap_mixture_mean{component, dimension}`: component means in z-scored feature space
+    /// (summary space only: `dimension="log_attribution_norm|log_loss"`).
+    pub mixture_mean: GaugeVec,
+    /// `rlap_attribution_batch_seconds`: wall time of one micro-batch's attribution + mixture.
+    pub attribution_batch_seconds: Histogram,
+    /// `rlap_verdict_latency_seconds`: receipt of a sample → its verdict acknowledged.
+    pub verdict_latency_seconds: Histogram,
+    /// `rlap_consumer_lag_messages{partition}`: high watermark − position, per assigned
+    /// input partition.
+    pub consumer_lag: IntGaugeVec,
+    /// `rlap_cycles_total{outcome="accepted|rejected|failed"}`.
+    pub cycles: IntCounterVec,
+    /// `rlap_cycle_stage_seconds{stage}`: attribution, regression, finetune, evaluate, publish.
+    pub cycle_stage_seconds: HistogramVec,
+    /// `rlap_model_version`: the version scoring now (0 before the first).
+    pub model_version: IntGauge,
+    /// `rlap_model_published_timestamp_seconds`: Unix time the current version was swapped in.
+    pub model_swapped_timestamp: Gauge,
+    /// `rlap_cycle_leader`: 1 when this replica runs cycles (owns input partition 0).
+    pub cycle_leader: IntGauge,
+    /// `rlap_predict_requests_total{status}`: HTTP predict requests by status class.
+    pub predict_requests: IntCounterVec,
+    /// `rlap_predict_seconds`: HTTP predict handling time.
+    pub predict_seconds: Histogram,
+    /// `rlap_build_info{version}`: always 1.
+    pub build_info: IntGaugeVec,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Default for DaemonMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DaemonMetrics {
+    /// Create and register every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let secs = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid")
+        };
+        let m = DaemonMetrics {
+            samples_consumed: reg(
+                &r,
+                IntCounter::new("rlap_samples_consumed_total", "Input messages received.")
+                    .expect("valid"),
+            ),
+            verdicts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rlap_verdicts_total",
+                        "Verdicts acknowledged by the broker, by outcome.",
+                    ),
+                    &["outcome"],
+                )
+                .expect("valid"),
+            ),
+            invalid_samples: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rlap_invalid_samples_total",
+                        "Input messages sent to the dead-letter topic, by reason.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid"),
+            ),
+            noisy_fraction: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "rlap_noisy_fraction",
+                        "Estimated noise rate of recent verdicts (ratio).",
+                    ),
+                    &["estimate"],
+                )
+                .expect("valid"),
+            ),
+            mixture_weight: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new("rlap_mixture_weight", "Online GMM component weight."),
+                    &["component"],
+                )
+                .expect("valid"),
+            ),
+            mixture_mean: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "rlap_mixture_mean",
+                        "Online GMM component mean in z-scored feature space.",
+                    ),
+                    &["component", "dimension"],
+                )
+                .expect("valid"),
+            ),
+            attribution_batch_seconds: reg(
+                &r,
+                secs(
+                    "rlap_attribution_batch_seconds",
+                    "Attribution and mixture time of one micro-batch.",
+                    prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid"),
+                ),
+            ),
+            verdict_latency_seconds: reg(
+                &r,
+                secs(
+                    "rlap_verdict_latency_seconds",
+                    "Sample receipt to verdict acknowledged by the broker.",
+                    prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid"),
+                ),
+            ),
+            consumer_lag: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "rlap_consumer_lag_messages",
+                        "High watermark minus consumer position, per assigned input partition.",
+                    ),
+                    &["partition"],
+                )
+                .expect("valid"),
+            ),
+            cycles: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("rlap_cycles_total", "Model cycles by outcome."),
+                    &["outcome"],
+                )
+                .expect("valid"),
+            ),
+            cycle_stage_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "rlap_cycle_stage_seconds",
+                        "Wall time of each cycle stage.",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.01, 2.0, 16).expect("valid")),
+                    &["stage"],
+                )
+                .expect("valid"),
+            ),
+            model_version: reg(
+                &r,
+                IntGauge::new("rlap_model_version", "Model version scoring now.").expect("valid"),
+            ),
+            model_swapped_timestamp: reg(
+                &r,
+                Gauge::new(
+                    "rlap_model_swapped_timestamp_seconds",
+                    "Unix time the current model version was swapped in.",
+                )
+                .expect("valid"),
+            ),
+            cycle_leader: reg(
+                &r,
+                IntGauge::new(
+                    "rlap_cycle_leader",
+                    "1 when this replica runs model cycles (owns input partition 0).",
+                )
+                .expect("valid"),
+            ),
+            predict_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rlap_predict_requests_total",
+                        "HTTP predict requests by status class.",
+                    ),
+                    &["status"],
+                )
+                .expect("valid"),
+            ),
+            predict_seconds: reg(
+                &r,
+                secs(
+                    "rlap_predict_seconds",
+                    "HTTP predict handling time.",
+                    prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid"),
+                ),
+            ),
+            build_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("rlap_build_info", "Build information; always 1."),
+                    &["version"],
+                )
+                .expect("valid"),
+            ),
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for o in ["clean", "noisy"] {
+            m.verdicts.with_label_values(&[o]);
+        }
+        for o in ["accepted", "rejected", "failed"] {
+            m.cycles.with_label_values(&[o]);
+        }
+        for reason in crate::stream::schema::INVALID_REASONS {
+            m.invalid_samples.with_label_values(&[reason]);
+        }
+        m
+    }
+
+    /// The registry in Prometheus text format 0.0.4.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail on valid metrics");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_conventions_and_encode() {
+        let m = DaemonMetrics::new();
+        m.verdicts.with_label_values(&["noisy"]).inc();
+        let text = m.encode();
+        assert!(text.contains("rlap_verdicts_total{outcome=\"noisy\"} 1"));
+        assert!(text.contains("rlap_build_info{version="));
+        for f in m.registry.gather() {
+            let name = f.name();
+            assert!(name.starts_with("rlap_"), "{name}");
+            if f.get_field_type() == prometheus::proto::MetricType::COUNTER {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+    }
+}

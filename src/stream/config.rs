@@ -1,0 +1,710 @@
+//! The daemon's configuration: TOML file plus `RLAP__SECTION__KEY` environment overrides
+//! (the `config` crate), deserialized into typed sections and validated at start-up.
+//!
+//! This module owns every configurable key, its default and its range. Unknown keys are an
+//! error (a typo must not silently fall back to a default). [`DaemonConfig::validate`] returns
+//! one line per problem, each naming the key; [`load`] joins them into one error.
+//! `configs/default.toml` documents every key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::attribution::AttributionMode;
+use crate::model::Arch;
+use crate::partition::PartitionFeatures;
+use crate::stream::online_gmm::StepSize;
+use crate::stream::trigger::{TriggerParams, TriggerSource};
+
+/// A configuration that could not be loaded or is invalid; the message is one line per
+/// problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// `[kafka]`: brokers, group, topics and librdkafka passthrough.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`. `mock` starts librdkafka's in-process
+    /// mock cluster (demo and tests only).
+    pub brokers: String,
+    /// Consumer group id: replicas with the same id share the input partitions.
+    pub group_id: String,
+    /// Input topic of `LabeledSample` messages.
+    pub input_topic: String,
+    /// Verdict topic; default `<input_topic>.verdicts`.
+    pub verdicts_topic: Option<String>,
+    /// Dead-letter topic; default `<input_topic>.dlq`.
+    pub dlq_topic: Option<String>,
+    /// Also copy each original message to `<input>.clean` or `<input>.quarantine`.
+    pub route_by_verdict: bool,
+    /// Topic of `ModelPublished` events.
+    pub model_events_topic: String,
+    /// Create missing output topics at start-up (with `topic_partitions` partitions).
+    pub create_topics: bool,
+    /// Partitions of topics the daemon creates.
+    pub topic_partitions: i32,
+    /// Milliseconds between offset commits of stored offsets.
+    pub commit_interval_ms: u64,
+    /// Where a group with no committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    /// Largest accepted input payload, bytes.
+    pub max_message_bytes: usize,
+    /// Extra librdkafka properties for both the consumer and the producer
+    /// (e.g. `"security.protocol" = "SASL_SSL"`, `"sasl.mechanism"`, `"ssl.ca.location"`).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "rlap".into(),
+            input_topic: "samples".into(),
+            verdicts_topic: None,
+            dlq_topic: None,
+            route_by_verdict: false,
+            model_events_topic: "rlap.models".into(),
+            create_topics: true,
+            topic_partitions: 3,
+            commit_interval_ms: 1000,
+            auto_offset_reset: "earliest".into(),
+            max_message_bytes: 1 << 20,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The verdict topic.
+    pub fn verdicts(&self) -> String {
+        self.verdicts_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.verdicts", self.input_topic))
+    }
+    /// The dead-letter topic.
+    pub fn dlq(&self) -> String {
+        self.dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.input_topic))
+    }
+    /// The clean-routing topic.
+    pub fn clean(&self) -> String {
+        format!("{}.clean", self.input_topic)
+    }
+    /// The quarantine-routing topic.
+    pub fn quarantine(&self) -> String {
+        format!("{}.quarantine", self.input_topic)
+    }
+}
+
+/// `[model]`: the model, its input and the store it is published to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model name in the store.
+    pub name: String,
+    /// Model store root (Triton layout).
+    pub store: PathBuf,
+    /// Versions kept by retention.
+    pub retain: usize,
+    /// `mlp` or `cnn` (used when training from scratch).
+    pub arch: Arch,
+    /// Neurons H of the target layer `fc` (from scratch).
+    pub hidden: usize,
+    /// Features D per sample.
+    pub num_features: usize,
+    /// Classes K.
+    pub num_classes: usize,
+    /// Image shape `[channels, height, width]` of the input (needed by `cnn`), or empty.
+    pub image_shape: Vec<usize>,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            name: "mnist".into(),
+            store: "models".into(),
+            retain: 10,
+            arch: Arch::Mlp,
+            hidden: 256,
+            num_features: 784,
+            num_classes: 10,
+            image_shape: vec![1, 28, 28],
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// `[bootstrap]`: the first model when the store has none.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    /// Samples collected from the stream to train the first model on.
+    pub samples: usize,
+    /// Training epochs (Adam, lr 1e-3, batch 64).
+    pub epochs: usize,
+    /// Seed of initialisation and shuffling.
+    pub seed: u64,
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        Self {
+            samples: 10_000,
+            epochs: 3,
+            seed: 1,
+        }
+    }
+}
+
+/// `[scoring]`: micro-batches, attribution and the verdict threshold.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringConfig {
+    /// Samples per micro-batch at most.
+    pub batch_size: usize,
+    /// Milliseconds a partial micro-batch waits for more samples.
+    pub batch_window_ms: u64,
+    /// `label-gradient` or `max-class`.
+    pub attribution: AttributionMode,
+    /// Mixture space: `summary` ([ln‖a‖, ln CE]) or `attribution` (the paper's H-d space).
+    pub features: PartitionFeatures,
+    /// A sample is noisy when P(noisy) ≥ this.
+    pub threshold: f64,
+    /// Micro-batches queued between stages (bounded channels).
+    pub queue_batches: usize,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            batch_window_ms: 20,
+            attribution: AttributionMode::LabelGradient,
+            features: PartitionFeatures::Summary,
+            threshold: 0.5,
+            queue_batches: 4,
+        }
+    }
+}
+
+/// `[mixture]`: the online GMM.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MixtureConfig {
+    /// Samples of the warm-up window the batch fit uses (per model version).
+    pub warmup_samples: usize,
+    /// `decaying` (γ0·(t+n0)^−α) or `constant` (γ).
+    pub step: String,
+    /// Decaying schedule: scale.
+    pub gamma0: f64,
+    /// Decaying schedule: offset.
+    pub n0: f64,
+    /// Decaying schedule: exponent in (0.5, 1].
+    pub alpha: f64,
+    /// Constant schedule: γ in (0, 1].
+    pub gamma: f64,
+    /// Covariance regularisation.
+    pub reg_covar: f64,
+    /// Seed of the warm-up k-means initialisation.
+    pub seed: u64,
+}
+
+impl Default for MixtureConfig {
+    fn default() -> Self {
+        Self {
+            warmup_samples: 5000,
+            step: "decaying".into(),
+            gamma0: 1.0,
+            n0: 20.0,
+            alpha: 0.6,
+            gamma: 0.01,
+            reg_covar: 1e-6,
+            seed: 0,
+        }
+    }
+}
+
+impl MixtureConfig {
+    /// The step-size schedule.
+    ///
+    /// # Errors
+    /// One line when `step` is neither `decaying` nor `constant`.
+    pub fn step_size(&self) -> Result<StepSize, String> {
+        match self.step.as_str() {
+            "decaying" => Ok(StepSize::Decaying {
+                gamma0: self.gamma0,
+                n0: self.n0,
+                alpha: self.alpha,
+            }),
+            "constant" => Ok(StepSize::Constant { gamma: self.gamma }),
+            s => Err(format!(
+                "mixture.step = '{s}': expected decaying | constant"
+            )),
+        }
+    }
+}
+
+/// `[trigger]`: see [`TriggerParams`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerConfig {
+    /// See [`TriggerParams::noisy_fraction`].
+    pub noisy_fraction: f64,
+    /// See [`TriggerParams::hysteresis`].
+    pub hysteresis: f64,
+    /// See [`TriggerParams::window`].
+    pub window: usize,
+    /// See [`TriggerParams::ewma_alpha`].
+    pub ewma_alpha: f64,
+    /// See [`TriggerParams::min_samples`].
+    pub min_samples: usize,
+    /// See [`TriggerParams::cooldown_secs`].
+    pub cooldown_secs: f64,
+    /// `window` or `ewma`.
+    pub source: TriggerSource,
+}
+
+impl Default for TriggerConfig {
+    fn default() -> Self {
+        Self {
+            noisy_fraction: 0.3,
+            hysteresis: 0.05,
+            window: 5000,
+            ewma_alpha: 0.001,
+            min_samples: 2000,
+            cooldown_secs: 60.0,
+            source: TriggerSource::Window,
+        }
+    }
+}
+
+impl TriggerConfig {
+    /// The trigger's parameters.
+    pub fn params(&self) -> TriggerParams {
+        TriggerParams {
+            noisy_fraction: self.noisy_fraction,
+            hysteresis: self.hysteresis,
+            window: self.window,
+            ewma_alpha: self.ewma_alpha,
+            min_samples: self.min_samples,
+            cooldown_secs: self.cooldown_secs,
+            source: self.source,
+        }
+    }
+}
+
+/// Fine-tuning scope of a cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Finetune {
+    /// Head only (`fc`, `fc2`), §3.4 L-FT.
+    Lft,
+    /// All parameters, §3.4 F-FT.
+    Fft,
+}
+
+/// A trusted validation set for the acceptance gate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// A data set name (`mnist`, `fashion-mnist`, `csv:TRAIN,TEST`); its test split is used.
+    pub dataset: String,
+    /// Folder of the named data sets (default `data/`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Use at most this many samples (stratified), 0 = all.
+    #[serde(default)]
+    pub limit: usize,
+}
+
+/// `[cycle]`: prune → fine-tune → evaluate → accept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CycleConfig {
+    /// Run cycles at all (only the replica owning input partition 0 runs them).
+    pub enabled: bool,
+    /// `lft` or `fft`.
+    pub finetune: Finetune,
+    /// Fine-tuning epochs over the buffered clean samples.
+    pub epochs: usize,
+    /// Samples the replay buffer must hold before a cycle may start (more data, better
+    /// fine-tuning; at least 500).
+    pub min_samples: usize,
+    /// Fraction of H pruned (paper: 0.156).
+    pub prune_fraction: f64,
+    /// Fraction of the buffered clean samples held out to compare the models.
+    pub holdout_fraction: f64,
+    /// Accept when candidate accuracy ≥ current − tolerance.
+    pub tolerance: f64,
+    /// A trusted validation set replaces the held-out slice when given.
+    pub validation: Option<ValidationConfig>,
+    /// Seed of the fine-tuning shuffles.
+    pub seed: u64,
+}
+
+impl Default for CycleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            finetune: Finetune::Fft,
+            epochs: 3,
+            min_samples: 20_000,
+            prune_fraction: crate::prune::DEFAULT_PRUNE_FRACTION,
+            holdout_fraction: 0.1,
+            tolerance: 0.01,
+            validation: None,
+            seed: 2,
+        }
+    }
+}
+
+/// `[replay]`: the bounded replay buffer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Samples kept at most.
+    pub capacity: usize,
+    /// Memory cap in MiB (wins over `capacity`).
+    pub max_mib: usize,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 30_000,
+            max_mib: 128,
+        }
+    }
+}
+
+/// `[state]`: checkpoints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Folder of `checkpoint.json`.
+    pub dir: PathBuf,
+    /// Seconds between checkpoints (also written at shutdown and after each cycle).
+    pub checkpoint_interval_secs: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: "state".into(),
+            checkpoint_interval_secs: 30,
+        }
+    }
+}
+
+/// `[api]`: the HTTP API served in the same process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the API at all.
+    pub enabled: bool,
+    /// Listen address (loopback unless you mean it).
+    pub listen: String,
+    /// Bearer token for rollback and cycle; empty disables those endpoints.
+    pub admin_token: String,
+    /// Largest predict batch.
+    pub max_batch: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            admin_token: String::new(),
+            max_batch: 1024,
+        }
+    }
+}
+
+/// The whole daemon configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Kafka.
+    pub kafka: KafkaConfig,
+    /// The model and its store.
+    pub model: ModelConfig,
+    /// The first model.
+    pub bootstrap: BootstrapConfig,
+    /// Micro-batches and verdicts.
+    pub scoring: ScoringConfig,
+    /// The online GMM.
+    pub mixture: MixtureConfig,
+    /// When a cycle is due.
+    pub trigger: TriggerConfig,
+    /// The cycle.
+    pub cycle: CycleConfig,
+    /// The replay buffer.
+    pub replay: ReplayConfig,
+    /// Checkpoints.
+    pub state: StateConfig,
+    /// The HTTP API.
+    pub api: ApiConfig,
+}
+
+impl DaemonConfig {
+    /// Every problem, one line each, naming the key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = vec![];
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            p.push("kafka.brokers is empty".into());
+        }
+        if k.group_id.is_empty() {
+            p.push("kafka.group_id is empty".into());
+        }
+        if k.input_topic.is_empty() {
+            p.push("kafka.input_topic is empty".into());
+        }
+        if k.topic_partitions < 1 {
+            p.push(format!(
+                "kafka.topic_partitions = {}: must be >= 1",
+                k.topic_partitions
+            ));
+        }
+        if !matches!(k.auto_offset_reset.as_str(), "earliest" | "latest") {
+            p.push(format!(
+                "kafka.auto_offset_reset = '{}': expected earliest | latest",
+                k.auto_offset_reset
+            ));
+        }
+        if k.max_message_bytes < 64 {
+            p.push("kafka.max_message_bytes must be >= 64".into());
+        }
+        for key in k.properties.keys() {
+            if matches!(
+                key.as_str(),
+                "enable.auto.offset.store" | "group.id" | "bootstrap.servers"
+            ) {
+                p.push(format!(
+                    "kafka.properties.\"{key}\" is set by rlap itself; use the kafka section's own key"
+                ));
+            }
+        }
+        let m = &self.model;
+        if m.name.is_empty() || m.name.starts_with('.') || m.name.contains('/') {
+            p.push(format!(
+                "model.name = '{}': use a plain folder name",
+                m.name
+            ));
+        }
+        if m.num_features == 0 || m.num_classes < 2 || m.hidden == 0 {
+            p.push(
+                "model.num_features, model.hidden must be > 0 and model.num_classes >= 2".into(),
+            );
+        }
+        if m.retain == 0 {
+            p.push("model.retain = 0: must keep at least one version".into());
+        }
+        if !m.image_shape.is_empty() {
+            if m.image_shape.len() != 3 || m.image_shape.iter().product::<usize>() != m.num_features
+            {
+                p.push(format!(
+                    "model.image_shape = {:?}: must be [channels, height, width] with product model.num_features = {}",
+                    m.image_shape, m.num_features
+                ));
+            }
+        } else if m.arch == Arch::Cnn {
+            p.push("model.arch = cnn needs model.image_shape".into());
+        }
+        if let Err(e) = crate::model::parse_device(&m.device) {
+            p.push(format!("model.device = '{}': {e}", m.device));
+        }
+        if self.bootstrap.samples < 256 || self.bootstrap.epochs == 0 {
+            p.push("bootstrap.samples must be >= 256 and bootstrap.epochs >= 1".into());
+        }
+        let s = &self.scoring;
+        if s.batch_size == 0 || s.queue_batches == 0 {
+            p.push("scoring.batch_size and scoring.queue_batches must be > 0".into());
+        }
+        if !(s.threshold > 0.0 && s.threshold < 1.0) {
+            p.push(format!(
+                "scoring.threshold = {}: must be in (0, 1)",
+                s.threshold
+            ));
+        }
+        let x = &self.mixture;
+        if x.warmup_samples < 64 {
+            p.push(format!(
+                "mixture.warmup_samples = {}: must be >= 64",
+                x.warmup_samples
+            ));
+        }
+        match x.step_size() {
+            Ok(step) => p.extend(step.validate().err()),
+            Err(e) => p.push(e),
+        }
+        if x.reg_covar.is_nan() || x.reg_covar <= 0.0 {
+            p.push("mixture.reg_covar must be > 0".into());
+        }
+        p.extend(self.trigger.params().validate());
+        let c = &self.cycle;
+        if let Err(e) = crate::prune::prune_count(c.prune_fraction, m.hidden) {
+            p.push(format!("cycle.prune_fraction: {e}"));
+        }
+        if c.epochs == 0 {
+            p.push("cycle.epochs must be >= 1".into());
+        }
+        if c.min_samples < crate::stream::cycle::MIN_CYCLE_SAMPLES {
+            p.push(format!(
+                "cycle.min_samples = {}: must be >= {}",
+                c.min_samples,
+                crate::stream::cycle::MIN_CYCLE_SAMPLES
+            ));
+        }
+        if !(c.holdout_fraction > 0.0 && c.holdout_fraction < 0.5) {
+            p.push(format!(
+                "cycle.holdout_fraction = {}: must be in (0, 0.5)",
+                c.holdout_fraction
+            ));
+        }
+        if !(c.tolerance >= 0.0 && c.tolerance < 1.0) {
+            p.push(format!(
+                "cycle.tolerance = {}: must be in [0, 1)",
+                c.tolerance
+            ));
+        }
+        if let Some(v) = &c.validation {
+            if let Err(e) = v.dataset.parse::<crate::data::DatasetSpec>() {
+                p.push(format!("cycle.validation.dataset: {e}"));
+            }
+        }
+        if let Err(e) = crate::stream::replay::ReplayBuffer::new(
+            self.replay.capacity,
+            self.replay.max_mib << 20,
+            m.num_features.max(1),
+            m.num_classes.max(1),
+            0,
+        ) {
+            p.push(e);
+        }
+        if self.api.enabled && self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "api.listen = '{}': expected ip:port",
+                self.api.listen
+            ));
+        }
+        p
+    }
+
+    /// The image shape as a tuple, if any.
+    pub fn image_shape(&self) -> Option<(usize, usize, usize)> {
+        match self.model.image_shape[..] {
+            [c, h, w] => Some((c, h, w)),
+            _ => None,
+        }
+    }
+}
+
+/// Load `path` (TOML) with `RLAP__SECTION__KEY` overrides from `env`, then validate.
+///
+/// # Errors
+/// [`ConfigError`] with one line per problem.
+pub fn load_from(
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<DaemonConfig, ConfigError> {
+    if !path.is_file() {
+        return Err(ConfigError(format!(
+            "{}: no such config file (see configs/default.toml)",
+            path.display()
+        )));
+    }
+    let overrides: std::collections::HashMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("RLAP__"))
+        .collect();
+    let cfg = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("RLAP")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        )
+        .build()
+        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    let cfg: DaemonConfig = cfg
+        .try_deserialize()
+        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    let problems = cfg.validate();
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError(
+            problems
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ))
+    }
+}
+
+/// [`load_from`] with the process environment.
+///
+/// # Errors
+/// See [`load_from`].
+pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+    load_from(path, std::env::vars())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_validate_and_env_overrides_win() {
+        assert!(DaemonConfig::default().validate().is_empty());
+        let f = write("[kafka]\nbrokers = \"a:1\"\n[trigger]\nnoisy_fraction = 0.4\n");
+        let env = vec![
+            ("RLAP__KAFKA__BROKERS".to_string(), "b:2".to_string()),
+            ("RLAP__SCORING__BATCH_SIZE".to_string(), "64".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let c = load_from(f.path(), env).unwrap();
+        assert_eq!(c.kafka.brokers, "b:2");
+        assert_eq!(c.scoring.batch_size, 64);
+        assert_eq!(c.trigger.noisy_fraction, 0.4);
+        assert_eq!(c.kafka.verdicts(), "samples.verdicts");
+    }
+
+    #[test]
+    fn every_problem_is_one_line_naming_its_key() {
+        let f = write(
+            "[trigger]\nnoisy_fraction = 1.5\n[scoring]\nthreshold = 0\n[mixture]\nalpha = 0.2\n",
+        );
+        let e = load_from(f.path(), vec![]).unwrap_err().0;
+        let lines: Vec<&str> = e.lines().collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("trigger.noisy_fraction = 1.5")),
+            "{e}"
+        );
+        assert!(lines.iter().any(|l| l.contains("scoring.threshold")), "{e}");
+        assert!(lines.iter().any(|l| l.contains("mixture.alpha")), "{e}");
+        let f = write("[kafka]\nbrokerz = \"x\"\n");
+        let e = load_from(f.path(), vec![]).unwrap_err().0;
+        assert!(e.contains("brokerz") && !e.contains('\n'), "{e}");
+        assert!(load_from(Path::new("/nonexistent.toml"), vec![]).is_err());
+    }
+}

@@ -1,0 +1,358 @@
+//! One model cycle of the daemon: regression sensitivity → prune → fine-tune on the buffered
+//! clean samples → evaluate → accept or reject → (accepted) re-warm the mixture and publish.
+//!
+//! This module owns the cycle's steps and its acceptance rule; it runs on a dedicated thread
+//! while scoring continues on the current model (see [`crate::stream::engine`]). The samples
+//! are a snapshot of the replay buffer; their clean/noisy split comes from the current online
+//! mixture (never from any ground truth). The held-out slice — every `1/holdout_fraction`-th
+//! clean sample after a seeded shuffle — is excluded from fine-tuning and compares the current
+//! and candidate models unless a trusted validation set is configured. A candidate is accepted
+//! when its accuracy is at least the current one's minus `tolerance`. Already-pruned neurons
+//! stay pruned; a cycle prunes at most `prune_fraction·H` more, and never beyond
+//! `MAX_PRUNED_FRACTION·H` in all (later cycles then only fine-tune).
+
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::{Deserialize, Serialize};
+
+use crate::attribution::{attribute, AttributionMode, Attributions};
+use crate::data::Dataset;
+use crate::evaluation::classification_report;
+use crate::model::{Model, ModelError};
+use crate::partition::{partition_features, PartitionError, PartitionFeatures};
+use crate::progress::Progress;
+use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
+use crate::store::{Metrics, ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
+use crate::stream::config::{DaemonConfig, Finetune};
+use crate::stream::online_gmm::OnlineGmm;
+use crate::train::{predict, train, Optimizer, Scope, TrainConfig};
+
+/// A cycle never leaves more than this fraction of `fc`'s neurons pruned in all.
+pub const MAX_PRUNED_FRACTION: f64 = 0.5;
+
+/// Samples a cycle needs in the replay buffer.
+pub const MIN_CYCLE_SAMPLES: usize = 500;
+
+/// Why a cycle could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// Attribution, training or evaluation failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The mixture could not score or re-warm.
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    /// Neuron scoring failed.
+    #[error(transparent)]
+    Prune(#[from] PruneError),
+    /// Publishing the accepted model failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a cycle starts from (all owned: the cycle thread shares nothing with the scorer).
+pub struct CycleInput {
+    /// The model serving now (a deep copy).
+    pub model: Model,
+    /// Its version.
+    pub version: u64,
+    /// Snapshot of the replay buffer, oldest first.
+    pub samples: Dataset,
+    /// The current mixture (scores the snapshot).
+    pub gmm: OnlineGmm,
+    /// The trusted validation set, if configured.
+    pub validation: Option<Dataset>,
+    /// Why the cycle runs (`trigger` or `api`).
+    pub cause: String,
+    /// The noise-rate estimate that triggered it.
+    pub noisy_fraction: f64,
+}
+
+/// How a cycle ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CycleOutcome {
+    /// The candidate was published and swapped in.
+    Accepted,
+    /// The candidate was worse than the current model beyond the tolerance.
+    Rejected,
+    /// A step failed (the reason says which).
+    Failed,
+}
+
+impl CycleOutcome {
+    /// Stable label (metrics, logs).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The record of one cycle (kept in the checkpoint and shown by the API and the demo).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CycleRecord {
+    /// Outcome.
+    pub outcome: CycleOutcome,
+    /// Why: the acceptance comparison, or the error.
+    pub reason: String,
+    /// `trigger` or `api`.
+    pub cause: String,
+    /// The version the cycle started from.
+    pub parent_version: u64,
+    /// The published version (accepted only).
+    pub new_version: Option<u64>,
+    /// Samples in the snapshot.
+    pub samples: usize,
+    /// Of those, flagged noisy by the mixture.
+    pub noisy: usize,
+    /// Clean samples fine-tuned on.
+    pub finetune_samples: usize,
+    /// Samples the two models were compared on.
+    pub eval_samples: usize,
+    /// `holdout` (clean slice of the buffer) or `validation` (trusted set).
+    pub eval_set: String,
+    /// Accuracy of the current model on the evaluation samples.
+    pub accuracy_before: f64,
+    /// Accuracy of the candidate.
+    pub accuracy_after: f64,
+    /// Neurons pruned by this cycle (indices into H).
+    pub pruned_now: Vec<usize>,
+    /// Seconds per stage: attribution, regression, fine-tune, evaluate, publish.
+    pub stage_seconds: Vec<(String, f64)>,
+}
+
+/// A finished cycle: its record and, when accepted, the new model and its warmed mixture.
+pub struct CycleResult {
+    /// The record.
+    pub record: CycleRecord,
+    /// Accepted: the model, its version metadata and its mixture.
+    pub accepted: Option<(Model, VersionMetadata, OnlineGmm)>,
+}
+
+/// Attribute `data` with `model` (batches of 256, no progress bar).
+///
+/// # Errors
+/// [`ModelError`] from the forward/backward pass.
+pub fn attribute_all(
+    model: &Model,
+    data: &Dataset,
+    mode: AttributionMode,
+) -> Result<Attributions, ModelError> {
+    attribute(model, data, mode, 256, &Progress::hidden())
+}
+
+/// The mixture's input rows `[n, d]` for attributions `a` (in `kind`'s space).
+pub fn mixture_rows(kind: PartitionFeatures, a: &Attributions) -> (Vec<f32>, usize) {
+    partition_features(kind, &a.values, a.n, a.hidden, &a.loss)
+}
+
+/// Fit a fresh mixture for `model` on the newest `warmup` samples of `data` (re-warm).
+///
+/// # Errors
+/// [`CycleError`] when attribution or the fit fails.
+pub fn warm_mixture(
+    cfg: &DaemonConfig,
+    model: &Model,
+    data: &Dataset,
+) -> Result<OnlineGmm, CycleError> {
+    let start = data.len().saturating_sub(cfg.mixture.warmup_samples);
+    let recent = data.select(&(start..data.len()).collect::<Vec<_>>());
+    let a = attribute_all(model, &recent, cfg.scoring.attribution)?;
+    let (x, d) = mixture_rows(cfg.scoring.features, &a);
+    let step = cfg.mixture.step_size().map_err(PartitionError::Invalid)?;
+    Ok(OnlineGmm::warm_up(
+        &x,
+        a.n,
+        d,
+        &a.loss,
+        cfg.mixture.reg_covar,
+        step,
+        cfg.mixture.seed,
+    )?)
+}
+
+fn metrics(model: &Model, data: &Dataset) -> Result<Metrics, ModelError> {
+    let p = predict(model, data)?;
+    let r = classification_report(&p, &data.labels, data.num_classes);
+    Ok(Metrics {
+        accuracy: r.accuracy,
+        macro_f1: r.macro_f1,
+    })
+}
+
+/// Run one cycle (blocking; seconds to minutes). Publishes to `store` when accepted.
+pub fn run_cycle(cfg: &DaemonConfig, store: &ModelStore, input: CycleInput) -> CycleResult {
+    let mut record = CycleRecord {
+        outcome: CycleOutcome::Failed,
+        reason: String::new(),
+        cause: input.cause.clone(),
+        parent_version: input.version,
+        new_version: None,
+        samples: input.samples.len(),
+        noisy: 0,
+        finetune_samples: 0,
+        eval_samples: 0,
+        eval_set: String::new(),
+        accuracy_before: f64::NAN,
+        accuracy_after: f64::NAN,
+        pruned_now: vec![],
+        stage_seconds: vec![],
+    };
+    match cycle_steps(cfg, store, input, &mut record) {
+        Ok(accepted) => CycleResult { record, accepted },
+        Err(e) => {
+            record.outcome = CycleOutcome::Failed;
+            record.reason = e.to_string();
+            CycleResult {
+                record,
+                accepted: None,
+            }
+        }
+    }
+}
+
+fn cycle_steps(
+    cfg: &DaemonConfig,
+    store: &ModelStore,
+    input: CycleInput,
+    rec: &mut CycleRecord,
+) -> Result<Option<(Model, VersionMetadata, OnlineGmm)>, CycleError> {
+    let data = &input.samples;
+    let mut t = Instant::now();
+    let mut lap = |rec: &mut CycleRecord, name: &str| {
+        rec.stage_seconds
+            .push((name.to_string(), t.elapsed().as_secs_f64()));
+        t = Instant::now();
+    };
+
+    // 1. Attribute the snapshot with the current model; the mixture splits it.
+    let a = attribute_all(&input.model, data, cfg.scoring.attribution)?;
+    let (x, _) = mixture_rows(cfg.scoring.features, &a);
+    let post = input.gmm.posterior(&x, a.n)?;
+    let noisy: Vec<bool> = post
+        .posterior_noisy
+        .iter()
+        .map(|&p| p >= cfg.scoring.threshold)
+        .collect();
+    rec.noisy = noisy.iter().filter(|&&b| b).count();
+    lap(rec, "attribution");
+
+    // 2. Regression sensitivity (§3.3) and pruning, within the overall cap.
+    let h = a.hidden;
+    let already = input.model.pruned();
+    let budget = ((MAX_PRUNED_FRACTION * h as f64).floor() as usize).saturating_sub(already.len());
+    let k = prune_count(cfg.cycle.prune_fraction, h)?.min(budget);
+    let mut candidate = input.model.deep_clone()?;
+    if k > 0 {
+        let scores = neuron_scores(
+            Criterion::Rlap,
+            &a.activations,
+            a.n,
+            h,
+            &noisy,
+            cfg.cycle.seed,
+        )?;
+        let mut s = scores.scores;
+        for &j in &already {
+            s[j] = f64::NEG_INFINITY;
+        }
+        rec.pruned_now = select_top(&s, k);
+        candidate.prune(&rec.pruned_now)?;
+    }
+    lap(rec, "regression");
+
+    // 3. Split the clean samples into fine-tuning and held-out slices.
+    let mut clean: Vec<usize> = (0..a.n).filter(|&i| !noisy[i]).collect();
+    clean.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(
+        cfg.cycle.seed ^ input.version,
+    ));
+    let (eval, eval_set, tune_idx) = match &input.validation {
+        Some(v) => (v.clone(), "validation", clean),
+        None => {
+            let m = ((clean.len() as f64) * cfg.cycle.holdout_fraction).round() as usize;
+            let (held, tune) = clean.split_at(m);
+            (data.select(held), "holdout", tune.to_vec())
+        }
+    };
+    rec.eval_set = eval_set.into();
+    rec.eval_samples = eval.len();
+    rec.finetune_samples = tune_idx.len();
+    if tune_idx.len() < 64 || eval.is_empty() {
+        rec.outcome = CycleOutcome::Rejected;
+        rec.reason = format!(
+            "too few clean samples: {} to fine-tune on, {} to evaluate",
+            tune_idx.len(),
+            eval.len()
+        );
+        return Ok(None);
+    }
+    let tune = data.select(&tune_idx);
+    let (scope, weight_decay) = match cfg.cycle.finetune {
+        Finetune::Lft => (Scope::Head, 1e-5),
+        Finetune::Fft => (Scope::All, 0.0),
+    };
+    train(
+        &candidate,
+        &tune,
+        &TrainConfig {
+            epochs: cfg.cycle.epochs,
+            batch_size: 64,
+            optimizer: Optimizer::Adam {
+                lr: 1e-3,
+                weight_decay,
+            },
+            scope,
+            seed: cfg.cycle.seed.wrapping_add(input.version),
+        },
+        &Progress::hidden(),
+        "cycle fine-tune",
+    )?;
+    lap(rec, "finetune");
+
+    // 4. Compare on the same samples.
+    let before = metrics(&input.model, &eval)?;
+    let after = metrics(&candidate, &eval)?;
+    rec.accuracy_before = before.accuracy;
+    rec.accuracy_after = after.accuracy;
+    lap(rec, "evaluate");
+    let verdict = format!(
+        "{} accuracy {:.4} -> {:.4} on {} samples (tolerance {})",
+        eval_set, rec.accuracy_before, rec.accuracy_after, rec.eval_samples, cfg.cycle.tolerance
+    );
+    if rec.accuracy_after < rec.accuracy_before - cfg.cycle.tolerance {
+        rec.outcome = CycleOutcome::Rejected;
+        rec.reason = verdict;
+        return Ok(None);
+    }
+
+    // 5. Re-warm the mixture for the new model, then publish.
+    let gmm = warm_mixture(cfg, &candidate, data)?;
+    let meta = store.publish(
+        &cfg.model.name,
+        &candidate,
+        PublishInfo {
+            parent_version: Some(input.version),
+            sample_window: Some(SampleWindow {
+                samples: data.len() as u64,
+                source: format!(
+                    "replay buffer of topic {} (cause: {})",
+                    cfg.kafka.input_topic, input.cause
+                ),
+            }),
+            estimated_noise_rate: Some(input.noisy_fraction),
+            metrics_before: Some(before),
+            metrics_after: Some(after),
+        },
+    )?;
+    lap(rec, "publish");
+    rec.outcome = CycleOutcome::Accepted;
+    rec.reason = verdict;
+    rec.new_version = Some(meta.version);
+    Ok(Some((candidate, meta, gmm)))
+}

@@ -1,0 +1,733 @@
+//! The streaming pipeline: Kafka source → scorer thread → Kafka sink, with at-least-once
+//! offsets, dead letters, checkpoints and graceful shutdown.
+//!
+//! This module owns the tasks and channels (vector's source → transform → sink shape):
+//! - **source** (tokio task): an rdkafka `StreamConsumer` in the consumer group with
+//!   `enable.auto.offset.store=false`; decodes and validates each message
+//!   ([`crate::stream::schema`]), sends invalid ones to the sink as dead letters, and valid
+//!   ones in micro-batches (size or time window, whichever first) to the scorer. It also
+//!   reports leadership (owning input partition 0) and consumer lag.
+//! - **scorer** (one OS thread): the [`Engine`]; also writes checkpoints.
+//! - **sink** (tokio task): a `FutureProducer` (idempotent, acks=all) that produces verdicts
+//!   keyed by sample id, routed copies, dead letters and `ModelPublished` events; after the
+//!   broker acknowledges a sample's verdict or dead letter, its offset is marked done in the
+//!   [`OffsetTracker`] and the contiguous prefix is stored; librdkafka commits stored offsets
+//!   every `commit_interval_ms`, and once more at shutdown.
+//!
+//! Invariants: every channel is bounded (`scoring.queue_batches`), so a slow stage stops the
+//! consumer instead of growing a queue; the scorer never blocks on I/O; an offset is stored
+//! only after its sample's verdict (or dead letter) is acknowledged. Shutdown (the `shutdown`
+//! watch flips): the source stops consuming and hands over its partial batch, the scorer
+//! finishes it (and any running cycle) and checkpoints, the sink drains and flushes, the
+//! consumer commits synchronously, and [`run`] returns the summary.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Offset};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::DaemonMetrics;
+use crate::store::ModelStore;
+use crate::stream::config::DaemonConfig;
+use crate::stream::engine::{Engine, EngineError, EngineEvent, EngineStatus, Incoming, Scored};
+use crate::stream::offsets::OffsetTracker;
+use crate::stream::schema::{self, Expect, InvalidSample};
+use crate::stream::state;
+
+/// Daemon failures (bad samples are never one of these: they go to the dead-letter topic).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A Kafka client could not be created or a topic could not be created.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// The engine stopped.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The model store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The HTTP API could not start.
+    #[error("api: {0}")]
+    Api(String),
+}
+
+/// Requests from the API to the scorer.
+#[derive(Debug)]
+pub enum Control {
+    /// Run a cycle now.
+    Cycle,
+}
+
+/// What a run did (returned at shutdown; the demo prints it).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DaemonSummary {
+    /// Input messages received.
+    pub consumed: u64,
+    /// Verdicts acknowledged by the broker.
+    pub verdicts: u64,
+    /// Of those, noisy.
+    pub noisy: u64,
+    /// Dead letters acknowledged.
+    pub dead_letters: u64,
+    /// The model version at exit.
+    pub model_version: u64,
+    /// Cycles by outcome (from the checkpointed records).
+    pub cycles: Vec<crate::stream::cycle::CycleRecord>,
+}
+
+/// Handles shared with the API.
+#[derive(Clone)]
+pub struct DaemonHandles {
+    /// Metrics of this daemon.
+    pub metrics: DaemonMetrics,
+    /// The engine's latest status.
+    pub status: Arc<Mutex<Option<EngineStatus>>>,
+    /// Requests to the scorer.
+    pub control: mpsc::Sender<Control>,
+}
+
+enum ScorerMsg {
+    Batch(Vec<Incoming>),
+    Leader(bool),
+    Tick,
+}
+
+enum SinkMsg {
+    Verdicts(Vec<Scored>),
+    DeadLetter {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        why: InvalidSample,
+    },
+    Event(EngineEvent),
+}
+
+struct Ctx {
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
+        match r {
+            Rebalance::Revoke(tpl) => {
+                let mut t = self.tracker.lock().expect("tracker lock");
+                for e in tpl.elements() {
+                    t.revoke(e.topic(), e.partition());
+                }
+                tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked");
+            }
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// librdkafka settings shared by every client: brokers plus the passthrough properties.
+pub fn client_config(cfg: &DaemonConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.brokers);
+    for (k, v) in &cfg.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Create the output topics that do not exist yet (`kafka.create_topics`).
+///
+/// # Errors
+/// [`DaemonError::Kafka`] when the admin request fails for another reason than "exists".
+pub async fn ensure_topics(cfg: &DaemonConfig, topics: &[String]) -> Result<(), DaemonError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg)
+        .create()
+        .map_err(|e| DaemonError::Kafka(e.to_string()))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, cfg.kafka.topic_partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| DaemonError::Kafka(format!("creating topics: {e}")))?;
+    for r in results {
+        match r {
+            Ok(t) => tracing::info!(topic = %t, "topic created"),
+            Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %t, "topic exists")
+            }
+            Err((t, e)) => return Err(DaemonError::Kafka(format!("creating topic {t}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+fn output_topics(cfg: &DaemonConfig) -> Vec<String> {
+    let k = &cfg.kafka;
+    let mut t = vec![k.verdicts(), k.dlq(), k.model_events_topic.clone()];
+    if k.route_by_verdict {
+        t.push(k.clean());
+        t.push(k.quarantine());
+    }
+    t
+}
+
+/// `rlap serve`: the daemon and, when `api.enabled`, the HTTP API (predict, versions,
+/// rollback, cycle, status, metrics) in one process, until `shutdown` becomes true.
+///
+/// # Errors
+/// [`DaemonError`] as [`run`], or [`DaemonError::Api`] when the listen address is taken.
+pub async fn serve(
+    cfg: Arc<DaemonConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<DaemonSummary, DaemonError> {
+    let metrics = DaemonMetrics::new();
+    let status = Arc::new(Mutex::new(None));
+    let (control_tx, control_rx) = mpsc::channel(1);
+    // The API stops after the daemon has (also when the daemon fails).
+    let (api_stop_tx, api_stop) = watch::channel(false);
+    let api = if cfg.api.enabled {
+        let store = ModelStore::open(&cfg.model.store, cfg.model.retain)?;
+        let bind: std::net::SocketAddr = cfg
+            .api
+            .listen
+            .parse()
+            .map_err(|e| DaemonError::Api(format!("api.listen: {e}")))?;
+        let scfg = crate::serve::ServeConfig {
+            bind,
+            model: cfg.model.name.clone(),
+            admin_token: Some(cfg.api.admin_token.clone()).filter(|t| !t.is_empty()),
+            poll_interval: Duration::from_secs(1),
+            max_batch: cfg.api.max_batch,
+        };
+        let handles = DaemonHandles {
+            metrics: metrics.clone(),
+            status: status.clone(),
+            control: control_tx,
+        };
+        let m = metrics.clone();
+        let state = tokio::task::spawn_blocking(move || {
+            crate::serve::AppState::with_daemon(store, scfg, m, Some(handles))
+        })
+        .await
+        .map_err(|e| DaemonError::Api(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| DaemonError::Api(format!("binding {bind}: {e}")))?;
+        tracing::info!(addr = %bind, "HTTP API listening");
+        let watcher = tokio::spawn(crate::serve::watch_store(state.clone(), api_stop.clone()));
+        let mut stop = api_stop;
+        Some(tokio::spawn(async move {
+            let r = axum::serve(listener, crate::serve::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|v| *v).await;
+                })
+                .await;
+            let _ = watcher.await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP API failed");
+            }
+            tracing::info!("HTTP API stopped");
+        }))
+    } else {
+        drop(control_tx);
+        None
+    };
+    let r = run(cfg, metrics, shutdown, status, control_rx).await;
+    let _ = api_stop_tx.send(true);
+    if let Some(api) = api {
+        let _ = api.await;
+    }
+    r
+}
+
+/// Run the daemon until `shutdown` becomes true; returns what it did.
+///
+/// # Errors
+/// [`DaemonError`] when a client, the store or the engine fails (never for a bad sample).
+pub async fn run(
+    cfg: Arc<DaemonConfig>,
+    metrics: DaemonMetrics,
+    shutdown: watch::Receiver<bool>,
+    status: Arc<Mutex<Option<EngineStatus>>>,
+    control: mpsc::Receiver<Control>,
+) -> Result<DaemonSummary, DaemonError> {
+    let store = ModelStore::open(&cfg.model.store, cfg.model.retain)?;
+    let checkpoint = state::load(&cfg.state.dir)?;
+    let engine = {
+        let (cfg, store, metrics) = (cfg.clone(), store.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || Engine::new(cfg, store, metrics, checkpoint))
+            .await
+            .map_err(|e| DaemonError::Kafka(format!("engine start panicked: {e}")))??
+    };
+    if cfg.kafka.create_topics {
+        let mut topics = vec![cfg.kafka.input_topic.clone()];
+        topics.extend(output_topics(&cfg));
+        ensure_topics(&cfg, &topics).await?;
+    }
+
+    let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+    let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
+        client_config(&cfg)
+            .set("group.id", &cfg.kafka.group_id)
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                cfg.kafka.commit_interval_ms.to_string(),
+            )
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &cfg.kafka.auto_offset_reset)
+            .create_with_context(Ctx {
+                tracker: tracker.clone(),
+            })
+            .map_err(|e| DaemonError::Kafka(format!("consumer: {e}")))?,
+    );
+    consumer
+        .subscribe(&[&cfg.kafka.input_topic])
+        .map_err(|e| DaemonError::Kafka(format!("subscribe: {e}")))?;
+    let producer: FutureProducer = client_config(&cfg)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(|e| DaemonError::Kafka(format!("producer: {e}")))?;
+    tracing::info!(
+        brokers = %cfg.kafka.brokers,
+        group = %cfg.kafka.group_id,
+        input = %cfg.kafka.input_topic,
+        verdicts = %cfg.kafka.verdicts(),
+        "daemon started"
+    );
+
+    let q = cfg.scoring.queue_batches;
+    let (score_tx, score_rx) = mpsc::channel::<ScorerMsg>(q);
+    let (sink_tx, sink_rx) = mpsc::channel::<SinkMsg>(q * 2);
+    let counters = Arc::new(Counters::default());
+
+    let scorer = {
+        let (cfg, sink_tx, status) = (cfg.clone(), sink_tx.clone(), status.clone());
+        std::thread::Builder::new()
+            .name("rlap-scorer".into())
+            .spawn(move || scorer_loop(cfg, engine, score_rx, control, sink_tx, status))
+            .map_err(|e| DaemonError::Kafka(format!("spawning the scorer: {e}")))?
+    };
+    let sink = tokio::spawn(sink_loop(
+        cfg.clone(),
+        producer,
+        consumer.clone(),
+        tracker.clone(),
+        sink_rx,
+        metrics.clone(),
+        counters.clone(),
+    ));
+    let source = source_loop(
+        cfg.clone(),
+        consumer.clone(),
+        tracker,
+        score_tx,
+        sink_tx,
+        metrics,
+        counters.clone(),
+        shutdown,
+    )
+    .await;
+    // The source dropped its senders; the scorer drains and exits, then the sink.
+    let scorer_result = tokio::task::spawn_blocking(move || scorer.join())
+        .await
+        .map_err(|e| DaemonError::Kafka(e.to_string()))?
+        .map_err(|_| DaemonError::Kafka("the scorer thread panicked".into()))?;
+    let _ = sink.await;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!("offsets committed"),
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => tracing::info!("offsets already committed"),
+        Err(e) => {
+            tracing::warn!(error = %e, "final offset commit failed (the next start re-reads from the last commit)")
+        }
+    }
+    source?;
+    let engine_summary = scorer_result?;
+    tracing::info!("daemon stopped");
+    Ok(DaemonSummary {
+        consumed: counters.consumed.load(Ordering::Relaxed),
+        verdicts: counters.verdicts.load(Ordering::Relaxed),
+        noisy: counters.noisy.load(Ordering::Relaxed),
+        dead_letters: counters.dead_letters.load(Ordering::Relaxed),
+        model_version: engine_summary.0,
+        cycles: engine_summary.1,
+    })
+}
+
+#[derive(Default)]
+struct Counters {
+    consumed: AtomicU64,
+    verdicts: AtomicU64,
+    noisy: AtomicU64,
+    dead_letters: AtomicU64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn source_loop(
+    cfg: Arc<DaemonConfig>,
+    consumer: Arc<StreamConsumer<Ctx>>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    score_tx: mpsc::Sender<ScorerMsg>,
+    sink_tx: mpsc::Sender<SinkMsg>,
+    metrics: DaemonMetrics,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let expect = Expect {
+        num_features: cfg.model.num_features,
+        num_classes: cfg.model.num_classes,
+        max_bytes: cfg.kafka.max_message_bytes,
+    };
+    let window = Duration::from_millis(cfg.scoring.batch_window_ms.max(1));
+    let bs = cfg.scoring.batch_size;
+    let mut batch: Vec<Incoming> = Vec::with_capacity(bs);
+    let mut deadline = Instant::now() + window;
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+    let mut leader = None;
+    let mut ticks = 0u64;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            _ = housekeeping.tick() => {
+                let is_leader = consumer
+                    .assignment()
+                    .map(|a| a.elements_for_topic(&cfg.kafka.input_topic).iter().any(|e| e.partition() == 0))
+                    .unwrap_or(false);
+                if leader != Some(is_leader) {
+                    leader = Some(is_leader);
+                    if score_tx.send(ScorerMsg::Leader(is_leader)).await.is_err() { break; }
+                }
+                if score_tx.try_send(ScorerMsg::Tick).is_err() && score_tx.is_closed() { break; }
+                ticks += 1;
+                if ticks.is_multiple_of(10) {
+                    // fetch_watermarks is a blocking broker round trip: off the runtime.
+                    let (c, t, m) = (consumer.clone(), cfg.kafka.input_topic.clone(), metrics.clone());
+                    tokio::task::spawn_blocking(move || report_lag(&c, &t, &m));
+                }
+            }
+            _ = tokio::time::sleep(wait), if !batch.is_empty() => {
+                if score_tx.send(ScorerMsg::Batch(std::mem::take(&mut batch))).await.is_err() { break; }
+            }
+            msg = consumer.recv() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                };
+                metrics.samples_consumed.inc();
+                counters.consumed.fetch_add(1, Ordering::Relaxed);
+                let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+                tracker.lock().expect("tracker lock").received(&topic, partition, offset);
+                let json = msg.headers().is_some_and(|h| {
+                    h.iter().any(|hd| hd.key.eq_ignore_ascii_case(schema::CONTENT_TYPE_HEADER)
+                        && hd.value.is_some_and(|v| v.starts_with(b"application/json")))
+                });
+                let payload = msg.payload().unwrap_or_default();
+                match schema::decode(payload, json, &expect) {
+                    Ok(sample) => {
+                        if batch.is_empty() {
+                            deadline = Instant::now() + window;
+                        }
+                        batch.push(Incoming {
+                            sample,
+                            topic,
+                            partition,
+                            offset,
+                            payload: cfg.kafka.route_by_verdict.then(|| Arc::from(payload)),
+                            received: Instant::now(),
+                        });
+                        if batch.len() >= bs
+                            && score_tx.send(ScorerMsg::Batch(std::mem::replace(&mut batch, Vec::with_capacity(bs)))).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(why) => {
+                        tracing::debug!(partition, offset, reason = why.reason, detail = %why.detail, "invalid sample: dead-lettered");
+                        let dl = SinkMsg::DeadLetter {
+                            topic,
+                            partition,
+                            offset,
+                            key: msg.key().map(<[u8]>::to_vec),
+                            payload: payload.to_vec(),
+                            why,
+                        };
+                        if sink_tx.send(dl).await.is_err() { break; }
+                    }
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = score_tx.send(ScorerMsg::Batch(batch)).await;
+    }
+    tracing::info!("stopped consuming");
+    Ok(())
+}
+
+fn report_lag(consumer: &StreamConsumer<Ctx>, topic: &str, metrics: &DaemonMetrics) {
+    let Ok(pos) = consumer.position() else { return };
+    for e in pos.elements_for_topic(topic) {
+        if let (Offset::Offset(p), Ok((_, high))) = (
+            e.offset(),
+            consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(1)),
+        ) {
+            if high >= 0 {
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[&e.partition().to_string()])
+                    .set((high - p).max(0));
+            }
+        }
+    }
+}
+
+fn scorer_loop(
+    cfg: Arc<DaemonConfig>,
+    mut engine: Engine,
+    mut rx: mpsc::Receiver<ScorerMsg>,
+    mut control: mpsc::Receiver<Control>,
+    sink: mpsc::Sender<SinkMsg>,
+    status: Arc<Mutex<Option<EngineStatus>>>,
+) -> Result<(u64, Vec<crate::stream::cycle::CycleRecord>), DaemonError> {
+    let interval = Duration::from_secs(cfg.state.checkpoint_interval_secs.max(1));
+    let mut last_checkpoint = Instant::now();
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    let mut result = Ok(());
+    *status.lock().expect("status lock") = Some(engine.status());
+    while let Some(msg) = rx.blocking_recv() {
+        while let Ok(Control::Cycle) = control.try_recv() {
+            engine.request_cycle();
+        }
+        let r = match msg {
+            ScorerMsg::Batch(b) => engine.process(b, &mut out, &mut events),
+            ScorerMsg::Leader(l) => {
+                engine.set_leader(l);
+                Ok(())
+            }
+            ScorerMsg::Tick => engine.poll(&mut events),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "the scoring engine failed; stopping");
+            result = Err(e);
+            break;
+        }
+        let cycles_before = events.len();
+        if !out.is_empty()
+            && sink
+                .blocking_send(SinkMsg::Verdicts(std::mem::take(&mut out)))
+                .is_err()
+        {
+            break;
+        }
+        for ev in events.drain(..) {
+            let _ = sink.blocking_send(SinkMsg::Event(ev));
+        }
+        if cycles_before > 0 || last_checkpoint.elapsed() >= interval {
+            if let Err(e) = state::save(&cfg.state.dir, &engine.checkpoint()) {
+                tracing::warn!(error = %e, "checkpoint failed");
+            }
+            last_checkpoint = Instant::now();
+        }
+        *status.lock().expect("status lock") = Some(engine.status());
+    }
+    // Drain: finish a running cycle, announce, checkpoint.
+    engine.finish(&mut events);
+    for ev in events.drain(..) {
+        let _ = sink.blocking_send(SinkMsg::Event(ev));
+    }
+    let held = engine.held();
+    if held > 0 {
+        tracing::info!(held, "samples still in bootstrap/warm-up get their verdicts after the next start (offsets not stored)");
+    }
+    state::save(&cfg.state.dir, &engine.checkpoint())?;
+    tracing::info!(
+        version = engine.version(),
+        "scorer stopped; checkpoint written"
+    );
+    let st = engine.status();
+    *status.lock().expect("status lock") = Some(st.clone());
+    result?;
+    Ok((engine.version(), st.cycles))
+}
+
+fn headers(pairs: &[(&str, &[u8])]) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(pairs.len());
+    for (k, v) in pairs {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    h
+}
+
+/// Produce until acknowledged: librdkafka retries within `message.timeout.ms`; past that the
+/// sink keeps trying (backpressure) rather than drop a verdict.
+async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    h: OwnedHeaders,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let rec = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(h.clone());
+        match producer.send(rec, Duration::from_secs(5)).await {
+            Ok(_) => return,
+            Err((e, _)) => {
+                tracing::warn!(topic, error = %e, "produce failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn sink_loop(
+    cfg: Arc<DaemonConfig>,
+    producer: FutureProducer,
+    consumer: Arc<StreamConsumer<Ctx>>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    mut rx: mpsc::Receiver<SinkMsg>,
+    metrics: DaemonMetrics,
+    counters: Arc<Counters>,
+) {
+    let verdicts_topic = cfg.kafka.verdicts();
+    let dlq_topic = cfg.kafka.dlq();
+    let (clean_topic, quarantine_topic) = (cfg.kafka.clean(), cfg.kafka.quarantine());
+    let pb: &[u8] = b"application/x-protobuf";
+    let done = |topic: &str, partition: i32, offset: i64| {
+        let pos = tracker
+            .lock()
+            .expect("tracker lock")
+            .ack(topic, partition, offset);
+        if let Some(pos) = pos {
+            // rd_kafka_offset_store stores offset + 1 (the next to read).
+            if let Err(e) = consumer.store_offset(topic, partition, pos - 1) {
+                tracing::debug!(topic, partition, error = %e, "offset not stored (partition revoked?)");
+            }
+        }
+    };
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            SinkMsg::Verdicts(scored) => {
+                let sends = scored.iter().map(|s| {
+                    let payload = s.verdict.encode_to_vec();
+                    let producer = &producer;
+                    let (vt, ct, qt) = (&verdicts_topic, &clean_topic, &quarantine_topic);
+                    async move {
+                        let key = s.verdict.sample_id.as_bytes();
+                        produce(
+                            producer,
+                            vt,
+                            key,
+                            &payload,
+                            headers(&[(schema::CONTENT_TYPE_HEADER, pb)]),
+                        )
+                        .await;
+                        if let Some(orig) = &s.incoming.payload {
+                            let to = if s.verdict.noisy { qt } else { ct };
+                            produce(producer, to, key, orig, headers(&[])).await;
+                        }
+                    }
+                });
+                futures::future::join_all(sends).await;
+                for s in &scored {
+                    done(&s.incoming.topic, s.incoming.partition, s.incoming.offset);
+                    metrics
+                        .verdicts
+                        .with_label_values(&[if s.verdict.noisy { "noisy" } else { "clean" }])
+                        .inc();
+                    metrics
+                        .verdict_latency_seconds
+                        .observe(s.incoming.received.elapsed().as_secs_f64());
+                }
+                counters
+                    .verdicts
+                    .fetch_add(scored.len() as u64, Ordering::Relaxed);
+                counters.noisy.fetch_add(
+                    scored.iter().filter(|s| s.verdict.noisy).count() as u64,
+                    Ordering::Relaxed,
+                );
+            }
+            SinkMsg::DeadLetter {
+                topic,
+                partition,
+                offset,
+                key,
+                payload,
+                why,
+            } => {
+                let (p, o) = (partition.to_string(), offset.to_string());
+                let h = headers(&[
+                    (schema::DLQ_REASON_HEADER, why.reason.as_bytes()),
+                    (schema::DLQ_DETAIL_HEADER, why.detail.as_bytes()),
+                    (schema::DLQ_TOPIC_HEADER, topic.as_bytes()),
+                    (schema::DLQ_PARTITION_HEADER, p.as_bytes()),
+                    (schema::DLQ_OFFSET_HEADER, o.as_bytes()),
+                ]);
+                produce(
+                    &producer,
+                    &dlq_topic,
+                    key.as_deref().unwrap_or_default(),
+                    &payload,
+                    h,
+                )
+                .await;
+                done(&topic, partition, offset);
+                metrics
+                    .invalid_samples
+                    .with_label_values(&[why.reason])
+                    .inc();
+                counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+            }
+            SinkMsg::Event(EngineEvent::Published(ev)) => {
+                let payload = ev.encode_to_vec();
+                produce(
+                    &producer,
+                    &cfg.kafka.model_events_topic,
+                    ev.model_name.as_bytes(),
+                    &payload,
+                    headers(&[(schema::CONTENT_TYPE_HEADER, pb)]),
+                )
+                .await;
+                tracing::info!(model = %ev.model_name, version = ev.version, topic = %cfg.kafka.model_events_topic, "ModelPublished announced");
+            }
+        }
+    }
+    if let Err(e) = producer.flush(Duration::from_secs(30)) {
+        tracing::warn!(error = %e, "producer flush at shutdown failed");
+    }
+    tracing::info!("sink drained");
+}

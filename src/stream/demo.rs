@@ -1,0 +1,259 @@
+//! `rlap demo`: the whole loop on one machine with no external broker.
+//!
+//! This module owns the demo's orchestration: librdkafka's in-process mock cluster stands in
+//! for the brokers (the daemon's source and sink code are the same as in production), a real
+//! data set is corrupted and streamed in with a few malformed messages mixed in, the daemon
+//! bootstraps a model, scores every sample and runs cycles; when every message has its verdict
+//! or dead letter the daemon shuts down gracefully and the demo prints the verdicts against
+//! the hidden truth, the cycles, and each published version's accuracy on the clean test
+//! split (evaluation only: nothing of the test split or the truth reaches the daemon).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use serde::Serialize;
+
+use crate::corruption::Corruption;
+use crate::data::{load, DatasetSpec};
+use crate::metrics::DaemonMetrics;
+use crate::progress::Progress;
+use crate::stream::config::DaemonConfig;
+use crate::stream::cycle::CycleRecord;
+use crate::stream::daemon::{self, DaemonSummary};
+use crate::stream::tools::{self, ProduceArgs, ToolError, VerdictReport};
+
+/// What the demo streams and where it writes.
+#[derive(Clone, Debug)]
+pub struct DemoArgs {
+    /// The daemon configuration (brokers, store and state are overridden).
+    pub config: DaemonConfig,
+    /// Data set streamed (training split).
+    pub dataset: DatasetSpec,
+    /// Folder of the named data sets.
+    pub data_dir: PathBuf,
+    /// Corruption applied before streaming.
+    pub corruption: Corruption,
+    /// Samples streamed (0 = all).
+    pub limit: usize,
+    /// Every n-th message is malformed (0 = none).
+    pub malformed_every: usize,
+    /// Seed of the corruption.
+    pub seed: u64,
+    /// Messages per second streamed in (0 = as fast as possible).
+    pub rate: u64,
+    /// Output folder (model store and state), emptied first.
+    pub out_dir: PathBuf,
+}
+
+/// The closing summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoSummary {
+    /// What `produce` sent.
+    pub produced: tools::ProduceReport,
+    /// What the daemon did.
+    pub daemon: DaemonSummary,
+    /// Verdicts against the hidden truth.
+    pub verdicts: VerdictReport,
+    /// Test-split accuracy of each published version.
+    pub version_accuracy: Vec<(u64, f64)>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl DemoSummary {
+    /// The closing summary as text.
+    pub fn text(&self) -> String {
+        let mut s = String::from("\n== rlap demo summary ==\n");
+        s.push_str(&format!(
+            "streamed {} samples ({} corrupted) + {} malformed in {:.1} s; daemon consumed {}, verdicts {}, dead letters {}\n",
+            self.produced.samples,
+            self.produced.corrupted,
+            self.produced.malformed,
+            self.produced.seconds,
+            self.daemon.consumed,
+            self.daemon.verdicts,
+            self.daemon.dead_letters
+        ));
+        s.push_str(&self.verdicts.text());
+        let cycles: &[CycleRecord] = &self.daemon.cycles;
+        let accepted = cycles
+            .iter()
+            .filter(|c| c.outcome == crate::stream::cycle::CycleOutcome::Accepted)
+            .count();
+        s.push_str(&format!(
+            "cycles: {} run, {} accepted\n",
+            cycles.len(),
+            accepted
+        ));
+        for c in cycles {
+            s.push_str(&format!(
+                "  v{} -> {}: {} ({}); pruned {} neurons, fine-tuned on {} clean samples\n",
+                c.parent_version,
+                c.new_version.map_or("-".into(), |v| format!("v{v}")),
+                c.outcome.as_str(),
+                c.reason,
+                c.pruned_now.len(),
+                c.finetune_samples
+            ));
+        }
+        s.push_str("test-split accuracy by model version:");
+        for (v, a) in &self.version_accuracy {
+            s.push_str(&format!(" v{v}={a:.4}"));
+        }
+        if let (Some(first), Some(last)) =
+            (self.version_accuracy.first(), self.version_accuracy.last())
+        {
+            s.push_str(&format!(
+                "\naccuracy before (v{}) {:.4} -> after (v{}) {:.4}",
+                first.0, first.1, last.0, last.1
+            ));
+        }
+        s.push_str(&format!("\ndone in {:.1} s\n", self.seconds));
+        s
+    }
+}
+
+/// Run the demo (see the module docs).
+///
+/// # Errors
+/// [`ToolError`] when the mock cluster, the data, the daemon or the evaluation fails.
+pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, ToolError> {
+    let t0 = Instant::now();
+    let mock = MockCluster::new(1).map_err(|e| ToolError::Kafka(format!("mock cluster: {e}")))?;
+    let brokers = mock.bootstrap_servers();
+    let mut cfg = args.config.clone();
+    cfg.kafka.brokers = brokers.clone();
+    cfg.kafka.create_topics = false;
+    cfg.model.store = args.out_dir.join("models");
+    cfg.state.dir = args.out_dir.join("state");
+    cfg.api.enabled = false;
+    if args.out_dir.exists() {
+        std::fs::remove_dir_all(&args.out_dir)
+            .map_err(|e| ToolError::Invalid(format!("{}: {e}", args.out_dir.display())))?;
+    }
+    let k = &cfg.kafka;
+    for (t, p) in [
+        (k.input_topic.clone(), k.topic_partitions),
+        (k.verdicts(), k.topic_partitions),
+        (k.dlq(), 1),
+        (k.model_events_topic.clone(), 1),
+        (k.clean(), k.topic_partitions),
+        (k.quarantine(), k.topic_partitions),
+    ] {
+        mock.create_topic(&t, p, 1)
+            .map_err(|e| ToolError::Kafka(format!("mock topic {t}: {e}")))?;
+    }
+    let cfg = Arc::new(cfg);
+    let metrics = DaemonMetrics::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (_control_tx, control_rx) = tokio::sync::mpsc::channel(1);
+    let status = Arc::new(Mutex::new(None));
+    let daemon = tokio::spawn(daemon::run(
+        cfg.clone(),
+        metrics.clone(),
+        stop_rx,
+        status.clone(),
+        control_rx,
+    ));
+
+    let produce_args = ProduceArgs {
+        brokers: brokers.clone(),
+        topic: cfg.kafka.input_topic.clone(),
+        dataset: args.dataset.clone(),
+        data_dir: args.data_dir.clone(),
+        corruption: args.corruption.clone(),
+        seed: args.seed,
+        rate: args.rate,
+        limit: args.limit,
+        skip: 0,
+        partitions: cfg.kafka.topic_partitions,
+        create_topic: false,
+        malformed_every: args.malformed_every,
+        json: false,
+        // The mock cluster keeps ~5 MB per partition (librdkafka's rdkafka_mock.c).
+        throttle: Some((metrics.samples_consumed.clone(), 3000)),
+    };
+    let mut produced = tools::produce(&produce_args, progress).await?;
+    let total = produced.samples + produced.malformed;
+    let bar = progress.bar(total, "verdicts");
+    let mut last = (0u64, Instant::now());
+    loop {
+        let done = metrics.verdicts.with_label_values(&["clean"]).get()
+            + metrics.verdicts.with_label_values(&["noisy"]).get()
+            + crate::stream::schema::INVALID_REASONS
+                .iter()
+                .map(|r| metrics.invalid_samples.with_label_values(&[r]).get())
+                .sum::<u64>();
+        bar.set_position(done);
+        if let Some(st) = status.lock().expect("status lock").as_ref() {
+            bar.set_message(format!(
+                "{} | model v{} | noisy {:.3} | cycles {}{}",
+                st.phase,
+                st.model_version,
+                st.noisy_fraction_window,
+                st.cycles.len(),
+                if st.cycle_running {
+                    " (one running)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if done >= total {
+            break;
+        }
+        if daemon.is_finished() {
+            break;
+        }
+        if done > last.0 {
+            last = (done, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(300) {
+            bar.finish_and_clear();
+            let _ = stop_tx.send(true);
+            return Err(ToolError::Invalid(format!(
+                "no verdict for 300 s ({done} of {total} done)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bar.finish_and_clear();
+    let _ = stop_tx.send(true);
+    let summary = daemon
+        .await
+        .map_err(|e| ToolError::Invalid(format!("daemon task: {e}")))?
+        .map_err(|e| ToolError::Invalid(format!("daemon: {e}")))?;
+    let (b, vt, dlq) = (brokers.clone(), cfg.kafka.verdicts(), cfg.kafka.dlq());
+    let warmup = cfg.bootstrap.samples;
+    let truth = std::mem::take(&mut produced.truth);
+    let verdicts = tokio::task::spawn_blocking(move || {
+        let mut r = tools::evaluate_against(&truth, &b, &vt, Some(&dlq), warmup, &[])?;
+        r.input_without_truth = 0;
+        Ok::<_, ToolError>(r)
+    })
+    .await
+    .map_err(|e| ToolError::Invalid(e.to_string()))??;
+    let (store, name, ds, dir) = (
+        cfg.model.store.clone(),
+        cfg.model.name.clone(),
+        args.dataset.clone(),
+        args.data_dir.clone(),
+    );
+    let version_accuracy = tokio::task::spawn_blocking(move || -> Result<_, ToolError> {
+        let test = load(&ds, &dir)
+            .map_err(crate::experiment::ExperimentError::from)?
+            .test;
+        tools::version_accuracies(&store, &name, &test)
+    })
+    .await
+    .map_err(|e| ToolError::Invalid(e.to_string()))??;
+    drop(mock);
+    Ok(DemoSummary {
+        produced,
+        daemon: summary,
+        verdicts,
+        version_accuracy,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,763 @@
+//! The scoring engine: micro-batches of valid samples in, verdicts out; owns the current
+//! model, the online mixture, the trigger, the replay buffer and the cycle thread.
+//!
+//! This module is synchronous and knows nothing of Kafka: the daemon
+//! ([`crate::stream::daemon`]) runs it on one dedicated thread fed by a bounded channel. Its
+//! phases, per model version:
+//! 1. **Bootstrap** (no model in the store): collect `bootstrap.samples` samples, train the
+//!    first model on them (Adam, §3.4 recipe), publish it as version 1.
+//! 2. **Warm-up**: hold verdicts until `mixture.warmup_samples` samples are in, batch-fit the
+//!    mixture on them (linfa), then release their verdicts.
+//! 3. **Scoring**: attribution → stepwise-EM update → posterior → verdict, per micro-batch.
+//!
+//! A new version (an accepted cycle here, or one published by another replica and found in
+//! the store) comes with a mixture already fitted on the replay buffer, so scoring never
+//! stops for a re-warm unless the buffer is too small. Invariant: **the engine never blocks
+//! on a cycle**: cycles run on their own thread and are polled between micro-batches.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use crate::metrics::DaemonMetrics;
+use crate::model::{parse_device, Model, ModelError, ModelSpec};
+use crate::partition::{PartitionError, PartitionFeatures};
+use crate::progress::Progress;
+use crate::store::{ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
+use crate::stream::config::DaemonConfig;
+use crate::stream::cycle::{
+    attribute_all, mixture_rows, run_cycle, warm_mixture, CycleError, CycleInput, CycleOutcome,
+    CycleRecord, CycleResult, MIN_CYCLE_SAMPLES,
+};
+use crate::stream::online_gmm::OnlineGmm;
+use crate::stream::replay::ReplayBuffer;
+use crate::stream::schema::{LabeledSample, ModelPublished, Verdict};
+use crate::stream::trigger::NoiseTrigger;
+use crate::train::{train, TrainConfig};
+
+/// Engine failures (each stops the daemon with this message; bad *samples* never do).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Model load, training or attribution failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The mixture failed.
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    /// The model store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A cycle step failed outside the cycle thread (re-warm after a follower swap).
+    #[error(transparent)]
+    Cycle(#[from] CycleError),
+    /// Reading or writing the checkpoint failed.
+    #[error("{path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The stored model does not fit the configured input or classes.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// One valid sample and where it came from.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    /// The decoded sample.
+    pub sample: LabeledSample,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// The original payload and its headers' content type, kept only when routing by
+    /// verdict is on.
+    pub payload: Option<Arc<[u8]>>,
+    /// When the daemon received it.
+    pub received: Instant,
+}
+
+/// A sample with its verdict, ready for the sink.
+#[derive(Debug)]
+pub struct Scored {
+    /// The sample.
+    pub incoming: Incoming,
+    /// Its verdict.
+    pub verdict: Verdict,
+}
+
+/// What the engine asks the sink to announce.
+#[derive(Debug)]
+pub enum EngineEvent {
+    /// A version was published by this replica.
+    Published(ModelPublished),
+}
+
+/// The checkpointed state (JSON, `<state.dir>/checkpoint.json`, written atomically).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Model name.
+    pub model: String,
+    /// The version the mixture belongs to.
+    pub model_version: u64,
+    /// The online mixture (None while warming up).
+    pub gmm: Option<OnlineGmm>,
+    /// The trigger.
+    pub trigger: NoiseTrigger,
+    /// Verdicts made since the first start.
+    pub verdicts: u64,
+    /// The last cycles (newest last, at most 20).
+    pub cycles: Vec<CycleRecord>,
+}
+
+enum Phase {
+    Bootstrap(Vec<Incoming>),
+    Warming(Vec<Incoming>),
+    Scoring,
+}
+
+/// The engine's view for the API and logs.
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineStatus {
+    /// `bootstrap`, `warm-up` or `scoring`.
+    pub phase: String,
+    /// Model version scoring now (0 before the first).
+    pub model_version: u64,
+    /// Noisy fraction over the trigger window and its EWMA.
+    pub noisy_fraction_window: f64,
+    /// See `noisy_fraction_window`.
+    pub noisy_fraction_ewma: f64,
+    /// A cycle is running.
+    pub cycle_running: bool,
+    /// This replica runs cycles.
+    pub leader: bool,
+    /// Samples in the replay buffer.
+    pub replay_samples: usize,
+    /// The last cycles, newest last.
+    pub cycles: Vec<CycleRecord>,
+}
+
+/// The scoring engine (see the module docs).
+pub struct Engine {
+    cfg: Arc<DaemonConfig>,
+    store: ModelStore,
+    metrics: DaemonMetrics,
+    device: candle_core::Device,
+    model: Option<Model>,
+    version: u64,
+    gmm: Option<OnlineGmm>,
+    phase: Phase,
+    trigger: NoiseTrigger,
+    replay: ReplayBuffer,
+    validation: Option<Dataset>,
+    clock: Instant,
+    cycle: Option<(JoinHandle<()>, mpsc::Receiver<CycleResult>)>,
+    cycles: Vec<CycleRecord>,
+    verdicts: u64,
+    leader: bool,
+    force_cycle: bool,
+    last_store_check: Instant,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    /// Start: load the newest version from the store (or plan a bootstrap) and restore the
+    /// checkpoint when it belongs to that version.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the store, the model or the validation set cannot be read, or the
+    /// model does not match the configured input and classes.
+    pub fn new(
+        cfg: Arc<DaemonConfig>,
+        store: ModelStore,
+        metrics: DaemonMetrics,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Self, EngineError> {
+        let device = parse_device(&cfg.model.device)?;
+        let replay = ReplayBuffer::new(
+            cfg.replay.capacity,
+            cfg.replay.max_mib << 20,
+            cfg.model.num_features,
+            cfg.model.num_classes,
+            cfg.cycle.seed,
+        )
+        .map_err(EngineError::Mismatch)?;
+        let validation = match &cfg.cycle.validation {
+            None => None,
+            Some(v) => {
+                let spec: crate::data::DatasetSpec = v
+                    .dataset
+                    .parse()
+                    .map_err(|e: crate::data::DataError| EngineError::Mismatch(e.to_string()))?;
+                let dir = v
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(crate::data::default_data_dir);
+                let test = crate::data::load(&spec, &dir)
+                    .map_err(|e| EngineError::Mismatch(format!("cycle.validation: {e}")))?
+                    .test;
+                Some(if v.limit > 0 && v.limit < test.len() {
+                    test.select(&test.stratified_indices(v.limit, cfg.cycle.seed))
+                } else {
+                    test
+                })
+            }
+        };
+        let mut e = Engine {
+            trigger: NoiseTrigger::new(cfg.trigger.params()),
+            store,
+            metrics,
+            device,
+            model: None,
+            version: 0,
+            gmm: None,
+            phase: Phase::Bootstrap(vec![]),
+            replay,
+            validation,
+            clock: Instant::now(),
+            cycle: None,
+            cycles: vec![],
+            verdicts: 0,
+            leader: true,
+            force_cycle: false,
+            last_store_check: Instant::now(),
+            cfg,
+        };
+        if let Some(v) = e.newest_version()? {
+            e.load_version(v)?;
+            e.phase = Phase::Warming(vec![]);
+            if let Some(cp) = checkpoint.filter(|c| c.model == e.cfg.model.name) {
+                e.verdicts = cp.verdicts;
+                e.cycles = cp.cycles;
+                if cp.model_version == v {
+                    e.trigger = cp.trigger;
+                    e.trigger.params = e.cfg.trigger.params();
+                    e.trigger.restarted();
+                    if let Some(g) = cp.gmm {
+                        e.gmm = Some(g);
+                        e.phase = Phase::Scoring;
+                        tracing::info!(
+                            version = v,
+                            "resumed the mixture and trigger from the checkpoint"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(e)
+    }
+
+    fn newest_version(&self) -> Result<Option<u64>, EngineError> {
+        match self.store.latest(&self.cfg.model.name) {
+            Ok(v) => Ok(Some(v)),
+            Err(StoreError::Empty(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn load_version(&mut self, v: u64) -> Result<(), EngineError> {
+        let dir = self.store.version_dir(&self.cfg.model.name, v)?;
+        let model = Model::load(&dir.join(crate::store::WEIGHTS_FILE), &self.device)?;
+        let spec = model.spec();
+        if spec.input_dim != self.cfg.model.num_features
+            || spec.num_classes != self.cfg.model.num_classes
+        {
+            return Err(EngineError::Mismatch(format!(
+                "model {} version {v} takes {} features and {} classes; the config says {} and {}",
+                self.cfg.model.name,
+                spec.input_dim,
+                spec.num_classes,
+                self.cfg.model.num_features,
+                self.cfg.model.num_classes
+            )));
+        }
+        tracing::info!(model = %self.cfg.model.name, version = v, "model version loaded");
+        self.model = Some(model);
+        self.set_version(v);
+        Ok(())
+    }
+
+    fn set_version(&mut self, v: u64) {
+        self.version = v;
+        self.metrics.model_version.set(v as i64);
+        self.metrics
+            .model_swapped_timestamp
+            .set(now_ms() as f64 / 1000.0);
+    }
+
+    /// The current model version (0 before the first).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Set whether this replica runs cycles (it owns input partition 0).
+    pub fn set_leader(&mut self, leader: bool) {
+        if leader != self.leader {
+            tracing::info!(leader, "cycle leadership changed");
+        }
+        self.leader = leader;
+        self.metrics.cycle_leader.set(i64::from(leader));
+    }
+
+    /// Ask for a cycle now (the API's `POST /v1/cycle`), regardless of the trigger.
+    pub fn request_cycle(&mut self) {
+        self.force_cycle = true;
+    }
+
+    /// The checkpoint of the current state.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            model: self.cfg.model.name.clone(),
+            model_version: self.version,
+            gmm: match self.phase {
+                Phase::Scoring => self.gmm.clone(),
+                _ => None,
+            },
+            trigger: self.trigger.clone(),
+            verdicts: self.verdicts,
+            cycles: self.cycles.clone(),
+        }
+    }
+
+    /// A snapshot for the API.
+    pub fn status(&self) -> EngineStatus {
+        EngineStatus {
+            phase: match self.phase {
+                Phase::Bootstrap(_) => "bootstrap",
+                Phase::Warming(_) => "warm-up",
+                Phase::Scoring => "scoring",
+            }
+            .into(),
+            model_version: self.version,
+            noisy_fraction_window: self.trigger.window_fraction(),
+            noisy_fraction_ewma: self.trigger.ewma_fraction(),
+            cycle_running: self.cycle.is_some(),
+            leader: self.leader,
+            replay_samples: self.replay.len(),
+            cycles: self.cycles.clone(),
+        }
+    }
+
+    /// Samples held back (bootstrap or warm-up) whose verdicts are not out yet.
+    pub fn held(&self) -> usize {
+        match &self.phase {
+            Phase::Bootstrap(v) | Phase::Warming(v) => v.len(),
+            Phase::Scoring => 0,
+        }
+    }
+
+    /// Score one micro-batch. Verdicts (possibly of earlier, held samples) are appended to
+    /// `out`; announcements to `events`.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the model, the mixture or the store fails.
+    pub fn process(
+        &mut self,
+        batch: Vec<Incoming>,
+        out: &mut Vec<Scored>,
+        events: &mut Vec<EngineEvent>,
+    ) -> Result<(), EngineError> {
+        self.poll(events)?;
+        match std::mem::replace(&mut self.phase, Phase::Scoring) {
+            Phase::Bootstrap(mut held) => {
+                held.extend(batch);
+                if held.len() < self.cfg.bootstrap.samples {
+                    self.phase = Phase::Bootstrap(held);
+                    return Ok(());
+                }
+                self.bootstrap(&held, events)?;
+                self.phase = Phase::Warming(vec![]);
+                self.warm(held, out)
+            }
+            Phase::Warming(mut held) => {
+                held.extend(batch);
+                self.warm(held, out)
+            }
+            Phase::Scoring => {
+                self.score(batch, out)?;
+                self.maybe_start_cycle();
+                Ok(())
+            }
+        }
+    }
+
+    fn as_dataset(&self, items: &[Incoming]) -> Dataset {
+        let d = self.cfg.model.num_features;
+        let mut features = Vec::with_capacity(items.len() * d);
+        for it in items {
+            features.extend_from_slice(&it.sample.features);
+        }
+        Dataset {
+            name: "stream".into(),
+            features,
+            labels: items.iter().map(|it| it.sample.label).collect(),
+            dim: d,
+            num_classes: self.cfg.model.num_classes,
+            image_shape: self.cfg.image_shape(),
+        }
+    }
+
+    fn bootstrap(
+        &mut self,
+        held: &[Incoming],
+        events: &mut Vec<EngineEvent>,
+    ) -> Result<(), EngineError> {
+        let data = self.as_dataset(held);
+        let m = &self.cfg.model;
+        let spec = ModelSpec::for_dataset(m.arch, m.hidden, &data);
+        let model = Model::new(spec, &self.device, self.cfg.bootstrap.seed)?;
+        tracing::info!(
+            samples = data.len(),
+            epochs = self.cfg.bootstrap.epochs,
+            "training the first model on the stream's first samples"
+        );
+        let t = Instant::now();
+        train(
+            &model,
+            &data,
+            &TrainConfig::paper(self.cfg.bootstrap.epochs, self.cfg.bootstrap.seed),
+            &Progress::hidden(),
+            "bootstrap",
+        )?;
+        let meta = self.store.publish(
+            &self.cfg.model.name,
+            &model,
+            PublishInfo {
+                parent_version: None,
+                sample_window: Some(SampleWindow {
+                    samples: data.len() as u64,
+                    source: format!("first samples of topic {}", self.cfg.kafka.input_topic),
+                }),
+                ..Default::default()
+            },
+        )?;
+        tracing::info!(
+            version = meta.version,
+            seconds = t.elapsed().as_secs_f64(),
+            "first model trained and published"
+        );
+        events.push(EngineEvent::Published(self.announcement(&meta, &[])));
+        self.model = Some(model);
+        self.set_version(meta.version);
+        Ok(())
+    }
+
+    /// The `ModelPublished` event of a version.
+    pub fn announcement(&self, meta: &VersionMetadata, extra: &[(String, f64)]) -> ModelPublished {
+        let dir = self
+            .store
+            .root()
+            .join(&meta.model)
+            .join(meta.version.to_string());
+        let mut metrics: std::collections::HashMap<String, f64> = extra.iter().cloned().collect();
+        if let Some(m) = &meta.metrics_before {
+            metrics.insert("accuracy_before".into(), m.accuracy);
+        }
+        if let Some(m) = &meta.metrics_after {
+            metrics.insert("accuracy_after".into(), m.accuracy);
+        }
+        if let Some(r) = meta.estimated_noise_rate {
+            metrics.insert("noisy_fraction".into(), r);
+        }
+        ModelPublished {
+            model_name: meta.model.clone(),
+            version: meta.version,
+            parent_version: meta.parent_version.unwrap_or(0),
+            location: format!(
+                "file://{}",
+                std::path::absolute(&dir).unwrap_or(dir).display()
+            ),
+            sha256: meta
+                .sha256
+                .get(crate::store::ONNX_FILE)
+                .cloned()
+                .unwrap_or_default(),
+            metrics,
+            created_at_ms: now_ms(),
+        }
+    }
+
+    fn warm(&mut self, held: Vec<Incoming>, out: &mut Vec<Scored>) -> Result<(), EngineError> {
+        if held.len() < self.cfg.mixture.warmup_samples {
+            self.phase = Phase::Warming(held);
+            return Ok(());
+        }
+        let model = self.model.as_ref().expect("a model exists after bootstrap");
+        let data = self.as_dataset(&held);
+        let gmm = warm_mixture(&self.cfg, model, &data)?;
+        tracing::info!(version = self.version, samples = held.len(), weights = ?gmm.weights_clean_noisy(), "mixture warmed up");
+        self.gmm = Some(gmm);
+        self.phase = Phase::Scoring;
+        self.trigger.reset_window();
+        // The warm-up samples get verdicts from the fitted mixture (no update: it was fitted
+        // on them), in micro-batches.
+        for chunk in held.chunks(self.cfg.scoring.batch_size.max(1)) {
+            self.score_with(chunk.to_vec(), out, false)?;
+        }
+        Ok(())
+    }
+
+    fn score(&mut self, batch: Vec<Incoming>, out: &mut Vec<Scored>) -> Result<(), EngineError> {
+        self.score_with(batch, out, true)
+    }
+
+    fn score_with(
+        &mut self,
+        batch: Vec<Incoming>,
+        out: &mut Vec<Scored>,
+        update: bool,
+    ) -> Result<(), EngineError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let model = self.model.as_ref().expect("scoring has a model");
+        let data = self.as_dataset(&batch);
+        let a = attribute_all(model, &data, self.cfg.scoring.attribution)?;
+        let (x, _) = mixture_rows(self.cfg.scoring.features, &a);
+        let gmm = self.gmm.as_mut().expect("scoring has a mixture");
+        let post = if update {
+            gmm.update(&x, a.n, &a.loss)?
+        } else {
+            gmm.posterior(&x, a.n)?
+        };
+        let state_id = format!("v{}-u{}", self.version, gmm.updates);
+        let threshold = self.cfg.scoring.threshold;
+        let scored_at = now_ms();
+        for (i, it) in batch.into_iter().enumerate() {
+            let p = post.posterior_noisy[i];
+            let noisy = p >= threshold;
+            self.trigger.observe(noisy);
+            self.replay.offer(&it.sample.features, it.sample.label);
+            out.push(Scored {
+                verdict: Verdict {
+                    sample_id: it.sample.id.clone(),
+                    given_label: it.sample.label,
+                    predicted_label: a.predicted[i],
+                    posterior_noisy: p,
+                    noisy,
+                    model_version: self.version,
+                    partition_state_id: state_id.clone(),
+                    source_partition: it.partition,
+                    source_offset: it.offset,
+                    scored_at_ms: scored_at,
+                },
+                incoming: it,
+            });
+        }
+        self.verdicts += a.n as u64;
+        self.metrics
+            .attribution_batch_seconds
+            .observe(t.elapsed().as_secs_f64());
+        self.publish_gauges();
+        Ok(())
+    }
+
+    fn publish_gauges(&self) {
+        let m = &self.metrics;
+        m.noisy_fraction
+            .with_label_values(&["window"])
+            .set(self.trigger.window_fraction());
+        m.noisy_fraction
+            .with_label_values(&["ewma"])
+            .set(self.trigger.ewma_fraction());
+        if let Some(g) = &self.gmm {
+            let w = g.weights_clean_noisy();
+            m.mixture_weight.with_label_values(&["clean"]).set(w[0]);
+            m.mixture_weight.with_label_values(&["noisy"]).set(w[1]);
+            if self.cfg.scoring.features == PartitionFeatures::Summary {
+                let means = g.means_clean_noisy();
+                for (c, name) in [(0, "clean"), (1, "noisy")] {
+                    for (d, dim) in ["log_attribution_norm", "log_loss"].iter().enumerate() {
+                        m.mixture_mean
+                            .with_label_values(&[name, dim])
+                            .set(means[c][d]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn maybe_start_cycle(&mut self) {
+        if self.cycle.is_some() || !self.cfg.cycle.enabled || !self.leader {
+            return;
+        }
+        let now = self.clock.elapsed().as_secs_f64();
+        let due = self.trigger.due(now);
+        if !(due || self.force_cycle) {
+            return;
+        }
+        let needed = self
+            .cfg
+            .cycle
+            .min_samples
+            .min(self.replay.per_class_capacity() * self.cfg.model.num_classes)
+            .max(MIN_CYCLE_SAMPLES);
+        if self.replay.len() < needed {
+            tracing::debug!(
+                replay = self.replay.len(),
+                "cycle due but the replay buffer is still small"
+            );
+            return;
+        }
+        let (Some(model), Some(gmm)) = (&self.model, &self.gmm) else {
+            return;
+        };
+        let model = match model.deep_clone() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "could not copy the model for a cycle");
+                return;
+            }
+        };
+        let cause = if self.force_cycle { "api" } else { "trigger" };
+        self.force_cycle = false;
+        let input = CycleInput {
+            model,
+            version: self.version,
+            samples: self.replay.snapshot(self.cfg.image_shape()),
+            gmm: gmm.clone(),
+            validation: self.validation.clone(),
+            cause: cause.into(),
+            noisy_fraction: self.trigger.estimate(),
+        };
+        tracing::info!(
+            cause,
+            version = self.version,
+            noisy_fraction = input.noisy_fraction,
+            samples = input.samples.len(),
+            "cycle started"
+        );
+        self.trigger.cycle_started();
+        let (tx, rx) = mpsc::channel();
+        let cfg = self.cfg.clone();
+        let store = self.store.clone();
+        let handle = std::thread::Builder::new()
+            .name("rlap-cycle".into())
+            .spawn(move || {
+                let _ = tx.send(run_cycle(&cfg, &store, input));
+            })
+            .expect("spawning a thread");
+        self.cycle = Some((handle, rx));
+    }
+
+    /// Handle a finished cycle and, on followers, a version published by the leader.
+    ///
+    /// # Errors
+    /// [`EngineError`] when a follower cannot load a newer version.
+    pub fn poll(&mut self, events: &mut Vec<EngineEvent>) -> Result<(), EngineError> {
+        if let Some((_, rx)) = &self.cycle {
+            match rx.try_recv() {
+                Ok(result) => {
+                    let (handle, _) = self.cycle.take().expect("checked");
+                    let _ = handle.join();
+                    self.finish_cycle(result, events);
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.cycle = None;
+                    self.trigger
+                        .cycle_ended(self.clock.elapsed().as_secs_f64(), false);
+                    tracing::error!("the cycle thread ended without a result");
+                }
+            }
+        }
+        if !self.leader && self.cycle.is_none() && self.last_store_check.elapsed().as_secs() >= 2 {
+            self.last_store_check = Instant::now();
+            if let Some(v) = self.newest_version()? {
+                if v > self.version {
+                    self.adopt_version(v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn adopt_version(&mut self, v: u64) -> Result<(), EngineError> {
+        self.load_version(v)?;
+        self.trigger.reset_window();
+        if self.replay.len() >= self.cfg.mixture.warmup_samples.min(MIN_CYCLE_SAMPLES) {
+            let model = self.model.as_ref().expect("just loaded");
+            self.gmm = Some(warm_mixture(
+                &self.cfg,
+                model,
+                &self.replay.snapshot(self.cfg.image_shape()),
+            )?);
+            self.phase = Phase::Scoring;
+        } else {
+            self.phase = Phase::Warming(vec![]);
+        }
+        Ok(())
+    }
+
+    fn finish_cycle(&mut self, result: CycleResult, events: &mut Vec<EngineEvent>) {
+        let rec = result.record;
+        self.metrics
+            .cycles
+            .with_label_values(&[rec.outcome.as_str()])
+            .inc();
+        for (stage, s) in &rec.stage_seconds {
+            self.metrics
+                .cycle_stage_seconds
+                .with_label_values(&[stage])
+                .observe(*s);
+        }
+        let now = self.clock.elapsed().as_secs_f64();
+        match (rec.outcome, result.accepted) {
+            (CycleOutcome::Accepted, Some((model, meta, gmm))) => {
+                tracing::info!(
+                    version = meta.version,
+                    parent = rec.parent_version,
+                    accuracy_before = rec.accuracy_before,
+                    accuracy_after = rec.accuracy_after,
+                    pruned = rec.pruned_now.len(),
+                    reason = %rec.reason,
+                    "cycle accepted; new model version swapped in"
+                );
+                let extra = vec![
+                    ("eval_samples".to_string(), rec.eval_samples as f64),
+                    ("finetune_samples".to_string(), rec.finetune_samples as f64),
+                ];
+                events.push(EngineEvent::Published(self.announcement(&meta, &extra)));
+                self.model = Some(model);
+                self.gmm = Some(gmm);
+                self.phase = Phase::Scoring;
+                self.set_version(meta.version);
+                self.trigger.cycle_ended(now, true);
+            }
+            (outcome, _) => {
+                tracing::warn!(outcome = outcome.as_str(), reason = %rec.reason, "cycle not accepted; the current model keeps scoring");
+                self.trigger.cycle_ended(now, false);
+            }
+        }
+        self.cycles.push(rec);
+        if self.cycles.len() > 20 {
+            self.cycles.remove(0);
+        }
+    }
+
+    /// Wait for a running cycle to end (shutdown), handling its result.
+    pub fn finish(&mut self, events: &mut Vec<EngineEvent>) {
+        if let Some((handle, rx)) = self.cycle.take() {
+            tracing::info!("waiting for the running cycle to finish");
+            if let Ok(result) = rx.recv() {
+                let _ = handle.join();
+                self.finish_cycle(result, events);
+            }
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The online two-component Gaussian mixture of the streaming daemon: stepwise EM
+//! (Cappé & Moulines 2009; Liang & Klein 2009), method doc §3.2.2 "online".
+//!
+//! This module owns the mixture's sufficient statistics and their update. It is initialised
+//! from a batch fit (linfa, via [`crate::partition`]'s z-score) on a warm-up window, then for
+//! each mini-batch: E-step responsibilities `r_k(x)`, then
+//! `s ← (1−γ)·s + γ·mean_batch(r_k·[1, x, x xᵀ, loss])`, then the M-step from `s`
+//! (`w_k = s0_k / Σ s0`, `μ_k = s1_k / s0_k`, `Σ_k = s2_k / s0_k − μ_k μ_kᵀ + reg·I`).
+//! The step size is `γ_t = γ0·(t + n0)^(−α)` with α ∈ (0.5, 1] (convergent) or a constant γ
+//! (forgetting, for drifting streams). The clean component is re-decided after every update by
+//! the label-free rule of §3.2.2 applied to the tracked responsibility-weighted mean loss
+//! (`s_loss_k / s0_k`), so label switching cannot flip verdicts silently.
+//!
+//! Posteriors use a max-shifted log-sum-exp and Cholesky factors (nalgebra), so they are finite
+//! for any finite input, unlike linfa 0.8.1's.
+
+use linfa::traits::Fit;
+use linfa::DatasetBase;
+use linfa_clustering::{GaussianMixtureModel, GmmInitMethod};
+use nalgebra::{DMatrix, DVector};
+use ndarray::Array2;
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256Plus;
+use serde::{Deserialize, Serialize};
+
+use crate::partition::{PartitionError, ZScore};
+
+/// Step-size schedule of stepwise EM.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StepSize {
+    /// `γ_t = gamma0 · (t + n0)^(−alpha)`, t = updates since the warm-up (Cappé & Moulines).
+    Decaying {
+        /// Scale γ0 (> 0).
+        gamma0: f64,
+        /// Offset n0 (≥ 0): larger starts with smaller steps.
+        n0: f64,
+        /// Exponent α ∈ (0.5, 1].
+        alpha: f64,
+    },
+    /// A constant γ ∈ (0, 1]: exponential forgetting of old batches (drifting streams).
+    Constant {
+        /// The step γ.
+        gamma: f64,
+    },
+}
+
+impl StepSize {
+    /// γ for update number `t` (0-based).
+    pub fn gamma(&self, t: u64) -> f64 {
+        match *self {
+            StepSize::Decaying { gamma0, n0, alpha } => {
+                (gamma0 * (t as f64 + n0).powf(-alpha)).min(1.0)
+            }
+            StepSize::Constant { gamma } => gamma,
+        }
+    }
+
+    /// Check ranges.
+    ///
+    /// # Errors
+    /// A one-line description of the bad setting.
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            StepSize::Decaying { gamma0, n0, alpha } => {
+                if !(gamma0 > 0.0 && gamma0.is_finite()) {
+                    return Err(format!("mixture.gamma0 = {gamma0}: must be > 0"));
+                }
+                if !(n0 >= 0.0 && n0.is_finite()) {
+                    return Err(format!("mixture.n0 = {n0}: must be >= 0"));
+                }
+                if !(alpha > 0.5 && alpha <= 1.0) {
+                    return Err(format!(
+                        "mixture.alpha = {alpha}: must be in (0.5, 1] for stepwise EM to converge"
+                    ));
+                }
+                if gamma0 * n0.max(1.0).powf(-alpha) > 1.0 + 1e-12 && n0 >= 1.0 {
+                    return Err(format!(
+                        "mixture.gamma0 = {gamma0} with n0 = {n0}: the first step exceeds 1"
+                    ));
+                }
+            }
+            StepSize::Constant { gamma } => {
+                if !(gamma > 0.0 && gamma <= 1.0) {
+                    return Err(format!("mixture.gamma = {gamma}: must be in (0, 1]"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The mixture's posteriors for a batch.
+#[derive(Clone, Debug)]
+pub struct BatchPosterior {
+    /// P(noisy component | x) per sample, `[B]`.
+    pub posterior_noisy: Vec<f64>,
+}
+
+/// Sufficient statistics and parameters of the online two-component mixture in `d` dimensions.
+/// Serializable: it is part of the daemon's checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OnlineGmm {
+    /// Dimensions d of the (z-scored) feature space.
+    pub dim: usize,
+    /// The warm-up z-score (mean and std per dimension), applied before the mixture.
+    pub zscore_mean: Vec<f64>,
+    /// See `zscore_mean`.
+    pub zscore_std: Vec<f64>,
+    /// `s0_k = E[r_k]` `[2]`.
+    s0: [f64; 2],
+    /// `s1_k = E[r_k x]` `[2][d]`.
+    s1: [Vec<f64>; 2],
+    /// `s2_k = E[r_k x xᵀ]` `[2][d·d]` row-major.
+    s2: [Vec<f64>; 2],
+    /// `E[r_k · loss]` `[2]` (the clean-component rule).
+    s_loss: [f64; 2],
+    /// Covariance regularisation added to the diagonal.
+    pub reg_covar: f64,
+    /// Step-size schedule.
+    pub step: StepSize,
+    /// Stepwise updates applied since the warm-up fit.
+    pub updates: u64,
+    /// Samples seen by updates since the warm-up fit.
+    pub samples: u64,
+}
+
+/// Cholesky-based log-density evaluator for one component, rebuilt after each M-step.
+struct Component {
+    log_weight: f64,
+    mean: DVector<f64>,
+    chol_l: DMatrix<f64>,
+    log_det: f64,
+}
+
+impl OnlineGmm {
+    /// Initialise from a batch fit (linfa, k-means init, one run) on a warm-up window.
+    /// `x` is `[n, d]` row-major (raw features, z-scored here); `loss` `[n]` the given-label
+    /// cross-entropy used to name the clean component.
+    ///
+    /// # Errors
+    /// [`PartitionError::Invalid`] for fewer than 4 samples or mismatched lengths;
+    /// [`PartitionError::Gmm`] when linfa's EM fails (after raising `reg_covar` 100× twice).
+    pub fn warm_up(
+        x: &[f32],
+        n: usize,
+        d: usize,
+        loss: &[f32],
+        reg_covar: f64,
+        step: StepSize,
+        seed: u64,
+    ) -> Result<Self, PartitionError> {
+        if n < 4 || x.len() != n * d || loss.len() != n || d == 0 {
+            return Err(PartitionError::Invalid(format!(
+                "warm-up needs >= 4 samples with matching lengths: {} values, {} losses, n={n}, d={d}",
+                x.len(),
+                loss.len()
+            )));
+        }
+        let zs = ZScore::fit(x, n, d);
+        let z = zs.transform(x, n);
+        let mut reg = reg_covar;
+        let gmm = loop {
+            let fit = GaussianMixtureModel::params_with_rng(2, Xoshiro256Plus::seed_from_u64(seed))
+                .tolerance(1e-3)
+                .reg_covariance(reg)
+                .max_n_iterations(100)
+                .init_method(GmmInitMethod::KMeans)
+                .n_runs(1)
+                .fit(&DatasetBase::from(z.view()));
+            match fit {
+                Ok(g) => break g,
+                Err(e) if reg < reg_covar.max(1e-12) * 1e4 => {
+                    tracing::warn!(reg_covar = reg, error = %e, "warm-up mixture fit failed; retrying with 100x reg_covar");
+                    reg = reg.max(1e-12) * 100.0;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let w = gmm.weights();
+        let means = gmm.means();
+        let covs = gmm.covariances();
+        let mut s0 = [0.0; 2];
+        let mut s1 = [vec![0.0; d], vec![0.0; d]];
+        let mut s2 = [vec![0.0; d * d], vec![0.0; d * d]];
+        for k in 0..2 {
+            s0[k] = w[k];
+            for i in 0..d {
+                s1[k][i] = w[k] * means[[k, i]];
+                for j in 0..d {
+                    s2[k][i * d + j] = w[k] * (covs[[k, i, j]] + means[[k, i]] * means[[k, j]]);
+                }
+            }
+        }
+        let mut gmm_state = OnlineGmm {
+            dim: d,
+            zscore_mean: zs.mean.clone(),
+            // A constant dimension maps to 0, as in the batch partition.
+            zscore_std: zs
+                .std
+                .iter()
+                .map(|&v| if v > 1e-12 { v } else { f64::INFINITY })
+                .collect(),
+            s0,
+            s1,
+            s2,
+            s_loss: [0.0; 2],
+            reg_covar: reg,
+            step,
+            updates: 0,
+            samples: 0,
+        };
+        // Responsibility-weighted mean loss of the warm-up window, from the fitted posteriors.
+        let r = gmm_state.responsibilities(&z)?;
+        let mut sl = [0.0; 2];
+        for (p, &l) in r.iter().zip(loss) {
+            sl[0] += p[0] * l as f64;
+            sl[1] += p[1] * l as f64;
+        }
+        gmm_state.s_loss = [sl[0] / n as f64, sl[1] / n as f64];
+        Ok(gmm_state)
+    }
+
+    fn zscore(&self, x: &[f32], n: usize) -> Array2<f64> {
+        let d = self.dim;
+        Array2::from_shape_fn((n, d), |(i, j)| {
+            (x[i * d + j] as f64 - self.zscore_mean[j]) / self.zscore_std[j]
+        })
+    }
+
+    fn components(&self) -> Result<[Component; 2], PartitionError> {
+        let d = self.dim;
+        let total = self.s0[0] + self.s0[1];
+        let make = |k: usize| -> Result<Component, PartitionError> {
+            let s0 = self.s0[k].max(1e-12);
+            let mean = DVector::from_iterator(d, self.s1[k].iter().map(|v| v / s0));
+            let mut cov =
+                DMatrix::from_row_slice(d, d, &self.s2[k]) / s0 - &mean * mean.transpose();
+            for i in 0..d {
+                cov[(i, i)] += self.reg_covar;
+            }
+            // Symmetrise against rounding before factorising.
+            let cov = (&cov + cov.transpose()) * 0.5;
+            let chol = cov.cholesky().ok_or_else(|| {
+                PartitionError::Invalid(format!(
+                    "component {k}'s covariance lost positive definiteness; raise mixture.reg_covar (now {})",
+                    self.reg_covar
+                ))
+            })?;
+            let l = chol.l();
+            let log_det = 2.0 * l.diagonal().iter().map(|v| v.ln()).sum::<f64>();
+            Ok(Component {
+                log_weight: (self.s0[k] / total).max(1e-300).ln(),
+                mean,
+                chol_l: l,
+                log_det,
+            })
+        };
+        Ok([make(0)?, make(1)?])
+    }
+
+    /// Responsibilities `[n][2]` of z-scored rows.
+    fn responsibilities(&self, z: &Array2<f64>) -> Result<Vec<[f64; 2]>, PartitionError> {
+        let comps = self.components()?;
+        let d = self.dim;
+        let log_2pi = (2.0 * std::f64::consts::PI).ln();
+        let mut out = Vec::with_capacity(z.nrows());
+        for row in z.outer_iter() {
+            let x = DVector::from_iterator(d, row.iter().copied());
+            let mut lp = [0.0; 2];
+            for (k, c) in comps.iter().enumerate() {
+                let diff = &x - &c.mean;
+                let y = c
+                    .chol_l
+                    .solve_lower_triangular(&diff)
+                    .unwrap_or_else(|| DVector::from_element(d, f64::INFINITY));
+                lp[k] = c.log_weight - 0.5 * (d as f64 * log_2pi + c.log_det + y.norm_squared());
+            }
+            let m = lp[0].max(lp[1]);
+            let (e0, e1) = ((lp[0] - m).exp(), (lp[1] - m).exp());
+            let s = e0 + e1;
+            out.push([e0 / s, e1 / s]);
+        }
+        Ok(out)
+    }
+
+    /// Index of the clean component: lower responsibility-weighted mean loss (§3.2.2 rule).
+    pub fn clean_component(&self) -> usize {
+        let m0 = self.s_loss[0] / self.s0[0].max(1e-12);
+        let m1 = self.s_loss[1] / self.s0[1].max(1e-12);
+        usize::from(m1 < m0)
+    }
+
+    /// Mixture weights, clean component first.
+    pub fn weights_clean_noisy(&self) -> [f64; 2] {
+        let c = self.clean_component();
+        let t = self.s0[0] + self.s0[1];
+        [self.s0[c] / t, self.s0[1 - c] / t]
+    }
+
+    /// Component means in z-scored feature space, clean component first, `[2][d]`.
+    pub fn means_clean_noisy(&self) -> [Vec<f64>; 2] {
+        let c = self.clean_component();
+        let mean = |k: usize| -> Vec<f64> {
+            self.s1[k]
+                .iter()
+                .map(|v| v / self.s0[k].max(1e-12))
+                .collect()
+        };
+        [mean(c), mean(1 - c)]
+    }
+
+    /// Posteriors of `n` samples (`x` `[n, d]` raw features) without updating the mixture.
+    ///
+    /// # Errors
+    /// [`PartitionError::Invalid`] on a length mismatch or a degenerate covariance.
+    pub fn posterior(&self, x: &[f32], n: usize) -> Result<BatchPosterior, PartitionError> {
+        self.check(x, n)?;
+        let r = self.responsibilities(&self.zscore(x, n))?;
+        let noisy = 1 - self.clean_component();
+        Ok(BatchPosterior {
+            posterior_noisy: r.iter().map(|p| p[noisy]).collect(),
+        })
+    }
+
+    fn check(&self, x: &[f32], n: usize) -> Result<(), PartitionError> {
+        if x.len() != n * self.dim || x.iter().any(|v| !v.is_finite()) {
+            return Err(PartitionError::Invalid(format!(
+                "{} values for {n} samples of {} features, or a non-finite value",
+                x.len(),
+                self.dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// One stepwise-EM update on a mini-batch (`x` `[n, d]` raw, `loss` `[n]`): the E-step
+    /// under the current parameters (returned, so verdicts use the same posteriors), then the
+    /// statistics move by γ_t towards the batch means.
+    ///
+    /// # Errors
+    /// As [`OnlineGmm::posterior`]; on error the statistics are unchanged.
+    pub fn update(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        loss: &[f32],
+    ) -> Result<BatchPosterior, PartitionError> {
+        self.check(x, n)?;
+        if n == 0 {
+            return Ok(BatchPosterior {
+                posterior_noisy: vec![],
+            });
+        }
+        let z = self.zscore(x, n);
+        let r = self.responsibilities(&z)?;
+        let noisy = 1 - self.clean_component();
+        let posterior_noisy = r.iter().map(|p| p[noisy]).collect();
+        let d = self.dim;
+        let gamma = self.step.gamma(self.updates);
+        let inv_n = 1.0 / n as f64;
+        let mut b0 = [0.0; 2];
+        let mut b1 = [vec![0.0; d], vec![0.0; d]];
+        let mut b2 = [vec![0.0; d * d], vec![0.0; d * d]];
+        let mut bl = [0.0; 2];
+        for ((row, p), &l) in z.outer_iter().zip(&r).zip(loss) {
+            for k in 0..2 {
+                let rk = p[k];
+                b0[k] += rk;
+                bl[k] += rk * l as f64;
+                for i in 0..d {
+                    b1[k][i] += rk * row[i];
+                    for j in 0..d {
+                        b2[k][i * d + j] += rk * row[i] * row[j];
+                    }
+                }
+            }
+        }
+        let mut next = self.clone();
+        for k in 0..2 {
+            next.s0[k] = (1.0 - gamma) * self.s0[k] + gamma * b0[k] * inv_n;
+            next.s_loss[k] = (1.0 - gamma) * self.s_loss[k] + gamma * bl[k] * inv_n;
+            let blend = |old: &[f64], batch: &[f64], new: &mut [f64]| {
+                for ((n, o), b) in new.iter_mut().zip(old).zip(batch) {
+                    *n = (1.0 - gamma) * o + gamma * b * inv_n;
+                }
+            };
+            blend(&self.s1[k], &b1[k], &mut next.s1[k]);
+            blend(&self.s2[k], &b2[k], &mut next.s2[k]);
+        }
+        next.updates += 1;
+        next.samples += n as u64;
+        // Keep the previous state if the M-step would leave a degenerate covariance.
+        next.components()?;
+        *self = next;
+        Ok(BatchPosterior { posterior_noisy })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+    use rand_distr::StandardNormal;
+
+    /// Two 2-d blobs: clean (loss low) at (0,0) weight 0.6, noisy (loss high) at (4,4).
+    fn blobs(n: usize, seed: u64, shift: f32) -> (Vec<f32>, Vec<f32>, Vec<bool>) {
+        let mut rng = Xoshiro256Plus::seed_from_u64(seed);
+        let (mut x, mut loss, mut truth) = (vec![], vec![], vec![]);
+        for _ in 0..n {
+            let noisy = rng.gen::<f64>() < 0.4;
+            let c = if noisy { 4.0 + shift } else { shift };
+            for _ in 0..2 {
+                x.push(c + rng.sample::<f32, _>(StandardNormal) * 0.7);
+            }
+            loss.push(if noisy { 3.0 } else { 0.1 });
+            truth.push(noisy);
+        }
+        (x, loss, truth)
+    }
+
+    fn accuracy(p: &[f64], truth: &[bool]) -> f64 {
+        p.iter()
+            .zip(truth)
+            .filter(|(p, t)| (**p >= 0.5) == **t)
+            .count() as f64
+            / truth.len() as f64
+    }
+
+    #[test]
+    fn warm_up_names_the_clean_component_and_posteriors_separate_blobs() {
+        let (x, loss, truth) = blobs(2000, 1, 0.0);
+        let step = StepSize::Decaying {
+            gamma0: 1.0,
+            n0: 10.0,
+            alpha: 0.6,
+        };
+        let g = OnlineGmm::warm_up(&x, 2000, 2, &loss, 1e-6, step, 0).unwrap();
+        let w = g.weights_clean_noisy();
+        assert!((w[1] - 0.4).abs() < 0.05, "noisy weight {w:?}");
+        let (x2, _, t2) = blobs(1000, 2, 0.0);
+        let p = g.posterior(&x2, 1000).unwrap();
+        assert!(accuracy(&p.posterior_noisy, &t2) > 0.98);
+        assert!(accuracy(&g.posterior(&x, 2000).unwrap().posterior_noisy, &truth) > 0.98);
+    }
+
+    #[test]
+    fn stepwise_updates_track_a_drifting_stream_and_stay_finite() {
+        let (x, loss, _) = blobs(2000, 3, 0.0);
+        let step = StepSize::Constant { gamma: 0.05 };
+        let mut g = OnlineGmm::warm_up(&x, 2000, 2, &loss, 1e-6, step, 0).unwrap();
+        let before = g.means_clean_noisy();
+        // The stream drifts by +1.5 in both dimensions; 200 batches of 64.
+        for b in 0..200 {
+            let (xb, lb, _) = blobs(64, 100 + b, 1.5);
+            g.update(&xb, 64, &lb).unwrap();
+        }
+        let after = g.means_clean_noisy();
+        let z_shift = 1.5 / g.zscore_std[0];
+        assert!(
+            (after[0][0] - before[0][0] - z_shift).abs() < 0.15 * z_shift.max(1.0),
+            "clean mean moved {} -> {} (expected +{z_shift})",
+            before[0][0],
+            after[0][0]
+        );
+        let (xt, _, tt) = blobs(1000, 999, 1.5);
+        let p = g.posterior(&xt, 1000).unwrap();
+        assert!(p.posterior_noisy.iter().all(|v| v.is_finite()));
+        assert!(accuracy(&p.posterior_noisy, &tt) > 0.97);
+        // Far outliers still give finite posteriors (max-shifted log-sum-exp).
+        let far = g.posterior(&[1e6, -1e6], 1).unwrap();
+        assert!(far.posterior_noisy[0].is_finite());
+        assert_eq!(g.updates, 200);
+    }
+
+    #[test]
+    fn decaying_steps_shrink_and_bad_settings_are_named() {
+        let s = StepSize::Decaying {
+            gamma0: 1.0,
+            n0: 2.0,
+            alpha: 0.7,
+        };
+        assert!(s.gamma(0) > s.gamma(10) && s.gamma(10) > s.gamma(1000));
+        assert!(s.validate().is_ok());
+        let bad = StepSize::Decaying {
+            gamma0: 1.0,
+            n0: 2.0,
+            alpha: 0.4,
+        };
+        assert!(bad.validate().unwrap_err().contains("mixture.alpha"));
+        assert!(StepSize::Constant { gamma: 1.5 }.validate().is_err());
+    }
+
+    #[test]
+    fn rejects_non_finite_input_without_changing_state() {
+        let (x, loss, _) = blobs(500, 4, 0.0);
+        let mut g = OnlineGmm::warm_up(
+            &x,
+            500,
+            2,
+            &loss,
+            1e-6,
+            StepSize::Constant { gamma: 0.1 },
+            0,
+        )
+        .unwrap();
+        assert!(g.update(&[f32::NAN, 0.0], 1, &[0.1]).is_err());
+        assert_eq!(g.updates, 0);
+    }
+}

@@ -1,0 +1,239 @@
+//! The wire schemas (`proto/rlap/v1/*.proto`, compiled by prost via protox) and the decoding
+//! and validation of incoming samples.
+//!
+//! This module owns what a valid input message is. A message is protobuf `LabeledSample`
+//! unless its `content-type` header says `application/json`, in which case the same fields
+//! are read from JSON (for people feeding samples by hand). Validation checks the size cap,
+//! the feature count against the model's input, finiteness and the label range; each failure
+//! is an [`InvalidSample`] whose `reason` is a stable snake_case label (used in the dead-letter
+//! header `rlap-dlq-reason` and in metrics) plus a one-line detail.
+
+use prost::Message;
+use serde::Deserialize;
+
+/// Generated protobuf types of package `rlap.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/rlap.v1.rs"));
+}
+
+pub use pb::{LabeledSample, ModelPublished, Verdict};
+
+/// Header naming the payload encoding; `application/json` selects JSON, anything else (or no
+/// header) protobuf.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+/// Header carrying the ground-truth corruption flag ("1"/"0"), written by `rlap produce` and
+/// read only by evaluation (`rlap evaluate-verdicts`, the demo summary).
+pub const TRUTH_HEADER: &str = "rlap-truth-corrupted";
+/// Dead-letter header: the [`InvalidSample::reason`] label.
+pub const DLQ_REASON_HEADER: &str = "rlap-dlq-reason";
+/// Dead-letter header: the one-line detail.
+pub const DLQ_DETAIL_HEADER: &str = "rlap-dlq-detail";
+/// Dead-letter headers: the source topic, partition and offset.
+pub const DLQ_TOPIC_HEADER: &str = "rlap-source-topic";
+/// See [`DLQ_TOPIC_HEADER`].
+pub const DLQ_PARTITION_HEADER: &str = "rlap-source-partition";
+/// See [`DLQ_TOPIC_HEADER`].
+pub const DLQ_OFFSET_HEADER: &str = "rlap-source-offset";
+
+/// Why a message was sent to the dead-letter topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidSample {
+    /// Stable label: `oversize`, `decode`, `empty_id`, `feature_count`, `shape_mismatch`,
+    /// `non_finite`, `label_range`.
+    pub reason: &'static str,
+    /// One line for a human.
+    pub detail: String,
+}
+
+impl std::fmt::Display for InvalidSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// Every reason label [`validate`] can return (bounded metric label set).
+pub const INVALID_REASONS: [&str; 7] = [
+    "oversize",
+    "decode",
+    "empty_id",
+    "feature_count",
+    "shape_mismatch",
+    "non_finite",
+    "label_range",
+];
+
+fn invalid(reason: &'static str, detail: impl Into<String>) -> InvalidSample {
+    InvalidSample {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonSample {
+    id: String,
+    features: Vec<f32>,
+    #[serde(default)]
+    shape: Vec<u32>,
+    label: u32,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    event_time_ms: Option<i64>,
+}
+
+/// What the daemon expects of every sample.
+#[derive(Clone, Copy, Debug)]
+pub struct Expect {
+    /// Features D of the model's input.
+    pub num_features: usize,
+    /// Classes K.
+    pub num_classes: usize,
+    /// Largest accepted payload in bytes.
+    pub max_bytes: usize,
+}
+
+/// Decode and validate one payload. `json` selects the JSON encoding.
+///
+/// # Errors
+/// An [`InvalidSample`] naming the first problem found.
+pub fn decode(payload: &[u8], json: bool, expect: &Expect) -> Result<LabeledSample, InvalidSample> {
+    if payload.len() > expect.max_bytes {
+        return Err(invalid(
+            "oversize",
+            format!(
+                "payload of {} bytes exceeds the {}-byte cap",
+                payload.len(),
+                expect.max_bytes
+            ),
+        ));
+    }
+    let s = if json {
+        let j: JsonSample = serde_json::from_slice(payload)
+            .map_err(|e| invalid("decode", format!("not a JSON LabeledSample: {e}")))?;
+        LabeledSample {
+            id: j.id,
+            features: j.features,
+            shape: j.shape,
+            label: j.label,
+            source: j.source,
+            event_time_ms: j.event_time_ms,
+        }
+    } else {
+        LabeledSample::decode(payload)
+            .map_err(|e| invalid("decode", format!("not a protobuf LabeledSample: {e}")))?
+    };
+    validate(&s, expect)?;
+    Ok(s)
+}
+
+/// Check a decoded sample against the model's input and label space.
+///
+/// # Errors
+/// An [`InvalidSample`] naming the first problem found.
+pub fn validate(s: &LabeledSample, expect: &Expect) -> Result<(), InvalidSample> {
+    if s.id.is_empty() {
+        return Err(invalid("empty_id", "the sample id is empty"));
+    }
+    if !s.shape.is_empty() {
+        let product: u64 = s.shape.iter().map(|&d| d as u64).product();
+        if product != s.features.len() as u64 {
+            return Err(invalid(
+                "shape_mismatch",
+                format!(
+                    "shape {:?} holds {product} values but {} features were sent",
+                    s.shape,
+                    s.features.len()
+                ),
+            ));
+        }
+    }
+    if s.features.len() != expect.num_features {
+        return Err(invalid(
+            "feature_count",
+            format!(
+                "{} features, the model takes {}",
+                s.features.len(),
+                expect.num_features
+            ),
+        ));
+    }
+    if let Some(i) = s.features.iter().position(|v| !v.is_finite()) {
+        return Err(invalid(
+            "non_finite",
+            format!("feature {i} is {}", s.features[i]),
+        ));
+    }
+    if s.label as usize >= expect.num_classes {
+        return Err(invalid(
+            "label_range",
+            format!("label {} is outside [0, {})", s.label, expect.num_classes),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXPECT: Expect = Expect {
+        num_features: 4,
+        num_classes: 3,
+        max_bytes: 1024,
+    };
+
+    fn sample() -> LabeledSample {
+        LabeledSample {
+            id: "a".into(),
+            features: vec![0.0, 0.5, 1.0, 0.25],
+            shape: vec![2, 2],
+            label: 2,
+            source: Some("t".into()),
+            event_time_ms: None,
+        }
+    }
+
+    #[test]
+    fn protobuf_and_json_decode_to_the_same_sample() {
+        let s = sample();
+        assert_eq!(decode(&s.encode_to_vec(), false, &EXPECT).unwrap(), s);
+        let j = br#"{"id":"a","features":[0,0.5,1,0.25],"shape":[2,2],"label":2,"source":"t"}"#;
+        assert_eq!(decode(j, true, &EXPECT).unwrap(), s);
+    }
+
+    #[test]
+    fn each_problem_has_its_reason() {
+        let reason = |s: LabeledSample| validate(&s, &EXPECT).unwrap_err().reason;
+        let mut s = sample();
+        s.label = 3;
+        assert_eq!(reason(s), "label_range");
+        let mut s = sample();
+        s.features[1] = f32::NAN;
+        assert_eq!(reason(s), "non_finite");
+        let mut s = sample();
+        s.features.push(0.0);
+        s.shape.clear();
+        assert_eq!(reason(s), "feature_count");
+        let mut s = sample();
+        s.shape = vec![3, 2];
+        assert_eq!(reason(s), "shape_mismatch");
+        let mut s = sample();
+        s.id.clear();
+        assert_eq!(reason(s), "empty_id");
+        assert_eq!(
+            decode(b"\xff\xff\xff", false, &EXPECT).unwrap_err().reason,
+            "decode"
+        );
+        assert_eq!(decode(b"{", true, &EXPECT).unwrap_err().reason, "decode");
+        assert_eq!(
+            decode(&[0u8; 2000], false, &EXPECT).unwrap_err().reason,
+            "oversize"
+        );
+        for r in ["decode", "oversize", "label_range"] {
+            assert!(INVALID_REASONS.contains(&r));
+        }
+    }
+}
