@@ -1,21 +1,36 @@
-# The README's two commands are `make experiment` and `make test`; both first fetch the data
-# sets (sha256-checked) and the ONNX Runtime library, idempotently.
+# The README's commands: `make demo` (the main one), `make experiment` and `make test`; each
+# first fetches the data sets (sha256-checked), the ONNX Runtime library and, for the tests,
+# the Apache Kafka broker jars, idempotently.
 CARGO ?= cargo
 
-.PHONY: setup experiment test bench lint
+.PHONY: setup setup-kafka demo experiment test bench bench-stream lint
 
 setup:
 	./scripts/setup-data.sh
 	./scripts/setup-ort.sh
 
+setup-kafka:
+	./scripts/kafka.sh fetch
+
+demo: setup
+	$(CARGO) run --release -- demo
+
 experiment: setup
 	$(CARGO) run --release -- experiment --dataset mnist --corruption label-symmetric:0.4 --seed 1
 
-test: setup
+# Tests that need a real broker use $RLAP_KAFKA_BROKERS, or start one with scripts/kafka.sh.
+test: setup setup-kafka
 	$(CARGO) test --release
 
 bench: setup
 	$(CARGO) run --release -- bench
+
+# Throughput, sample->verdict latency and RSS of the daemon against a real local broker.
+bench-stream: setup setup-kafka
+	$(CARGO) build --release
+	./scripts/kafka.sh start 39092
+	./target/release/rlap bench-stream --brokers 127.0.0.1:39092 --json out/bench-stream.json; \
+	  rc=$$?; ./scripts/kafka.sh stop 39092; exit $$rc
 
 lint:
 	$(CARGO) fmt --all -- --check

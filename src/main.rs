@@ -54,6 +54,39 @@ enum Command {
     EvaluateVerdicts(EvaluateArgs),
     /// The whole loop on one machine: in-process mock Kafka, real MNIST, 40 % label noise.
     Demo(DemoCliArgs),
+    /// Measure the daemon against a real broker: throughput, sample->verdict latency, RSS.
+    BenchStream(BenchStreamArgs),
+}
+
+#[derive(Args)]
+struct BenchStreamArgs {
+    /// Bootstrap servers of a real broker (e.g. from scripts/kafka.sh start).
+    #[arg(long)]
+    brokers: String,
+    /// Samples of the throughput phase (pre-filled topic, drained as fast as possible).
+    #[arg(long, default_value_t = 200_000)]
+    throughput_samples: usize,
+    /// Samples of the latency/memory soak.
+    #[arg(long, default_value_t = 1_000_000)]
+    soak_samples: usize,
+    /// The soak is fed at this fraction of the measured throughput.
+    #[arg(long, default_value_t = 0.5)]
+    rate_fraction: f64,
+    /// Run model cycles during the soak.
+    #[arg(long)]
+    cycles: bool,
+    /// Port of the daemon's HTTP API (its /metrics is read).
+    #[arg(long, default_value_t = 38181)]
+    api_port: u16,
+    /// Folder of the named data sets.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Working folder (emptied first).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -362,7 +395,41 @@ fn main() -> Result<()> {
         Command::Produce(a) => run_produce(a, &progress),
         Command::EvaluateVerdicts(a) => run_evaluate(a),
         Command::Demo(a) => run_demo(a, &progress),
+        Command::BenchStream(a) => run_bench_stream(a, &progress),
     }
+}
+
+fn run_bench_stream(a: BenchStreamArgs, progress: &Progress) -> Result<()> {
+    if !(a.rate_fraction > 0.0 && a.rate_fraction <= 1.0) {
+        bail!("--rate-fraction must lie in (0, 1]");
+    }
+    if a.throughput_samples < 20_000 || a.soak_samples == 0 {
+        bail!("--throughput-samples must be >= 20000 (the first 10000 bootstrap the model) and --soak-samples > 0");
+    }
+    let work_dir = a
+        .work_dir
+        .unwrap_or_else(rlap::stream::bench::default_work_dir);
+    if work_dir.exists() {
+        std::fs::remove_dir_all(&work_dir)
+            .with_context(|| format!("emptying {}", work_dir.display()))?;
+    }
+    let args = rlap::stream::bench::StreamBenchArgs {
+        brokers: a.brokers,
+        exe: std::env::current_exe()?,
+        work_dir,
+        data_dir: a.data_dir.unwrap_or_else(default_data_dir),
+        throughput_samples: a.throughput_samples,
+        soak_samples: a.soak_samples,
+        latency_rate_fraction: a.rate_fraction,
+        cycles: a.cycles,
+        api_port: a.api_port,
+    };
+    let r = runtime()?.block_on(rlap::stream::bench::run(&args, progress))?;
+    print!("{}", r.text());
+    if let Some(p) = a.json {
+        write_json(&p, &r)?;
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

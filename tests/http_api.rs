@@ -296,6 +296,12 @@ fn http_api_matches_its_openapi_document() {
 
     c.json("POST", "/v1/cycle", "/v1/cycle", None, None, 401);
     c.json("POST", "/v1/cycle", "/v1/cycle", None, Some("s3cret"), 409);
+    c.json("GET", "/v1/status", "/v1/status", None, None, 404);
+    let text = String::from_utf8(c.call("GET", "/metrics", "/metrics", None, None, 200)).unwrap();
+    assert!(
+        text.contains("rlap_predict_requests_total{status=\"2xx\"}"),
+        "predict requests are counted: {text}"
+    );
 
     // Hot swap under load: no request fails while v2 replaces v1.
     let stop = Arc::new(AtomicBool::new(false));

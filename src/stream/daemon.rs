@@ -614,6 +614,37 @@ async fn produce(
     }
 }
 
+/// Produce one batch's verdicts (and routed copies) and wait for every acknowledgement.
+async fn send_verdicts(
+    producer: FutureProducer,
+    topics: Arc<(String, String, String)>,
+    scored: Vec<Scored>,
+) -> Vec<Scored> {
+    let pb: &[u8] = b"application/x-protobuf";
+    let (vt, ct, qt) = (&topics.0, &topics.1, &topics.2);
+    let sends = scored.iter().map(|s| {
+        let payload = s.verdict.encode_to_vec();
+        let producer = &producer;
+        async move {
+            let key = s.verdict.sample_id.as_bytes();
+            produce(
+                producer,
+                vt,
+                key,
+                &payload,
+                headers(&[(schema::CONTENT_TYPE_HEADER, pb)]),
+            )
+            .await;
+            if let Some(orig) = &s.incoming.payload {
+                let to = if s.verdict.noisy { qt } else { ct };
+                produce(producer, to, key, orig, headers(&[])).await;
+            }
+        }
+    });
+    futures::future::join_all(sends).await;
+    scored
+}
+
 async fn sink_loop(
     cfg: Arc<DaemonConfig>,
     producer: FutureProducer,
@@ -639,47 +670,43 @@ async fn sink_loop(
             }
         }
     };
-    while let Some(msg) = rx.recv().await {
+    let topics = Arc::new((verdicts_topic, clean_topic, quarantine_topic));
+    let ack_batch = |scored: Vec<Scored>| {
+        for s in &scored {
+            done(&s.incoming.topic, s.incoming.partition, s.incoming.offset);
+            metrics
+                .verdicts
+                .with_label_values(&[if s.verdict.noisy { "noisy" } else { "clean" }])
+                .inc();
+            metrics
+                .verdict_latency_seconds
+                .observe(s.incoming.received.elapsed().as_secs_f64());
+        }
+        counters
+            .verdicts
+            .fetch_add(scored.len() as u64, Ordering::Relaxed);
+        counters.noisy.fetch_add(
+            scored.iter().filter(|s| s.verdict.noisy).count() as u64,
+            Ordering::Relaxed,
+        );
+    };
+    // Up to MAX_BATCHES_IN_FLIGHT verdict batches await their acknowledgements at once, so
+    // the broker round trip overlaps the next batches' sends (offsets stay correct: the
+    // tracker stores only the acknowledged prefix).
+    const MAX_BATCHES_IN_FLIGHT: usize = 8;
+    let mut inflight = futures::stream::FuturesOrdered::new();
+    loop {
+        let msg = tokio::select! {
+            Some(scored) = futures::StreamExt::next(&mut inflight), if !inflight.is_empty() => {
+                ack_batch(scored);
+                continue;
+            }
+            msg = rx.recv(), if inflight.len() < MAX_BATCHES_IN_FLIGHT => msg,
+        };
+        let Some(msg) = msg else { break };
         match msg {
             SinkMsg::Verdicts(scored) => {
-                let sends = scored.iter().map(|s| {
-                    let payload = s.verdict.encode_to_vec();
-                    let producer = &producer;
-                    let (vt, ct, qt) = (&verdicts_topic, &clean_topic, &quarantine_topic);
-                    async move {
-                        let key = s.verdict.sample_id.as_bytes();
-                        produce(
-                            producer,
-                            vt,
-                            key,
-                            &payload,
-                            headers(&[(schema::CONTENT_TYPE_HEADER, pb)]),
-                        )
-                        .await;
-                        if let Some(orig) = &s.incoming.payload {
-                            let to = if s.verdict.noisy { qt } else { ct };
-                            produce(producer, to, key, orig, headers(&[])).await;
-                        }
-                    }
-                });
-                futures::future::join_all(sends).await;
-                for s in &scored {
-                    done(&s.incoming.topic, s.incoming.partition, s.incoming.offset);
-                    metrics
-                        .verdicts
-                        .with_label_values(&[if s.verdict.noisy { "noisy" } else { "clean" }])
-                        .inc();
-                    metrics
-                        .verdict_latency_seconds
-                        .observe(s.incoming.received.elapsed().as_secs_f64());
-                }
-                counters
-                    .verdicts
-                    .fetch_add(scored.len() as u64, Ordering::Relaxed);
-                counters.noisy.fetch_add(
-                    scored.iter().filter(|s| s.verdict.noisy).count() as u64,
-                    Ordering::Relaxed,
-                );
+                inflight.push_back(send_verdicts(producer.clone(), topics.clone(), scored));
             }
             SinkMsg::DeadLetter {
                 topic,
@@ -725,6 +752,9 @@ async fn sink_loop(
                 tracing::info!(model = %ev.model_name, version = ev.version, topic = %cfg.kafka.model_events_topic, "ModelPublished announced");
             }
         }
+    }
+    while let Some(scored) = futures::StreamExt::next(&mut inflight).await {
+        ack_batch(scored);
     }
     if let Err(e) = producer.flush(Duration::from_secs(30)) {
         tracing::warn!(error = %e, "producer flush at shutdown failed");

@@ -555,6 +555,7 @@ impl Engine {
                     source_partition: it.partition,
                     source_offset: it.offset,
                     scored_at_ms: scored_at,
+                    event_time_ms: it.sample.event_time_ms,
                 },
                 incoming: it,
             });
@@ -683,6 +684,10 @@ impl Engine {
                     self.adopt_version(v)?;
                 }
             }
+        }
+        // A cycle asked for through the API starts even when no sample arrives.
+        if self.force_cycle && matches!(self.phase, Phase::Scoring) {
+            self.maybe_start_cycle();
         }
         Ok(())
     }

@@ -14,7 +14,9 @@
 //! - [`state`]: atomic checkpoints.
 //! - [`tools`]: `rlap produce` and `rlap evaluate-verdicts`.
 //! - [`demo`]: the whole loop on librdkafka's in-process mock cluster.
+//! - [`bench`]: `rlap bench-stream`: throughput, latency and memory against a real broker.
 
+pub mod bench;
 pub mod config;
 pub mod cycle;
 pub mod daemon;

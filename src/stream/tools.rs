@@ -126,6 +126,12 @@ pub async fn create_topic(
     Ok(())
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn malformed(kind: usize, id: &str, features: &[f32], label: u32) -> Vec<u8> {
     let mut s = LabeledSample {
         id: id.into(),
@@ -188,7 +194,8 @@ pub async fn produce(args: &ProduceArgs, progress: &Progress) -> Result<ProduceR
     };
     let ds_name = args.dataset.to_string().replace([':', '/', ','], "_");
     let mut pending = std::collections::VecDeque::new();
-    for (j, i) in (args.skip..end).enumerate() {
+    for (j, seq) in (args.skip..end).enumerate() {
+        let i = seq % n;
         if let Some((consumed, ahead)) = &args.throttle {
             while (j as u64).saturating_sub(consumed.get()) > *ahead {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -201,7 +208,7 @@ pub async fn produce(args: &ProduceArgs, progress: &Progress) -> Result<ProduceR
                 tokio::time::sleep(due - now).await;
             }
         }
-        let id = format!("{ds_name}-{i}");
+        let id = format!("{ds_name}-{seq}");
         let is_malformed = args.malformed_every > 0 && (j + 1) % args.malformed_every == 0;
         let (payload, headers) = if is_malformed {
             report.malformed += 1;
@@ -213,14 +220,14 @@ pub async fn produce(args: &ProduceArgs, progress: &Progress) -> Result<ProduceR
             let corrupted = truth.is_corrupted(i);
             report.samples += 1;
             report.corrupted += u64::from(corrupted);
-            report.truth.insert(id.clone(), (corrupted, i));
+            report.truth.insert(id.clone(), (corrupted, seq));
             let s = LabeledSample {
                 id: id.clone(),
                 features: noisy.row(i).to_vec(),
                 shape: shape.clone(),
                 label: noisy.labels[i],
                 source: Some(format!("rlap-produce:{}", args.dataset)),
-                event_time_ms: None,
+                event_time_ms: Some(now_ms()),
             };
             let h = OwnedHeaders::new().insert(Header {
                 key: schema::TRUTH_HEADER,

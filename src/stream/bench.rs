@@ -1,0 +1,420 @@
+//! `rlap bench-stream`: sustained throughput, sample→verdict latency and resident memory of
+//! the daemon against a real broker.
+//!
+//! This module owns the benchmark's protocol. The daemon runs as a child process
+//! (`rlap serve`) so its resident memory is its own; figures come from its `/metrics` and
+//! from a consumer of the verdict topic in this process:
+//! 1. **Throughput**: `throughput_samples` MNIST samples are put on a fresh topic first; the
+//!    daemon (store pre-seeded by a bootstrap on the first 10k) then drains it. Sustained
+//!    throughput = verdicts/s between 20 % and 100 % of the verdicts (excludes start-up and
+//!    group join), and the median of 1-second rates.
+//! 2. **Latency and memory**: a second topic is fed at `latency_rate_fraction` × the measured
+//!    throughput for `soak_samples` samples, each stamped with its event time; the consumer
+//!    computes `receive time − event time` of every verdict (p50/p99/max after the first 10 %),
+//!    and the daemon's VmRSS is sampled every 5 s (the RSS curve).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::corruption::Corruption;
+use crate::data::DatasetSpec;
+use crate::progress::Progress;
+use crate::stream::schema::Verdict;
+use crate::stream::tools::{self, ProduceArgs, ToolError};
+
+/// Settings of the benchmark.
+#[derive(Clone, Debug)]
+pub struct StreamBenchArgs {
+    /// Bootstrap servers of a real broker.
+    pub brokers: String,
+    /// The `rlap` binary that runs the daemon.
+    pub exe: PathBuf,
+    /// Working folder (store, state, configs, logs).
+    pub work_dir: PathBuf,
+    /// Folder of the named data sets.
+    pub data_dir: PathBuf,
+    /// Samples of the throughput phase.
+    pub throughput_samples: usize,
+    /// Samples of the latency/memory phase.
+    pub soak_samples: usize,
+    /// Fraction of the measured throughput the soak is fed at.
+    pub latency_rate_fraction: f64,
+    /// Run model cycles during the soak (they compete for the 2 cores).
+    pub cycles: bool,
+    /// Port of the daemon's HTTP API (metrics).
+    pub api_port: u16,
+}
+
+/// One RSS sample.
+#[derive(Clone, Debug, Serialize)]
+pub struct RssPoint {
+    /// Seconds since the soak started.
+    pub seconds: f64,
+    /// Verdicts acknowledged so far (daemon metric).
+    pub verdicts: u64,
+    /// Resident set size, MiB.
+    pub rss_mib: f64,
+}
+
+/// The benchmark's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamBenchReport {
+    /// Samples drained in the throughput phase.
+    pub throughput_samples: usize,
+    /// Verdicts/s between 20 % and 100 % of the verdicts.
+    pub sustained_samples_per_s: f64,
+    /// Median of the 1-second verdict rates in the same span.
+    pub median_1s_samples_per_s: f64,
+    /// The soak's feed rate, messages/s.
+    pub soak_rate: u64,
+    /// Samples of the soak.
+    pub soak_samples: usize,
+    /// Verdicts whose latency was measured (after the first 10 %).
+    pub latency_samples: usize,
+    /// Sample→verdict latency percentiles, milliseconds.
+    pub latency_p50_ms: f64,
+    /// See `latency_p50_ms`.
+    pub latency_p99_ms: f64,
+    /// See `latency_p50_ms`.
+    pub latency_max_ms: f64,
+    /// The RSS curve of the daemon.
+    pub rss: Vec<RssPoint>,
+    /// Largest RSS seen, MiB.
+    pub rss_max_mib: f64,
+    /// RSS at 25 % and at the end of the soak, MiB (flatness).
+    pub rss_quarter_end_mib: (f64, f64),
+    /// Cycles run during the soak, by outcome.
+    pub cycles: BTreeMap<String, u64>,
+}
+
+fn err(e: impl std::fmt::Display) -> ToolError {
+    ToolError::Invalid(e.to_string())
+}
+
+struct Daemon {
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(a: &StreamBenchArgs, topic: &str, cycles: bool) -> Result<Self, ToolError> {
+        let cfg = format!(
+            "[kafka]\nbrokers = \"{}\"\ninput_topic = \"{topic}\"\ngroup_id = \"{topic}-group\"\n\
+             [model]\nstore = \"{}\"\n[state]\ndir = \"{}\"\n[cycle]\nenabled = {cycles}\n\
+             [api]\nlisten = \"127.0.0.1:{}\"\n",
+            a.brokers,
+            a.work_dir.join("models").display(),
+            a.work_dir.join(format!("state-{topic}")).display(),
+            a.api_port
+        );
+        let path = a.work_dir.join(format!("{topic}.toml"));
+        std::fs::write(&path, cfg).map_err(err)?;
+        let log = std::fs::File::create(a.work_dir.join(format!("{topic}.log"))).map_err(err)?;
+        let child = Command::new(&a.exe)
+            .args(["--quiet", "serve", "--config"])
+            .arg(&path)
+            .env("RLAP_DATA_DIR", &a.data_dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| err(format!("starting {}: {e}", a.exe.display())))?;
+        Ok(Self { child })
+    }
+
+    fn stop(mut self) -> Result<(), ToolError> {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let st = self.child.wait().map_err(err)?;
+        if !st.success() {
+            return Err(err(format!("the daemon exited with {st}")));
+        }
+        Ok(())
+    }
+
+    fn rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+/// Sum of the samples of `name` (all label sets) in a Prometheus text exposition.
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn scrape(port: u16) -> Option<String> {
+    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()
+}
+
+fn verdicts_done(port: u16) -> Option<u64> {
+    scrape(port).map(|t| {
+        metric_sum(&t, "rlap_verdicts_total") + metric_sum(&t, "rlap_invalid_samples_total")
+    })
+}
+
+fn produce_args(a: &StreamBenchArgs, topic: &str, limit: usize, rate: u64) -> ProduceArgs {
+    ProduceArgs {
+        brokers: a.brokers.clone(),
+        topic: topic.into(),
+        dataset: DatasetSpec::Mnist,
+        data_dir: a.data_dir.clone(),
+        corruption: Corruption::LabelSymmetric { rate: 0.4 },
+        seed: 1,
+        rate,
+        limit,
+        skip: 0,
+        partitions: 3,
+        create_topic: true,
+        malformed_every: 0,
+        json: false,
+        throttle: None,
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Run the benchmark (minutes). Needs a real broker and the MNIST files.
+///
+/// # Errors
+/// [`ToolError`] when the broker, the data or the daemon fails.
+pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBenchReport, ToolError> {
+    std::fs::create_dir_all(&a.work_dir).map_err(err)?;
+    let tag = std::process::id();
+    let port = a.api_port;
+
+    // Phase 1: pre-filled topic, drained as fast as possible (cycles off).
+    let t1 = format!("bench-throughput-{tag}");
+    let n1 = a.throughput_samples;
+    tracing::info!(samples = n1, topic = %t1, "phase 1: filling the topic");
+    tools::produce(&produce_args(a, &t1, n1, 0), progress).await?;
+    let d = Daemon::start(a, &t1, false)?;
+    let mut rates: Vec<(f64, u64)> = vec![];
+    let start = Instant::now();
+    let bar = progress.bar(n1 as u64, "throughput");
+    loop {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let done = verdicts_done(port).unwrap_or(0);
+        rates.push((start.elapsed().as_secs_f64(), done));
+        bar.set_position(done);
+        if done >= n1 as u64 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(1800) {
+            return Err(err("phase 1 did not finish in 30 min"));
+        }
+    }
+    bar.finish_and_clear();
+    d.stop()?;
+    let from = rates
+        .iter()
+        .find(|r| r.1 as f64 >= 0.2 * n1 as f64)
+        .copied()
+        .unwrap_or((0.0, 0));
+    let to = *rates.last().expect("at least one sample");
+    let sustained = (to.1 - from.1) as f64 / (to.0 - from.0).max(1e-9);
+    let mut per_s: Vec<f64> = rates
+        .windows(2)
+        .filter(|w| w[0].1 as f64 >= 0.2 * n1 as f64)
+        .map(|w| (w[1].1 - w[0].1) as f64 / (w[1].0 - w[0].0))
+        .collect();
+    per_s.sort_by(f64::total_cmp);
+    let median_1s = percentile(&per_s, 0.5);
+    tracing::info!(sustained, median_1s, "phase 1 done");
+
+    // Phase 2: fed at a fraction of that rate; latency and RSS.
+    let t2 = format!("bench-soak-{tag}");
+    let rate = (sustained * a.latency_rate_fraction).max(1.0) as u64;
+    let n2 = a.soak_samples;
+    tools::create_topic(&a.brokers, &t2, 3, &[]).await?;
+    tools::create_topic(&a.brokers, &format!("{t2}.verdicts"), 3, &[]).await?;
+    let d = Daemon::start(a, &t2, a.cycles)?;
+    // Wait until the daemon has joined the group and owns partition 0 (the store already
+    // holds version 1: no bootstrap), so the latency excludes the group join.
+    let ready = Instant::now();
+    while !scrape(port).is_some_and(|t| t.lines().any(|l| l == "rlap_cycle_leader 1")) {
+        if ready.elapsed() > Duration::from_secs(60) {
+            return Err(err("the daemon did not join the group within 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let brokers = a.brokers.clone();
+    let vt = format!("{t2}.verdicts");
+    let latency = std::thread::spawn(move || -> Result<Vec<f64>, ToolError> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("bench-latency-{tag}"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(err)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset(&vt, p, Offset::Beginning)
+                .map_err(err)?;
+        }
+        c.assign(&tpl).map_err(err)?;
+        let mut lat = Vec::with_capacity(n2);
+        let mut idle = Instant::now();
+        while lat.len() < n2 && idle.elapsed() < Duration::from_secs(120) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                idle = Instant::now();
+                if let Some(v) = m.payload().and_then(|p| Verdict::decode(p).ok()) {
+                    if let Some(t) = v.event_time_ms {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as i64);
+                        lat.push((now - t) as f64);
+                    }
+                }
+            }
+        }
+        Ok(lat)
+    });
+    let soak_start = Instant::now();
+    let producer = {
+        let args = produce_args(a, &t2, n2, rate);
+        let p = progress.clone();
+        tokio::spawn(async move { tools::produce(&args, &p).await })
+    };
+    let mut rss = vec![];
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let done = verdicts_done(port).unwrap_or(0);
+        rss.push(RssPoint {
+            seconds: soak_start.elapsed().as_secs_f64(),
+            verdicts: done,
+            rss_mib: d.rss_mib(),
+        });
+        tracing::info!(verdicts = done, rss_mib = d.rss_mib(), "soak");
+        if done >= n2 as u64 {
+            break;
+        }
+        if soak_start.elapsed() > Duration::from_secs(3600) {
+            return Err(err("the soak did not finish in 60 min"));
+        }
+    }
+    producer.await.map_err(err)??;
+    let metrics = scrape(port).unwrap_or_default();
+    let mut cycles = BTreeMap::new();
+    for o in ["accepted", "rejected", "failed"] {
+        let line = format!("rlap_cycles_total{{outcome=\"{o}\"}}");
+        let v = metrics
+            .lines()
+            .find(|l| l.starts_with(&line))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        cycles.insert(o.to_string(), v as u64);
+    }
+    d.stop()?;
+    let mut lat = latency
+        .join()
+        .map_err(|_| err("latency thread panicked"))??;
+    let skip = lat.len() / 10;
+    let mut steady = lat.split_off(skip);
+    steady.sort_by(f64::total_cmp);
+    let quarter = rss
+        .iter()
+        .find(|p| p.verdicts as f64 >= 0.25 * n2 as f64)
+        .map_or(0.0, |p| p.rss_mib);
+    Ok(StreamBenchReport {
+        throughput_samples: n1,
+        sustained_samples_per_s: sustained,
+        median_1s_samples_per_s: median_1s,
+        soak_rate: rate,
+        soak_samples: n2,
+        latency_samples: steady.len(),
+        latency_p50_ms: percentile(&steady, 0.5),
+        latency_p99_ms: percentile(&steady, 0.99),
+        latency_max_ms: steady.last().copied().unwrap_or(f64::NAN),
+        rss_max_mib: rss.iter().map(|p| p.rss_mib).fold(0.0, f64::max),
+        rss_quarter_end_mib: (quarter, rss.last().map_or(0.0, |p| p.rss_mib)),
+        rss,
+        cycles,
+    })
+}
+
+impl StreamBenchReport {
+    /// The report as text.
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "throughput: {} samples drained at {:.0} samples/s sustained (median 1-s rate {:.0})\n\
+             soak: {} samples fed at {} msg/s: sample->verdict latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} verdicts after the first 10 %)\n\
+             daemon RSS: max {:.0} MiB; at 25 % {:.0} MiB, at the end {:.0} MiB | cycles {:?}\nRSS curve (s, verdicts, MiB):",
+            self.throughput_samples,
+            self.sustained_samples_per_s,
+            self.median_1s_samples_per_s,
+            self.soak_samples,
+            self.soak_rate,
+            self.latency_p50_ms,
+            self.latency_p99_ms,
+            self.latency_max_ms,
+            self.latency_samples,
+            self.rss_max_mib,
+            self.rss_quarter_end_mib.0,
+            self.rss_quarter_end_mib.1,
+            self.cycles
+        );
+        let step = (self.rss.len() / 20).max(1);
+        for p in self.rss.iter().step_by(step) {
+            s.push_str(&format!(
+                " ({:.0}, {}, {:.0})",
+                p.seconds, p.verdicts, p.rss_mib
+            ));
+        }
+        s.push('\n');
+        s
+    }
+}
+
+/// Default working folder of the benchmark.
+pub fn default_work_dir() -> PathBuf {
+    Path::new("out").join("bench-stream")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sum_adds_label_sets_of_one_name_only() {
+        let t = "# HELP x\nrlap_verdicts_total{outcome=\"clean\"} 3\nrlap_verdicts_total{outcome=\"noisy\"} 4\nrlap_verdicts_totalx 9\n";
+        assert_eq!(metric_sum(t, "rlap_verdicts_total"), 7);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.5), 2.0);
+    }
+}
