@@ -1,4 +1,4 @@
-//! rlap: the data-quality engine (and, next, the streaming daemon) for machine-learning
+//! rlap: the data-quality engine and streaming daemon for machine-learning
 //! pipelines whose labels arrive noisy, built on RLAP (Jin et al., "Machine Unlearning for Robust DNNs: Attribution-Guided
 //! Partitioning and Neuron Pruning in Noisy Environments", MAKE 7(3):95, 2025).
 //!
