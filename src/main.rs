@@ -48,6 +48,8 @@ enum Command {
     ServeModel(ServeModelArgs),
     /// Run the streaming daemon (Kafka in, verdicts out, cycles) and the HTTP API.
     Serve(ServeArgs),
+    /// Validate a daemon configuration (with RLAP__SECTION__KEY overrides) and exit.
+    CheckConfig(ServeArgs),
     /// Stream a real data set, corrupted, into a Kafka topic as LabeledSample messages.
     Produce(ProduceCliArgs),
     /// Join a verdict topic with the input topic's hidden truth: precision, recall, F1.
@@ -366,7 +368,18 @@ struct BenchArgs {
     json: Option<PathBuf>,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line per cause (no backtrace dump even when RUST_BACKTRACE is set).
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     rlap::cpu::configure_threads();
     let cli = Cli::parse();
     // ONNX Runtime forwards its own (very chatty) logs into tracing under `ort`.
@@ -392,6 +405,11 @@ fn main() -> Result<()> {
         Command::Publish(a) => run_publish(a),
         Command::ServeModel(a) => run_serve_model(a),
         Command::Serve(a) => run_serve(a),
+        Command::CheckConfig(a) => {
+            rlap::stream::config::load(&a.config)?;
+            println!("config OK: {}", a.config.display());
+            Ok(())
+        }
         Command::Produce(a) => run_produce(a, &progress),
         Command::EvaluateVerdicts(a) => run_evaluate(a),
         Command::Demo(a) => run_demo(a, &progress),

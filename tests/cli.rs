@@ -133,3 +133,43 @@ fn bad_options_are_one_clear_error() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_bad_daemon_config_is_one_line_per_problem_and_the_shipped_ones_pass() {
+    for ok in ["configs/default.toml", "configs/demo.toml"] {
+        let out = rlap()
+            .args(["check-config", "--config"])
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(ok))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{ok}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[trigger]\nnoisy_fraction = 2\n[kafka]\ntopic_partitions = 0\n",
+    )
+    .unwrap();
+    let out = rlap()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .env("RLAP__SCORING__THRESHOLD", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    for key in [
+        "trigger.noisy_fraction",
+        "kafka.topic_partitions",
+        "scoring.threshold",
+    ] {
+        assert!(err.contains(key), "{key} missing in {err}");
+    }
+}
