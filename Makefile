@@ -3,7 +3,10 @@
 # the Apache Kafka broker jars, idempotently.
 CARGO ?= cargo
 
-.PHONY: setup setup-kafka demo experiment test bench bench-stream lint
+setup-prometheus:
+	./scripts/setup-prometheus.sh
+
+.PHONY: setup setup-kafka setup-prometheus demo experiment test bench bench-stream lint
 
 setup:
 	./scripts/setup-data.sh
@@ -18,8 +21,9 @@ demo: setup
 experiment: setup
 	$(CARGO) run --release -- experiment --dataset mnist --corruption label-symmetric:0.4 --seed 1
 
-# Tests that need a real broker use $RLAP_KAFKA_BROKERS, or start one with scripts/kafka.sh.
-test: setup setup-kafka
+# Tests that need a real broker use $RLAP_KAFKA_BROKERS, or start one with scripts/kafka.sh;
+# the Prometheus end-to-end test runs Debian's prometheus from .cache/prometheus.
+test: setup setup-kafka setup-prometheus
 	$(CARGO) test --release
 
 bench: setup

@@ -570,9 +570,13 @@ impl Engine {
 
     fn publish_gauges(&self) {
         let m = &self.metrics;
-        m.noisy_fraction
-            .with_label_values(&["window"])
-            .set(self.trigger.window_fraction());
+        // A new version clears the window; keep showing the last full estimate until the new
+        // window holds min_samples verdicts, so alerts on it do not reset at every swap.
+        if self.trigger.window_len() >= self.trigger.params.min_samples.max(1) {
+            m.noisy_fraction
+                .with_label_values(&["window"])
+                .set(self.trigger.window_fraction());
+        }
         m.noisy_fraction
             .with_label_values(&["ewma"])
             .set(self.trigger.ewma_fraction());
