@@ -3,9 +3,6 @@
 # the Apache Kafka broker jars, idempotently.
 CARGO ?= cargo
 
-setup-prometheus:
-	./scripts/setup-prometheus.sh
-
 .PHONY: setup setup-kafka setup-prometheus demo experiment test bench bench-stream lint
 
 setup:
@@ -14,6 +11,9 @@ setup:
 
 setup-kafka:
 	./scripts/kafka.sh fetch
+
+setup-prometheus:
+	./scripts/setup-prometheus.sh
 
 demo: setup
 	$(CARGO) run --release -- demo

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-struct Proc(Child, &'static str);
+struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -136,7 +136,6 @@ fn prometheus_scrapes_the_daemon_and_the_noise_alert_fires() {
             .stderr(daemon_log)
             .spawn()
             .unwrap(),
-        "rlap",
     );
 
     // Prometheus with rlap's alert rules (only `for:` shortened) scraping every second.
@@ -180,7 +179,6 @@ fn prometheus_scrapes_the_daemon_and_the_noise_alert_fires() {
             .stderr(prom_log)
             .spawn()
             .unwrap(),
-        "prometheus",
     );
     let prom = format!("http://127.0.0.1:{prom_port}");
 
