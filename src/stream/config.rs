@@ -15,7 +15,7 @@ use crate::attribution::AttributionMode;
 use crate::model::Arch;
 use crate::partition::PartitionFeatures;
 use crate::stream::online_gmm::StepSize;
-use crate::stream::trigger::{TriggerParams, TriggerSource};
+use crate::stream::trigger::TriggerParams;
 
 /// A configuration that could not be loaded or is invalid; the message is one line per
 /// problem.
@@ -250,55 +250,6 @@ impl MixtureConfig {
     }
 }
 
-/// `[trigger]`: see [`TriggerParams`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TriggerConfig {
-    /// See [`TriggerParams::noisy_fraction`].
-    pub noisy_fraction: f64,
-    /// See [`TriggerParams::hysteresis`].
-    pub hysteresis: f64,
-    /// See [`TriggerParams::window`].
-    pub window: usize,
-    /// See [`TriggerParams::ewma_alpha`].
-    pub ewma_alpha: f64,
-    /// See [`TriggerParams::min_samples`].
-    pub min_samples: usize,
-    /// See [`TriggerParams::cooldown_secs`].
-    pub cooldown_secs: f64,
-    /// `window` or `ewma`.
-    pub source: TriggerSource,
-}
-
-impl Default for TriggerConfig {
-    fn default() -> Self {
-        Self {
-            noisy_fraction: 0.3,
-            hysteresis: 0.05,
-            window: 5000,
-            ewma_alpha: 0.001,
-            min_samples: 2000,
-            cooldown_secs: 60.0,
-            source: TriggerSource::Window,
-        }
-    }
-}
-
-impl TriggerConfig {
-    /// The trigger's parameters.
-    pub fn params(&self) -> TriggerParams {
-        TriggerParams {
-            noisy_fraction: self.noisy_fraction,
-            hysteresis: self.hysteresis,
-            window: self.window,
-            ewma_alpha: self.ewma_alpha,
-            min_samples: self.min_samples,
-            cooldown_secs: self.cooldown_secs,
-            source: self.source,
-        }
-    }
-}
-
 /// Fine-tuning scope of a cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -442,7 +393,7 @@ pub struct DaemonConfig {
     /// The online GMM.
     pub mixture: MixtureConfig,
     /// When a cycle is due.
-    pub trigger: TriggerConfig,
+    pub trigger: TriggerParams,
     /// The cycle.
     pub cycle: CycleConfig,
     /// The replay buffer.
@@ -548,7 +499,7 @@ impl DaemonConfig {
         if x.reg_covar.is_nan() || x.reg_covar <= 0.0 {
             p.push("mixture.reg_covar must be > 0".into());
         }
-        p.extend(self.trigger.params().validate());
+        p.extend(self.trigger.validate());
         let c = &self.cycle;
         if let Err(e) = crate::prune::prune_count(c.prune_fraction, m.hidden) {
             p.push(format!("cycle.prune_fraction: {e}"));

@@ -218,7 +218,7 @@ impl Engine {
             }
         };
         let mut e = Engine {
-            trigger: NoiseTrigger::new(cfg.trigger.params()),
+            trigger: NoiseTrigger::new(cfg.trigger.clone()),
             store,
             metrics,
             device,
@@ -245,7 +245,7 @@ impl Engine {
                 e.cycles = cp.cycles;
                 if cp.model_version == v {
                     e.trigger = cp.trigger;
-                    e.trigger.params = e.cfg.trigger.params();
+                    e.trigger.params = e.cfg.trigger.clone();
                     e.trigger.restarted();
                     if let Some(g) = cp.gmm {
                         e.gmm = Some(g);

@@ -79,7 +79,6 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::config::TriggerConfig;
     use crate::stream::trigger::NoiseTrigger;
 
     #[test]
@@ -90,7 +89,7 @@ mod tests {
             model: "m".into(),
             model_version: 3,
             gmm: None,
-            trigger: NoiseTrigger::new(TriggerConfig::default().params()),
+            trigger: NoiseTrigger::new(crate::stream::trigger::TriggerParams::default()),
             verdicts: 10,
             cycles: vec![],
         };

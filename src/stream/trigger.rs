@@ -24,6 +24,7 @@ pub enum TriggerSource {
 
 /// Validated trigger settings (`[trigger]` in the config).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TriggerParams {
     /// Noisy fraction in (0, 1) at which a cycle is due.
     pub noisy_fraction: f64,
@@ -39,6 +40,20 @@ pub struct TriggerParams {
     pub cooldown_secs: f64,
     /// Which estimate is compared with the threshold.
     pub source: TriggerSource,
+}
+
+impl Default for TriggerParams {
+    fn default() -> Self {
+        Self {
+            noisy_fraction: 0.3,
+            hysteresis: 0.05,
+            window: 5000,
+            ewma_alpha: 0.001,
+            min_samples: 2000,
+            cooldown_secs: 60.0,
+            source: TriggerSource::Window,
+        }
+    }
 }
 
 impl TriggerParams {
