@@ -42,7 +42,7 @@ pub struct DaemonMetrics {
     pub cycle_stage_seconds: HistogramVec,
     /// `rlap_model_version`: the version scoring now (0 before the first).
     pub model_version: IntGauge,
-    /// `rlap_model_published_timestamp_seconds`: Unix time the current version was swapped in.
+    /// `rlap_model_swapped_timestamp_seconds`: Unix time the current version was swapped in.
     pub model_swapped_timestamp: Gauge,
     /// `rlap_cycle_leader`: 1 when this replica runs cycles (owns input partition 0).
     pub cycle_leader: IntGauge,

@@ -27,8 +27,8 @@ pub struct ConfigError(pub String);
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
-    /// Bootstrap servers, `host:port[,host:port]`. `mock` starts librdkafka's in-process
-    /// mock cluster (demo and tests only).
+    /// Bootstrap servers, `host:port[,host:port]` (`rlap demo` points it at librdkafka's
+    /// in-process mock cluster itself).
     pub brokers: String,
     /// Consumer group id: replicas with the same id share the input partitions.
     pub group_id: String,

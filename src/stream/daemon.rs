@@ -117,6 +117,7 @@ enum SinkMsg {
 
 struct Ctx {
     tracker: Arc<Mutex<OffsetTracker>>,
+    metrics: DaemonMetrics,
 }
 
 impl ClientContext for Ctx {}
@@ -128,6 +129,11 @@ impl ConsumerContext for Ctx {
                 let mut t = self.tracker.lock().expect("tracker lock");
                 for e in tpl.elements() {
                     t.revoke(e.topic(), e.partition());
+                    // A revoked partition's lag is the new owner's to report.
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[&e.partition().to_string()]);
                 }
                 tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked");
             }
@@ -295,6 +301,7 @@ pub async fn run(
             .set("auto.offset.reset", &cfg.kafka.auto_offset_reset)
             .create_with_context(Ctx {
                 tracker: tracker.clone(),
+                metrics: metrics.clone(),
             })
             .map_err(|e| DaemonError::Kafka(format!("consumer: {e}")))?,
     );
