@@ -211,6 +211,10 @@ pub struct MixtureConfig {
     pub gamma: f64,
     /// Covariance regularisation.
     pub reg_covar: f64,
+    /// The higher-loss component counts as noisy only when its mean given-label
+    /// cross-entropy reaches this many nats (else no sample is flagged): a clean stream still
+    /// splits into two components.
+    pub min_noisy_loss: f64,
     /// Seed of the warm-up k-means initialisation.
     pub seed: u64,
 }
@@ -225,6 +229,7 @@ impl Default for MixtureConfig {
             alpha: 0.6,
             gamma: 0.01,
             reg_covar: 1e-6,
+            min_noisy_loss: crate::stream::online_gmm::DEFAULT_MIN_NOISY_LOSS,
             seed: 0,
         }
     }
@@ -495,6 +500,12 @@ impl DaemonConfig {
         match x.step_size() {
             Ok(step) => p.extend(step.validate().err()),
             Err(e) => p.push(e),
+        }
+        if !(x.min_noisy_loss >= 0.0 && x.min_noisy_loss.is_finite()) {
+            p.push(format!(
+                "mixture.min_noisy_loss = {}: must be >= 0 (nats)",
+                x.min_noisy_loss
+            ));
         }
         if x.reg_covar.is_nan() || x.reg_covar <= 0.0 {
             p.push("mixture.reg_covar must be > 0".into());

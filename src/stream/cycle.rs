@@ -166,7 +166,7 @@ pub fn warm_mixture(
     let a = attribute_all(model, &recent, cfg.scoring.attribution)?;
     let (x, d) = mixture_rows(cfg.scoring.features, &a);
     let step = cfg.mixture.step_size().map_err(PartitionError::Invalid)?;
-    Ok(OnlineGmm::warm_up(
+    let mut gmm = OnlineGmm::warm_up(
         &x,
         a.n,
         d,
@@ -174,7 +174,9 @@ pub fn warm_mixture(
         cfg.mixture.reg_covar,
         step,
         cfg.mixture.seed,
-    )?)
+    )?;
+    gmm.min_noisy_loss = cfg.mixture.min_noisy_loss;
+    Ok(gmm)
 }
 
 fn metrics(model: &Model, data: &Dataset) -> Result<Metrics, ModelError> {

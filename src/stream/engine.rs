@@ -689,8 +689,8 @@ impl Engine {
                 }
             }
         }
-        // A cycle asked for through the API starts even when no sample arrives.
-        if self.force_cycle && matches!(self.phase, Phase::Scoring) {
+        // A due cycle (or one asked for through the API) starts even when no sample arrives.
+        if matches!(self.phase, Phase::Scoring) {
             self.maybe_start_cycle();
         }
         Ok(())

@@ -90,6 +90,14 @@ impl StepSize {
     }
 }
 
+/// Default of [`OnlineGmm::min_noisy_loss`]: 1 nat, a mean probability of the given label
+/// below e^−1 ≈ 0.37.
+pub const DEFAULT_MIN_NOISY_LOSS: f64 = 1.0;
+
+fn default_min_noisy_loss() -> f64 {
+    DEFAULT_MIN_NOISY_LOSS
+}
+
 /// The mixture's posteriors for a batch.
 #[derive(Clone, Debug)]
 pub struct BatchPosterior {
@@ -117,6 +125,11 @@ pub struct OnlineGmm {
     s_loss: [f64; 2],
     /// Covariance regularisation added to the diagonal.
     pub reg_covar: f64,
+    /// The noisy component must have a mean given-label cross-entropy of at least this many
+    /// nats, or there is no noisy component and every posterior of noisy is 0 (see
+    /// [`OnlineGmm::has_noisy_component`]).
+    #[serde(default = "default_min_noisy_loss")]
+    pub min_noisy_loss: f64,
     /// Step-size schedule.
     pub step: StepSize,
     /// Stepwise updates applied since the warm-up fit.
@@ -206,6 +219,7 @@ impl OnlineGmm {
             s2,
             s_loss: [0.0; 2],
             reg_covar: reg,
+            min_noisy_loss: DEFAULT_MIN_NOISY_LOSS,
             step,
             updates: 0,
             samples: 0,
@@ -291,6 +305,23 @@ impl OnlineGmm {
         usize::from(m1 < m0)
     }
 
+    /// Mean given-label cross-entropy (nats) of each component, clean component first.
+    pub fn mean_loss_clean_noisy(&self) -> [f64; 2] {
+        let c = self.clean_component();
+        let m = |k: usize| self.s_loss[k] / self.s0[k].max(1e-12);
+        [m(c), m(1 - c)]
+    }
+
+    /// Whether the higher-loss component is noise at all. A two-component mixture always
+    /// splits the data, also a clean stream (into easy and less easy samples); the label-free
+    /// rule of §3.2.2 only says which side is cleaner. Project decision: the noisy side counts
+    /// as noisy only when its mean given-label cross-entropy reaches `min_noisy_loss` (the
+    /// model gives those samples' labels < e^−1 probability on average); otherwise every
+    /// posterior of noisy is 0.
+    pub fn has_noisy_component(&self) -> bool {
+        self.mean_loss_clean_noisy()[1] >= self.min_noisy_loss
+    }
+
     /// Mixture weights, clean component first.
     pub fn weights_clean_noisy(&self) -> [f64; 2] {
         let c = self.clean_component();
@@ -317,10 +348,17 @@ impl OnlineGmm {
     pub fn posterior(&self, x: &[f32], n: usize) -> Result<BatchPosterior, PartitionError> {
         self.check(x, n)?;
         let r = self.responsibilities(&self.zscore(x, n))?;
-        let noisy = 1 - self.clean_component();
         Ok(BatchPosterior {
-            posterior_noisy: r.iter().map(|p| p[noisy]).collect(),
+            posterior_noisy: self.noisy_posteriors(&r),
         })
+    }
+
+    fn noisy_posteriors(&self, r: &[[f64; 2]]) -> Vec<f64> {
+        if !self.has_noisy_component() {
+            return vec![0.0; r.len()];
+        }
+        let noisy = 1 - self.clean_component();
+        r.iter().map(|p| p[noisy]).collect()
     }
 
     fn check(&self, x: &[f32], n: usize) -> Result<(), PartitionError> {
@@ -354,8 +392,7 @@ impl OnlineGmm {
         }
         let z = self.zscore(x, n);
         let r = self.responsibilities(&z)?;
-        let noisy = 1 - self.clean_component();
-        let posterior_noisy = r.iter().map(|p| p[noisy]).collect();
+        let posterior_noisy = self.noisy_posteriors(&r);
         let d = self.dim;
         let gamma = self.step.gamma(self.updates);
         let inv_n = 1.0 / n as f64;
@@ -489,6 +526,28 @@ mod tests {
         };
         assert!(bad.validate().unwrap_err().contains("mixture.alpha"));
         assert!(StepSize::Constant { gamma: 1.5 }.validate().is_err());
+    }
+
+    #[test]
+    fn a_low_loss_split_is_not_noise() {
+        // Two blobs whose "noisy" side has a mean loss of 0.3 nats: easy vs less easy clean
+        // samples. Posteriors of noisy are all 0; with loss 3.0 they are not.
+        let (x, mut loss, _) = blobs(1000, 5, 0.0);
+        for l in loss.iter_mut() {
+            *l = if *l > 1.0 { 0.3 } else { 0.05 };
+        }
+        let step = StepSize::Constant { gamma: 0.1 };
+        let g = OnlineGmm::warm_up(&x, 1000, 2, &loss, 1e-6, step, 0).unwrap();
+        assert!(!g.has_noisy_component(), "{:?}", g.mean_loss_clean_noisy());
+        assert!(g
+            .posterior(&x, 1000)
+            .unwrap()
+            .posterior_noisy
+            .iter()
+            .all(|&p| p == 0.0));
+        let (x, loss, _) = blobs(1000, 5, 0.0);
+        let g = OnlineGmm::warm_up(&x, 1000, 2, &loss, 1e-6, step, 0).unwrap();
+        assert!(g.has_noisy_component());
     }
 
     #[test]
