@@ -524,6 +524,23 @@ fn scorer_loop(
 ) -> Result<(u64, Vec<crate::stream::cycle::CycleRecord>), DaemonError> {
     let interval = Duration::from_secs(cfg.state.checkpoint_interval_secs.max(1));
     let mut last_checkpoint = Instant::now();
+    // Checkpoints are written by their own thread (JSON + fsync + rename can take hundreds of
+    // milliseconds on a busy disk; the scorer must not wait for it). One pending at most: if
+    // the writer is still busy, this interval's snapshot is skipped.
+    let (cp_tx, cp_rx) = std::sync::mpsc::sync_channel::<crate::stream::engine::Checkpoint>(1);
+    let writer = {
+        let dir = cfg.state.dir.clone();
+        std::thread::Builder::new()
+            .name("rlap-checkpoint".into())
+            .spawn(move || {
+                while let Ok(cp) = cp_rx.recv() {
+                    if let Err(e) = state::save(&dir, &cp) {
+                        tracing::warn!(error = %e, "checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| DaemonError::Kafka(format!("spawning the checkpoint writer: {e}")))?
+    };
     let mut out = Vec::new();
     let mut events = Vec::new();
     let mut result = Ok(());
@@ -557,9 +574,7 @@ fn scorer_loop(
             let _ = sink.blocking_send(SinkMsg::Event(ev));
         }
         if cycles_before > 0 || last_checkpoint.elapsed() >= interval {
-            if let Err(e) = state::save(&cfg.state.dir, &engine.checkpoint()) {
-                tracing::warn!(error = %e, "checkpoint failed");
-            }
+            let _ = cp_tx.try_send(engine.checkpoint());
             last_checkpoint = Instant::now();
         }
         *status.lock().expect("status lock") = Some(engine.status());
@@ -573,6 +588,8 @@ fn scorer_loop(
     if held > 0 {
         tracing::info!(held, "samples still in bootstrap/warm-up get their verdicts after the next start (offsets not stored)");
     }
+    drop(cp_tx);
+    let _ = writer.join();
     state::save(&cfg.state.dir, &engine.checkpoint())?;
     tracing::info!(
         version = engine.version(),

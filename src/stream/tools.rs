@@ -174,10 +174,11 @@ pub async fn produce(args: &ProduceArgs, progress: &Progress) -> Result<ProduceR
         .create()
         .map_err(kafka("producer"))?;
     let n = noisy.len();
+    // Past the end of the data set the stream wraps around (ids stay unique): long soaks.
     let end = if args.limit == 0 {
-        n
+        n.max(args.skip)
     } else {
-        (args.skip + args.limit).min(n)
+        args.skip + args.limit
     };
     if args.skip >= end {
         return Err(ToolError::Invalid(format!(
