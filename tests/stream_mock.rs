@@ -898,8 +898,8 @@ fn run_with_cycles(
             c.samples,
             c.noisy,
             c.finetune_samples,
-            c.accuracy_before,
-            c.accuracy_after,
+            c.accuracy_before.unwrap_or(f64::NAN),
+            c.accuracy_after.unwrap_or(f64::NAN),
             c.stage_seconds
         );
     }

@@ -71,7 +71,7 @@ impl Default for KafkaConfig {
             topic_partitions: 3,
             commit_interval_ms: 1000,
             auto_offset_reset: "earliest".into(),
-            max_message_bytes: 1 << 20,
+            max_message_bytes: 1_000_000,
             properties: BTreeMap::new(),
         }
     }
@@ -437,6 +437,18 @@ impl DaemonConfig {
         }
         if k.max_message_bytes < 64 {
             p.push("kafka.max_message_bytes must be >= 64".into());
+        }
+        // Routed copies of accepted messages must fit the producer's own limit.
+        let producer_max = k
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1_000_000);
+        if k.route_by_verdict && k.max_message_bytes > producer_max {
+            p.push(format!(
+                "kafka.max_message_bytes = {} exceeds the producer's message.max.bytes ({producer_max}): routed copies would be refused; lower it or set kafka.properties.\"message.max.bytes\"",
+                k.max_message_bytes
+            ));
         }
         for key in k.properties.keys() {
             if matches!(

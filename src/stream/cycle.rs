@@ -117,10 +117,11 @@ pub struct CycleRecord {
     pub eval_samples: usize,
     /// `holdout` (clean slice of the buffer) or `validation` (trusted set).
     pub eval_set: String,
-    /// Accuracy of the current model on the evaluation samples.
-    pub accuracy_before: f64,
-    /// Accuracy of the candidate.
-    pub accuracy_after: f64,
+    /// Accuracy of the current model on the evaluation samples (None when the cycle ended
+    /// before the comparison).
+    pub accuracy_before: Option<f64>,
+    /// Accuracy of the candidate (None when the cycle ended before the comparison).
+    pub accuracy_after: Option<f64>,
     /// Neurons pruned by this cycle (indices into H).
     pub pruned_now: Vec<usize>,
     /// Seconds per stage: attribution, regression, fine-tune, evaluate, publish.
@@ -201,8 +202,8 @@ pub fn run_cycle(cfg: &DaemonConfig, store: &ModelStore, input: CycleInput) -> C
         finetune_samples: 0,
         eval_samples: 0,
         eval_set: String::new(),
-        accuracy_before: f64::NAN,
-        accuracy_after: f64::NAN,
+        accuracy_before: None,
+        accuracy_after: None,
         pruned_now: vec![],
         stage_seconds: vec![],
     };
@@ -320,14 +321,14 @@ fn cycle_steps(
     // 4. Compare on the same samples.
     let before = metrics(&input.model, &eval)?;
     let after = metrics(&candidate, &eval)?;
-    rec.accuracy_before = before.accuracy;
-    rec.accuracy_after = after.accuracy;
+    rec.accuracy_before = Some(before.accuracy);
+    rec.accuracy_after = Some(after.accuracy);
     lap(rec, "evaluate");
     let verdict = format!(
         "{} accuracy {:.4} -> {:.4} on {} samples (tolerance {})",
-        eval_set, rec.accuracy_before, rec.accuracy_after, rec.eval_samples, cfg.cycle.tolerance
+        eval_set, before.accuracy, after.accuracy, rec.eval_samples, cfg.cycle.tolerance
     );
-    if rec.accuracy_after < rec.accuracy_before - cfg.cycle.tolerance {
+    if after.accuracy < before.accuracy - cfg.cycle.tolerance {
         rec.outcome = CycleOutcome::Rejected;
         rec.reason = verdict;
         return Ok(None);

@@ -7,7 +7,7 @@
 //!   ([`crate::stream::schema`]), sends invalid ones to the sink as dead letters, and valid
 //!   ones in micro-batches (size or time window, whichever first) to the scorer. It also
 //!   reports leadership (owning input partition 0) and consumer lag.
-//! - **scorer** (one OS thread): the [`Engine`]; also writes checkpoints.
+//! - **scorer** (one OS thread): the [`Engine`]; hands checkpoints to a writer thread.
 //! - **sink** (tokio task): a `FutureProducer` (idempotent, acks=all) that produces verdicts
 //!   keyed by sample id, routed copies, dead letters and `ModelPublished` events; after the
 //!   broker acknowledges a sample's verdict or dead letter, its offset is marked done in the
@@ -613,14 +613,16 @@ fn headers(pairs: &[(&str, &[u8])]) -> OwnedHeaders {
 }
 
 /// Produce until acknowledged: librdkafka retries within `message.timeout.ms`; past that the
-/// sink keeps trying (backpressure) rather than drop a verdict.
+/// sink keeps trying (backpressure) rather than drop a verdict. An error that retrying cannot
+/// clear (the record is too large for the broker) is returned instead.
 async fn produce(
     producer: &FutureProducer,
     topic: &str,
     key: &[u8],
     payload: &[u8],
     h: OwnedHeaders,
-) {
+) -> Result<(), rdkafka::error::KafkaError> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
     let mut backoff = Duration::from_millis(100);
     loop {
         let rec = FutureRecord::to(topic)
@@ -628,7 +630,15 @@ async fn produce(
             .payload(payload)
             .headers(h.clone());
         match producer.send(rec, Duration::from_secs(5)).await {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
+            Err((e, _))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(Code::MessageSizeTooLarge | Code::InvalidRecord)
+                ) =>
+            {
+                return Err(e)
+            }
             Err((e, _)) => {
                 tracing::warn!(topic, error = %e, "produce failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -651,17 +661,22 @@ async fn send_verdicts(
         let producer = &producer;
         async move {
             let key = s.verdict.sample_id.as_bytes();
-            produce(
+            if let Err(e) = produce(
                 producer,
                 vt,
                 key,
                 &payload,
                 headers(&[(schema::CONTENT_TYPE_HEADER, pb)]),
             )
-            .await;
+            .await
+            {
+                tracing::error!(sample = %s.verdict.sample_id, error = %e, "the broker refuses this verdict; skipped");
+            }
             if let Some(orig) = &s.incoming.payload {
                 let to = if s.verdict.noisy { qt } else { ct };
-                produce(producer, to, key, orig, headers(&[])).await;
+                if let Err(e) = produce(producer, to, key, orig, headers(&[])).await {
+                    tracing::warn!(topic = %to, error = %e, "routed copy refused by the broker; skipped");
+                }
             }
         }
     });
@@ -748,14 +763,20 @@ async fn sink_loop(
                     (schema::DLQ_PARTITION_HEADER, p.as_bytes()),
                     (schema::DLQ_OFFSET_HEADER, o.as_bytes()),
                 ]);
-                produce(
-                    &producer,
-                    &dlq_topic,
-                    key.as_deref().unwrap_or_default(),
-                    &payload,
-                    h,
-                )
-                .await;
+                let key = key.as_deref().unwrap_or_default();
+                if let Err(e) = produce(&producer, &dlq_topic, key, &payload, h.clone()).await {
+                    // Too large for the broker: keep the reason and the source position, and
+                    // the first 1,000 bytes of the payload.
+                    tracing::warn!(error = %e, partition, offset, "dead letter too large; truncating its payload");
+                    let cut = &payload[..payload.len().min(1000)];
+                    let h = h.insert(Header {
+                        key: "rlap-dlq-truncated",
+                        value: Some(payload.len().to_string().as_bytes()),
+                    });
+                    if let Err(e) = produce(&producer, &dlq_topic, key, cut, h).await {
+                        tracing::error!(error = %e, partition, offset, "dead letter refused even truncated");
+                    }
+                }
                 done(&topic, partition, offset);
                 metrics
                     .invalid_samples
@@ -765,14 +786,17 @@ async fn sink_loop(
             }
             SinkMsg::Event(EngineEvent::Published(ev)) => {
                 let payload = ev.encode_to_vec();
-                produce(
+                if let Err(e) = produce(
                     &producer,
                     &cfg.kafka.model_events_topic,
                     ev.model_name.as_bytes(),
                     &payload,
                     headers(&[(schema::CONTENT_TYPE_HEADER, pb)]),
                 )
-                .await;
+                .await
+                {
+                    tracing::error!(error = %e, "the broker refuses the ModelPublished event");
+                }
                 tracing::info!(model = %ev.model_name, version = ev.version, topic = %cfg.kafka.model_events_topic, "ModelPublished announced");
             }
         }

@@ -699,7 +699,15 @@ impl Engine {
     fn adopt_version(&mut self, v: u64) -> Result<(), EngineError> {
         self.load_version(v)?;
         self.trigger.reset_window();
-        if self.replay.len() >= self.cfg.mixture.warmup_samples.min(MIN_CYCLE_SAMPLES) {
+        // Samples held in bootstrap or warm-up keep waiting for their verdicts (their offsets
+        // are in flight): they become the new version's warm-up window.
+        let held = match std::mem::replace(&mut self.phase, Phase::Scoring) {
+            Phase::Bootstrap(h) | Phase::Warming(h) => h,
+            Phase::Scoring => vec![],
+        };
+        if !held.is_empty() {
+            self.phase = Phase::Warming(held);
+        } else if self.replay.len() >= self.cfg.mixture.warmup_samples.min(MIN_CYCLE_SAMPLES) {
             let model = self.model.as_ref().expect("just loaded");
             self.gmm = Some(warm_mixture(
                 &self.cfg,
@@ -731,8 +739,8 @@ impl Engine {
                 tracing::info!(
                     version = meta.version,
                     parent = rec.parent_version,
-                    accuracy_before = rec.accuracy_before,
-                    accuracy_after = rec.accuracy_after,
+                    accuracy_before = ?rec.accuracy_before,
+                    accuracy_after = ?rec.accuracy_after,
                     pruned = rec.pruned_now.len(),
                     reason = %rec.reason,
                     "cycle accepted; new model version swapped in"

@@ -201,19 +201,18 @@ impl OnlineGmm {
             for i in 0..d {
                 s1[k][i] = w[k] * means[[k, i]];
                 for j in 0..d {
-                    s2[k][i * d + j] = w[k] * (covs[[k, i, j]] + means[[k, i]] * means[[k, j]]);
+                    // linfa's covariances include reg on the diagonal; components() adds it.
+                    let c = covs[[k, i, j]] - if i == j { reg } else { 0.0 };
+                    s2[k][i * d + j] = w[k] * (c + means[[k, i]] * means[[k, j]]);
                 }
             }
         }
         let mut gmm_state = OnlineGmm {
             dim: d,
             zscore_mean: zs.mean.clone(),
-            // A constant dimension maps to 0, as in the batch partition.
-            zscore_std: zs
-                .std
-                .iter()
-                .map(|&v| if v > 1e-12 { v } else { f64::INFINITY })
-                .collect(),
+            // 0 for a constant dimension (it maps to 0, as in the batch partition); finite so
+            // the checkpoint's JSON round-trips.
+            zscore_std: zs.std.clone(),
             s0,
             s1,
             s2,
@@ -238,7 +237,12 @@ impl OnlineGmm {
     fn zscore(&self, x: &[f32], n: usize) -> Array2<f64> {
         let d = self.dim;
         Array2::from_shape_fn((n, d), |(i, j)| {
-            (x[i * d + j] as f64 - self.zscore_mean[j]) / self.zscore_std[j]
+            let s = self.zscore_std[j];
+            if s > 1e-12 {
+                (x[i * d + j] as f64 - self.zscore_mean[j]) / s
+            } else {
+                0.0
+            }
         })
     }
 

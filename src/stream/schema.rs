@@ -40,7 +40,7 @@ pub const DLQ_OFFSET_HEADER: &str = "rlap-source-offset";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidSample {
     /// Stable label: `oversize`, `decode`, `empty_id`, `feature_count`, `shape_mismatch`,
-    /// `non_finite`, `label_range`.
+    /// `non_finite`, `feature_range`, `label_range`.
     pub reason: &'static str,
     /// One line for a human.
     pub detail: String,
@@ -53,15 +53,19 @@ impl std::fmt::Display for InvalidSample {
 }
 
 /// Every reason label [`validate`] can return (bounded metric label set).
-pub const INVALID_REASONS: [&str; 7] = [
+pub const INVALID_REASONS: [&str; 8] = [
     "oversize",
     "decode",
     "empty_id",
     "feature_count",
     "shape_mismatch",
     "non_finite",
+    "feature_range",
     "label_range",
 ];
+
+/// Largest accepted feature magnitude: beyond it f32 activations can overflow to ±∞.
+pub const MAX_ABS_FEATURE: f32 = 1e6;
 
 fn invalid(reason: &'static str, detail: impl Into<String>) -> InvalidSample {
     InvalidSample {
@@ -138,13 +142,17 @@ pub fn validate(s: &LabeledSample, expect: &Expect) -> Result<(), InvalidSample>
         return Err(invalid("empty_id", "the sample id is empty"));
     }
     if !s.shape.is_empty() {
-        let product: u64 = s.shape.iter().map(|&d| d as u64).product();
-        if product != s.features.len() as u64 {
+        let product = s
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        if product != Some(s.features.len() as u64) {
             return Err(invalid(
                 "shape_mismatch",
                 format!(
-                    "shape {:?} holds {product} values but {} features were sent",
+                    "shape {:?} holds {} values but {} features were sent",
                     s.shape,
+                    product.map_or("too many".to_string(), |p| p.to_string()),
                     s.features.len()
                 ),
             ));
@@ -164,6 +172,16 @@ pub fn validate(s: &LabeledSample, expect: &Expect) -> Result<(), InvalidSample>
         return Err(invalid(
             "non_finite",
             format!("feature {i} is {}", s.features[i]),
+        ));
+    }
+    // Finite but huge values overflow the model's f32 arithmetic into NaN attributions.
+    if let Some(i) = s.features.iter().position(|v| v.abs() > MAX_ABS_FEATURE) {
+        return Err(invalid(
+            "feature_range",
+            format!(
+                "feature {i} is {}, beyond ±{MAX_ABS_FEATURE:e}",
+                s.features[i]
+            ),
         ));
     }
     if s.label as usize >= expect.num_classes {
@@ -220,6 +238,12 @@ mod tests {
         let mut s = sample();
         s.shape = vec![3, 2];
         assert_eq!(reason(s), "shape_mismatch");
+        let mut s = sample();
+        s.shape = vec![u32::MAX; 4];
+        assert_eq!(reason(s), "shape_mismatch");
+        let mut s = sample();
+        s.features[2] = 3e30;
+        assert_eq!(reason(s), "feature_range");
         let mut s = sample();
         s.id.clear();
         assert_eq!(reason(s), "empty_id");

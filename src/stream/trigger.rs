@@ -131,8 +131,11 @@ impl NoiseTrigger {
 
     /// Record one verdict's noisy flag.
     pub fn observe(&mut self, noisy: bool) {
-        if self.window.len() == self.params.window && self.window.pop_front() == Some(true) {
-            self.window_noisy -= 1;
+        // `while`: a checkpoint restored under a smaller `trigger.window` shrinks at once.
+        while self.window.len() >= self.params.window.max(1) {
+            if self.window.pop_front() == Some(true) {
+                self.window_noisy -= 1;
+            }
         }
         self.window.push_back(noisy);
         self.window_noisy += usize::from(noisy);
@@ -141,6 +144,13 @@ impl NoiseTrigger {
             None => x,
             Some(e) => e + self.params.ewma_alpha * (x - e),
         });
+        // Decide the hysteresis state only on a meaningful window (not on the first verdicts
+        // after a model swap).
+        if self.params.source == TriggerSource::Window
+            && self.window.len() < self.params.min_samples.max(1)
+        {
+            return;
+        }
         let v = self.estimate();
         if v >= self.params.noisy_fraction {
             self.above = true;
@@ -205,6 +215,9 @@ impl NoiseTrigger {
     pub fn reset_window(&mut self) {
         self.window.clear();
         self.window_noisy = 0;
+        if self.params.source == TriggerSource::Window {
+            self.above = false;
+        }
     }
 
     /// After a restart the daemon clock starts again at 0: keep a cool-down that was running.
@@ -252,7 +265,10 @@ mod tests {
     fn needs_min_samples_and_respects_the_cooldown_and_hysteresis() {
         let mut t = NoiseTrigger::new(params());
         feed(&mut t, 40, 2);
-        assert!(t.is_above() && !t.due(0.0), "40 < min_samples");
+        assert!(
+            !t.is_above() && !t.due(0.0),
+            "40 < min_samples: not decided yet"
+        );
         feed(&mut t, 20, 2);
         assert!(t.due(0.0));
         t.cycle_started();
@@ -261,6 +277,10 @@ mod tests {
         assert_eq!(t.window_len(), 0);
         feed(&mut t, 100, 2);
         assert!(!t.due(10.0) && t.due(15.0));
+        // A checkpoint restored under a smaller window shrinks at once.
+        t.params.window = 10;
+        t.observe(true);
+        assert_eq!(t.window_len(), 10);
         // 28 % noisy: between 0.25 and 0.3 it stays above (hysteresis) ...
         let mut h = NoiseTrigger::new(params());
         feed(&mut h, 100, 2);
