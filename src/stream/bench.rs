@@ -93,6 +93,30 @@ pub struct StreamBenchReport {
     pub rss_quarter_end_mib: (f64, f64),
     /// Cycles run during the soak, by outcome.
     pub cycles: BTreeMap<String, u64>,
+    /// The daemon's own receipt→acknowledged latency over the whole soak (its
+    /// `rlap_verdict_latency_seconds` histogram, bucket upper bounds), p50 and p99 in ms:
+    /// compared with the end-to-end figures it tells broker time from daemon time.
+    pub daemon_latency_p50_p99_ms: (f64, f64),
+}
+
+/// The upper bound of the bucket holding quantile `q` of histogram `name` in a Prometheus
+/// text exposition (coarse: bucket bounds, not interpolated).
+fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|b| b.1 >= q * total)
+        .map_or(f64::NAN, |b| b.0)
 }
 
 fn err(e: impl std::fmt::Display) -> ToolError {
@@ -331,6 +355,10 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
     }
     producer.await.map_err(err)??;
     let metrics = scrape(port).unwrap_or_default();
+    let daemon_latency = (
+        1000.0 * histogram_quantile(&metrics, "rlap_verdict_latency_seconds", 0.5),
+        1000.0 * histogram_quantile(&metrics, "rlap_verdict_latency_seconds", 0.99),
+    );
     let mut cycles = BTreeMap::new();
     for o in ["accepted", "rejected", "failed"] {
         let line = format!("rlap_cycles_total{{outcome=\"{o}\"}}");
@@ -366,6 +394,7 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
         rss_quarter_end_mib: (quarter, rss.last().map_or(0.0, |p| p.rss_mib)),
         rss,
         cycles,
+        daemon_latency_p50_p99_ms: daemon_latency,
     })
 }
 
@@ -375,6 +404,7 @@ impl StreamBenchReport {
         let mut s = format!(
             "throughput: {} samples drained at {:.0} samples/s sustained (median 1-s rate {:.0})\n\
              soak: {} samples fed at {} msg/s: sample->verdict latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} verdicts after the first 10 %)\n\
+             daemon's own receipt->acknowledged latency (histogram bucket bounds, whole soak): p50 <= {:.0} ms, p99 <= {:.0} ms\n\
              daemon RSS: max {:.0} MiB; at 25 % {:.0} MiB, at the end {:.0} MiB | cycles {:?}\nRSS curve (s, verdicts, MiB):",
             self.throughput_samples,
             self.sustained_samples_per_s,
@@ -385,6 +415,8 @@ impl StreamBenchReport {
             self.latency_p99_ms,
             self.latency_max_ms,
             self.latency_samples,
+            self.daemon_latency_p50_p99_ms.0,
+            self.daemon_latency_p50_p99_ms.1,
             self.rss_max_mib,
             self.rss_quarter_end_mib.0,
             self.rss_quarter_end_mib.1,
@@ -415,6 +447,9 @@ mod tests {
     fn metric_sum_adds_label_sets_of_one_name_only() {
         let t = "# HELP x\nrlap_verdicts_total{outcome=\"clean\"} 3\nrlap_verdicts_total{outcome=\"noisy\"} 4\nrlap_verdicts_totalx 9\n";
         assert_eq!(metric_sum(t, "rlap_verdicts_total"), 7);
+        let h = "x_bucket{le=\"0.1\"} 50\nx_bucket{le=\"0.2\"} 98\nx_bucket{le=\"+Inf\"} 100\n";
+        assert_eq!(histogram_quantile(h, "x", 0.5), 0.1);
+        assert_eq!(histogram_quantile(h, "x", 0.99), f64::INFINITY);
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.5), 2.0);
     }
 }
