@@ -108,7 +108,11 @@ fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
         .filter_map(|l| {
             let rest = l.strip_prefix(&prefix)?;
             let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, count.parse().ok()?))
         })
         .collect();
