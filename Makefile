@@ -33,7 +33,7 @@ bench: setup
 bench-stream: setup setup-kafka
 	$(CARGO) build --release
 	./scripts/kafka.sh start 39092
-	./target/release/rlap bench-stream --brokers 127.0.0.1:39092 --json out/bench-stream.json; \
+	$(CARGO) run --release -- bench-stream --brokers 127.0.0.1:39092 --json out/bench-stream.json; \
 	  rc=$$?; ./scripts/kafka.sh stop 39092; exit $$rc
 
 lint:

@@ -27,7 +27,7 @@ if [ -z "${PROMTOOL:-}" ]; then
   PROMTOOL="$bin/promtool"
 fi
 export PROMTOOL
-export RLAP_BIN=${RLAP_BIN:-$root/target/release/rlap}
+export RLAP_BIN=${RLAP_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/rlap}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export CHECK_TMP=$tmp
