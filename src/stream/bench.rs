@@ -324,10 +324,7 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
                 idle = Instant::now();
                 if let Some(v) = m.payload().and_then(|p| Verdict::decode(p).ok()) {
                     if let Some(t) = v.event_time_ms {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as i64);
-                        lat.push((now - t) as f64);
+                        lat.push((crate::stream::unix_ms() - t) as f64);
                     }
                 }
             }

@@ -545,10 +545,12 @@ fn scorer_loop(
     let mut events = Vec::new();
     let mut result = Ok(());
     *status.lock().expect("status lock") = Some(engine.status());
+    let mut last_status = Instant::now();
     while let Some(msg) = rx.blocking_recv() {
         while let Ok(Control::Cycle) = control.try_recv() {
             engine.request_cycle();
         }
+        let idle = matches!(msg, ScorerMsg::Tick);
         let r = match msg {
             ScorerMsg::Batch(b) => engine.process(b, &mut out, &mut events),
             ScorerMsg::Leader(l) => {
@@ -577,7 +579,12 @@ fn scorer_loop(
             let _ = cp_tx.try_send(engine.checkpoint());
             last_checkpoint = Instant::now();
         }
-        *status.lock().expect("status lock") = Some(engine.status());
+        // The status (for /v1/status and the demo) clones the cycle records: refresh it a few
+        // times a second (and on every idle tick), not after every micro-batch.
+        if idle || last_status.elapsed() >= Duration::from_millis(200) {
+            *status.lock().expect("status lock") = Some(engine.status());
+            last_status = Instant::now();
+        }
     }
     // Drain: finish a running cycle, announce, checkpoint.
     engine.finish(&mut events);

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -168,12 +168,6 @@ pub struct Engine {
     last_store_check: Instant,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Engine {
     /// Start: load the newest version from the store (or plan a bootstrap) and restore the
     /// checkpoint when it belongs to that version.
@@ -296,7 +290,7 @@ impl Engine {
         self.metrics.model_version.set(v as i64);
         self.metrics
             .model_swapped_timestamp
-            .set(now_ms() as f64 / 1000.0);
+            .set(crate::stream::unix_ms() as f64 / 1000.0);
     }
 
     /// The current model version (0 before the first).
@@ -487,7 +481,7 @@ impl Engine {
                 .cloned()
                 .unwrap_or_default(),
             metrics,
-            created_at_ms: now_ms(),
+            created_at_ms: crate::stream::unix_ms(),
         }
     }
 
@@ -537,7 +531,7 @@ impl Engine {
         };
         let state_id = format!("v{}-u{}", self.version, gmm.updates);
         let threshold = self.cfg.scoring.threshold;
-        let scored_at = now_ms();
+        let scored_at = crate::stream::unix_ms();
         for (i, it) in batch.into_iter().enumerate() {
             let p = post.posterior_noisy[i];
             let noisy = p >= threshold;

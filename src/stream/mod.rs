@@ -29,3 +29,11 @@ pub mod schema;
 pub mod state;
 pub mod tools;
 pub mod trigger;
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it): the unit of
+/// `event_time_ms`, `scored_at_ms` and `created_at_ms` in the `rlap.v1` schemas.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

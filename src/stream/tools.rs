@@ -126,12 +126,6 @@ pub async fn create_topic(
     Ok(())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn malformed(kind: usize, id: &str, features: &[f32], label: u32) -> Vec<u8> {
     let mut s = LabeledSample {
         id: id.into(),
@@ -228,7 +222,7 @@ pub async fn produce(args: &ProduceArgs, progress: &Progress) -> Result<ProduceR
                 shape: shape.clone(),
                 label: noisy.labels[i],
                 source: Some(format!("rlap-produce:{}", args.dataset)),
-                event_time_ms: Some(now_ms()),
+                event_time_ms: Some(crate::stream::unix_ms()),
             };
             let h = OwnedHeaders::new().insert(Header {
                 key: schema::TRUTH_HEADER,
