@@ -97,6 +97,67 @@ pub struct StreamBenchReport {
     /// `rlap_verdict_latency_seconds` histogram, bucket upper bounds), p50 and p99 in ms:
     /// compared with the end-to-end figures it tells broker time from daemon time.
     pub daemon_latency_p50_p99_ms: (f64, f64),
+    /// The end-to-end latency split at the daemon's scoring time (the verdict's
+    /// `scored_at_ms`), p50 and p99 in ms: event time → scored covers the producer, the
+    /// broker, the consumer's fetch, batching and scoring; scored → delivered covers the
+    /// sink, the broker's acknowledgement and the bench consumer's fetch. Both clocks are
+    /// this machine's.
+    pub event_to_scored_p50_p99_ms: (f64, f64),
+    /// See `event_to_scored_p50_p99_ms`.
+    pub scored_to_delivered_p50_p99_ms: (f64, f64),
+    /// The seconds of the soak (by event time) with the largest worst latency: where a
+    /// stall sits in time and in which span.
+    pub worst_seconds: Vec<WorstSecond>,
+}
+
+/// One verdict's timestamps (Unix ms) as the bench consumer saw it.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    event_ms: i64,
+    scored_ms: i64,
+    delivered_ms: i64,
+}
+
+/// The slowest verdict of one second of the soak.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorstSecond {
+    /// Seconds since the soak started (by event time).
+    pub second: i64,
+    /// Verdicts whose samples were produced in that second.
+    pub verdicts: usize,
+    /// The slowest one's event → delivered, ms.
+    pub max_ms: i64,
+    /// Its event → scored, ms.
+    pub to_scored_ms: i64,
+    /// Its scored → delivered, ms.
+    pub to_delivered_ms: i64,
+}
+
+/// The `k` seconds (by event time since `epoch_ms`) whose slowest verdict was slowest.
+fn worst_seconds(timings: &[Timing], epoch_ms: i64, k: usize) -> Vec<WorstSecond> {
+    let mut by_second: BTreeMap<i64, (usize, Timing)> = BTreeMap::new();
+    for t in timings {
+        let e = by_second
+            .entry((t.event_ms - epoch_ms).div_euclid(1000))
+            .or_insert((0, *t));
+        e.0 += 1;
+        if t.delivered_ms - t.event_ms > e.1.delivered_ms - e.1.event_ms {
+            e.1 = *t;
+        }
+    }
+    let mut v: Vec<WorstSecond> = by_second
+        .into_iter()
+        .map(|(second, (verdicts, t))| WorstSecond {
+            second,
+            verdicts,
+            max_ms: t.delivered_ms - t.event_ms,
+            to_scored_ms: t.scored_ms - t.event_ms,
+            to_delivered_ms: t.delivered_ms - t.scored_ms,
+        })
+        .collect();
+    v.sort_by_key(|w| std::cmp::Reverse(w.max_ms));
+    v.truncate(k);
+    v
 }
 
 /// The upper bound of the bucket holding quantile `q` of histogram `name` in a Prometheus
@@ -304,7 +365,7 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
     }
     let brokers = a.brokers.clone();
     let vt = format!("{t2}.verdicts");
-    let latency = std::thread::spawn(move || -> Result<Vec<f64>, ToolError> {
+    let latency = std::thread::spawn(move || -> Result<Vec<Timing>, ToolError> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", format!("bench-latency-{tag}"))
@@ -324,7 +385,11 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
                 idle = Instant::now();
                 if let Some(v) = m.payload().and_then(|p| Verdict::decode(p).ok()) {
                     if let Some(t) = v.event_time_ms {
-                        lat.push((crate::stream::unix_ms() - t) as f64);
+                        lat.push(Timing {
+                            event_ms: t,
+                            scored_ms: v.scored_at_ms,
+                            delivered_ms: crate::stream::unix_ms(),
+                        });
                     }
                 }
             }
@@ -332,6 +397,7 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
         Ok(lat)
     });
     let soak_start = Instant::now();
+    let soak_epoch_ms = crate::stream::unix_ms();
     let producer = {
         let args = produce_args(a, &t2, n2, rate);
         let p = progress.clone();
@@ -375,8 +441,15 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
         .join()
         .map_err(|_| err("latency thread panicked"))??;
     let skip = lat.len() / 10;
-    let mut steady = lat.split_off(skip);
-    steady.sort_by(f64::total_cmp);
+    let timings = lat.split_off(skip);
+    let sorted = |f: fn(&Timing) -> i64| {
+        let mut v: Vec<f64> = timings.iter().map(|t| f(t) as f64).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let steady = sorted(|t| t.delivered_ms - t.event_ms);
+    let to_scored = sorted(|t| t.scored_ms - t.event_ms);
+    let to_delivered = sorted(|t| t.delivered_ms - t.scored_ms);
     let quarter = rss
         .iter()
         .find(|p| p.verdicts as f64 >= 0.25 * n2 as f64)
@@ -391,6 +464,12 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
         latency_p50_ms: percentile(&steady, 0.5),
         latency_p99_ms: percentile(&steady, 0.99),
         latency_max_ms: steady.last().copied().unwrap_or(f64::NAN),
+        event_to_scored_p50_p99_ms: (percentile(&to_scored, 0.5), percentile(&to_scored, 0.99)),
+        scored_to_delivered_p50_p99_ms: (
+            percentile(&to_delivered, 0.5),
+            percentile(&to_delivered, 0.99),
+        ),
+        worst_seconds: worst_seconds(&timings, soak_epoch_ms, 5),
         rss_max_mib: rss.iter().map(|p| p.rss_mib).fold(0.0, f64::max),
         rss_quarter_end_mib: (quarter, rss.last().map_or(0.0, |p| p.rss_mib)),
         rss,
@@ -406,6 +485,7 @@ impl StreamBenchReport {
             "throughput: {} samples drained at {:.0} samples/s sustained (median 1-s rate {:.0})\n\
              soak: {} samples fed at {} msg/s: sample->verdict latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} verdicts after the first 10 %)\n\
              daemon's own receipt->acknowledged latency (histogram bucket bounds, whole soak): p50 <= {:.0} ms, p99 <= {:.0} ms\n\
+             split at scoring: event->scored p50 {:.0} ms, p99 {:.0} ms; scored->delivered p50 {:.0} ms, p99 {:.0} ms\n\
              daemon RSS: max {:.0} MiB; at 25 % {:.0} MiB, at the end {:.0} MiB | cycles {:?}\nRSS curve (s, verdicts, MiB):",
             self.throughput_samples,
             self.sustained_samples_per_s,
@@ -418,6 +498,10 @@ impl StreamBenchReport {
             self.latency_samples,
             self.daemon_latency_p50_p99_ms.0,
             self.daemon_latency_p50_p99_ms.1,
+            self.event_to_scored_p50_p99_ms.0,
+            self.event_to_scored_p50_p99_ms.1,
+            self.scored_to_delivered_p50_p99_ms.0,
+            self.scored_to_delivered_p50_p99_ms.1,
             self.rss_max_mib,
             self.rss_quarter_end_mib.0,
             self.rss_quarter_end_mib.1,
@@ -428,6 +512,13 @@ impl StreamBenchReport {
             s.push_str(&format!(
                 " ({:.0}, {}, {:.0})",
                 p.seconds, p.verdicts, p.rss_mib
+            ));
+        }
+        s.push_str("\nslowest seconds (s: verdicts, max ms = to scored + to delivered):");
+        for w in &self.worst_seconds {
+            s.push_str(&format!(
+                " ({}: {}, {} = {} + {})",
+                w.second, w.verdicts, w.max_ms, w.to_scored_ms, w.to_delivered_ms
             ));
         }
         s.push('\n');
