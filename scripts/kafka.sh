@@ -17,9 +17,12 @@
 #   RLAP_KAFKA_HEAP     JVM heap flags (default -Xms1g -Xmx1g, as bin/kafka-server-start.sh)
 #   RLAP_KAFKA_JVM_OPTS JVM flags besides the heap (default: the G1 settings of Kafka's
 #                       bin/kafka-run-class.sh plus the 16 MB G1 region of Kafka's documented
-#                       production settings); the GC log goes to $RLAP_KAFKA_DIR/gc.log
+#                       production settings; a heap under 1 GB wants smaller regions); the
+#                       GC log goes to $RLAP_KAFKA_DIR/gc.log
 #   RLAP_KAFKA_PROPERTIES extra server.properties lines, e.g. "log.flush.interval.ms=1000"
-#                       (whitespace-separated key=value pairs; later keys win)
+#                       (whitespace-separated key=value pairs, no spaces inside a value; later
+#                       keys win; do not override log.dirs or listeners, which stop and the
+#                       readiness check rely on)
 #   RLAP_KAFKA_TIMEOUT  seconds start waits for readiness (default 90)
 #
 # The jars come from Maven Central through `mvn dependency:copy-dependencies` on a generated
@@ -147,7 +150,16 @@ set_port() {
         die "bad port: $PORT (1-65534; the controller takes PORT+1)"
     fi
     CPORT=$((PORT + 1))
-    RUN_DIR="${RLAP_KAFKA_DIR:-$CACHE/run-$PORT}"
+    # A broker started with RLAP_KAFKA_DIR elsewhere leaves a pointer, so that stop and status
+    # find it without the variable (e.g. after an interrupted `make bench-stream`).
+    POINTER="$CACHE/run-$PORT.dir"
+    if [[ -n "${RLAP_KAFKA_DIR:-}" ]]; then
+        RUN_DIR="$RLAP_KAFKA_DIR"
+    elif [[ -f "$POINTER" && -d "$(cat "$POINTER")" ]]; then
+        RUN_DIR="$(cat "$POINTER")"
+    else
+        RUN_DIR="$CACHE/run-$PORT"
+    fi
     PID_FILE="$RUN_DIR/kafka.pid"
     LOG_FILE="$RUN_DIR/kafka.log"
 }
@@ -201,8 +213,9 @@ delete.topic.enable=true
 num.network.threads=2
 num.io.threads=4
 EOF
-    local kv
-    for kv in $EXTRA_PROPERTIES; do
+    local kv kvs
+    read -r -a kvs <<<"$EXTRA_PROPERTIES"
+    for kv in "${kvs[@]}"; do
         [[ "$kv" == *=* ]] || die "RLAP_KAFKA_PROPERTIES: '$kv' is not key=value"
         echo "$kv" >>"$RUN_DIR/server.properties"
     done
@@ -248,14 +261,18 @@ cmd_start() {
     fi
     # Every start is a fresh broker: no topics or offsets survive from an earlier run.
     rm -rf "$RUN_DIR"
-    mkdir -p "$RUN_DIR/data"
+    mkdir -p "$RUN_DIR/data" "$CACHE"
+    if [[ "$RUN_DIR" != "$CACHE/run-$PORT" ]]; then
+        echo "$RUN_DIR" >"$POINTER"
+    else
+        rm -f "$POINTER"
+    fi
     write_config
     local cp="$LIBS/*"
     local log4j="-Dlog4j2.configurationFile=$RUN_DIR/log4j2.properties"
     # With a static controller.quorum.voters, Kafka 4.x formats without --standalone or
     # --initial-controllers (those are for a dynamic quorum, controller.quorum.bootstrap.servers).
-    # shellcheck disable=SC2086 # HEAP holds several flags
-    if ! java $HEAP "-Dlog4j2.configurationFile=$(tool_log_config)" -cp "$cp" kafka.tools.StorageTool format \
+    if ! java -Xmx256m "-Dlog4j2.configurationFile=$(tool_log_config)" -cp "$cp" kafka.tools.StorageTool format \
         -t "$(new_cluster_id)" -c "$RUN_DIR/server.properties" >"$RUN_DIR/format.log" 2>&1; then
         cat "$RUN_DIR/format.log" >&2
         die "formatting the storage failed"
@@ -312,6 +329,9 @@ cmd_stop() {
         fi
     fi
     rm -rf "$RUN_DIR"
+    if [[ -f "$POINTER" && "$(cat "$POINTER")" == "$RUN_DIR" ]]; then
+        rm -f "$POINTER"
+    fi
 }
 
 cmd_status() {

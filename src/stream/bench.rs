@@ -123,7 +123,8 @@ struct Timing {
 pub struct WorstSecond {
     /// Seconds since the soak started (by event time).
     pub second: i64,
-    /// Verdicts whose samples were produced in that second.
+    /// Verdicts read for samples produced in that second (after the first 10 % of the
+    /// soak; a redelivered verdict counts again).
     pub verdicts: usize,
     /// The slowest one's event → delivered, ms.
     pub max_ms: i64,
@@ -543,5 +544,31 @@ mod tests {
         assert_eq!(histogram_quantile(h, "x", 0.5), 0.1);
         assert_eq!(histogram_quantile(h, "x", 0.99), f64::INFINITY);
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.5), 2.0);
+    }
+
+    #[test]
+    fn worst_seconds_ranks_seconds_by_their_slowest_verdict() {
+        let t = |event_ms, scored_ms, delivered_ms| Timing {
+            event_ms,
+            scored_ms,
+            delivered_ms,
+        };
+        assert!(worst_seconds(&[], 0, 3).is_empty());
+        let timings = [
+            t(10_100, 10_130, 10_140), // second 0: 40 ms
+            t(10_900, 11_800, 11_810), // second 0: 910 ms, the slowest of all
+            t(11_500, 11_520, 11_700), // second 1: 200 ms, mostly after scoring
+            t(9_500, 9_510, 9_520),    // before the epoch: second -1, 20 ms
+        ];
+        let w = worst_seconds(&timings, 10_000, 10);
+        assert_eq!(w.len(), 3, "k above the number of seconds returns them all");
+        assert_eq!((w[0].second, w[0].verdicts, w[0].max_ms), (0, 2, 910));
+        assert_eq!((w[0].to_scored_ms, w[0].to_delivered_ms), (900, 10));
+        assert_eq!(
+            (w[1].second, w[1].max_ms, w[1].to_delivered_ms),
+            (1, 200, 180)
+        );
+        assert_eq!((w[2].second, w[2].max_ms), (-1, 20));
+        assert_eq!(worst_seconds(&timings, 10_000, 1).len(), 1);
     }
 }
