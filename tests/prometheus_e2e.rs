@@ -15,6 +15,9 @@ use rlap::progress::Progress;
 use rlap::stream::tools::{self, ProduceArgs};
 use serde_json::Value;
 
+mod common;
+use common::kafka_broker;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 struct Proc(Child);
@@ -23,41 +26,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-struct Broker {
-    addr: String,
-    port: Option<u16>,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(p) = self.port {
-            let _ = Command::new(Path::new(ROOT).join("scripts/kafka.sh"))
-                .args(["stop", &p.to_string()])
-                .status();
-        }
-    }
-}
-
-fn broker() -> Broker {
-    if let Ok(addr) = std::env::var("RLAP_KAFKA_BROKERS") {
-        return Broker { addr, port: None };
-    }
-    let port = 39_492;
-    let out = Command::new(Path::new(ROOT).join("scripts/kafka.sh"))
-        .args(["start", &port.to_string()])
-        .output()
-        .expect("scripts/kafka.sh");
-    assert!(
-        out.status.success(),
-        "broker did not start: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Broker {
-        addr: format!("127.0.0.1:{port}"),
-        port: Some(port),
     }
 }
 
@@ -109,7 +77,7 @@ fn metric(text: &str, line_prefix: &str) -> f64 {
 
 #[test]
 fn prometheus_scrapes_the_daemon_and_the_noise_alert_fires() {
-    let broker = broker();
+    let (brokers, _broker) = kafka_broker(39492..39592);
     let dir = tempfile::tempdir().unwrap();
     let api = free_port();
     let topic = format!("prom-e2e-{}", std::process::id());
@@ -120,7 +88,7 @@ fn prometheus_scrapes_the_daemon_and_the_noise_alert_fires() {
          [model]\nstore = \"{}\"\n[state]\ndir = \"{}\"\n[bootstrap]\nsamples = 2000\nepochs = 2\n\
          [mixture]\nwarmup_samples = 1000\n[trigger]\nwindow = 1000\nmin_samples = 500\n\
          [cycle]\nenabled = false\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
-        broker.addr,
+        brokers,
         dir.path().join("models").display(),
         dir.path().join("state").display()
     );
@@ -190,7 +158,7 @@ fn prometheus_scrapes_the_daemon_and_the_noise_alert_fires() {
         .unwrap()
         .block_on(tools::produce(
             &ProduceArgs {
-                brokers: broker.addr.clone(),
+                brokers: brokers.clone(),
                 topic: topic.clone(),
                 dataset: DatasetSpec::Mnist,
                 data_dir: default_data_dir(),
@@ -263,7 +231,7 @@ fn prometheus_scrapes_the_daemon_and_the_noise_alert_fires() {
     let scraped_noisy = query(&prom, "sum(rlap_verdicts_total{outcome=\"noisy\"})");
     let scraped_dlq = query(&prom, "sum(rlap_invalid_samples_total)");
     let report = tools::evaluate_verdicts(
-        &broker.addr,
+        &brokers,
         &topic,
         &format!("{topic}.verdicts"),
         Some(&format!("{topic}.dlq")),

@@ -5,14 +5,11 @@
 //! (Java 17+ and Maven, or the jars already in `.cache/kafka`) and stops it at the end.
 //! Topic and group names are unique per run, so a shared broker is fine.
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use rlap::data::{default_data_dir, DatasetSpec};
@@ -23,98 +20,12 @@ use rlap::stream::daemon;
 use rlap::stream::schema::{self, ModelPublished};
 use rlap::stream::tools::{self, ProduceArgs};
 
-/// Stops the broker this test started (also when an assertion fails).
-struct OwnBroker {
-    port: u16,
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let out = Command::new(script())
-            .args(["stop", &self.port.to_string()])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => eprintln!("stopped the broker on port {}", self.port),
-            Ok(o) => eprintln!(
-                "scripts/kafka.sh stop {} failed: {}",
-                self.port,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("scripts/kafka.sh stop {}: {e}", self.port),
-        }
-    }
-}
-
-fn script() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh")
-}
-
-fn port_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
-/// The brokers to use, and the guard of a broker this test started.
-fn broker() -> (String, Option<OwnBroker>) {
-    if let Ok(b) = std::env::var("RLAP_KAFKA_BROKERS") {
-        if !b.trim().is_empty() {
-            eprintln!("using RLAP_KAFKA_BROKERS={b}");
-            return (b, None);
-        }
-    }
-    // The broker takes PORT (clients) and PORT+1 (controller).
-    let port = (39292..39392)
-        .step_by(2)
-        .find(|&p| port_free(p) && port_free(p + 1))
-        .expect("no free port pair in 39292..39392");
-    let t = Instant::now();
-    let out = Command::new(script())
-        .args(["start", &port.to_string()])
-        .output()
-        .expect("running scripts/kafka.sh");
-    let guard = OwnBroker { port };
-    assert!(
-        out.status.success(),
-        "scripts/kafka.sh start {port} failed (set RLAP_KAFKA_BROKERS to use a running broker):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let brokers = stdout
-        .lines()
-        .last()
-        .expect("kafka.sh prints the address")
-        .trim()
-        .to_string();
-    assert_eq!(brokers, format!("127.0.0.1:{port}"));
-    eprintln!(
-        "started a broker at {brokers} in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-    (brokers, Some(guard))
-}
-
-fn consumer(brokers: &str, group: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap()
-}
-
-fn partitions(c: &BaseConsumer, topic: &str) -> Vec<i32> {
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    md.topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect()
-}
+mod common;
+use common::{kafka_broker, partitions, reader};
 
 /// Every `ModelPublished` event on `topic`, from the beginning to the current end.
 fn model_events(brokers: &str, topic: &str) -> Vec<ModelPublished> {
-    let c = consumer(brokers, "rlap-test-reader");
+    let c = reader(brokers, "rlap-test-reader");
     let mut tpl = TopicPartitionList::new();
     let mut left = 0;
     for p in partitions(&c, topic) {
@@ -152,7 +63,7 @@ fn model_events(brokers: &str, topic: &str) -> Vec<ModelPublished> {
 fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() {
     rlap::cpu::configure_threads();
     let t0 = Instant::now();
-    let (brokers, _broker) = broker();
+    let (brokers, _broker) = kafka_broker(39292..39392);
     let dir = tempfile::tempdir().unwrap();
     let run = format!(
         "kafka-e2e-{}-{}",
@@ -284,7 +195,7 @@ fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() 
     assert_eq!(summary.model_version, 1);
 
     // The daemon created its output topics with kafka.topic_partitions partitions.
-    let c = consumer(&brokers, &k.group_id);
+    let c = reader(&brokers, &k.group_id);
     for t in [k.input_topic.clone(), k.verdicts(), k.dlq()] {
         assert_eq!(partitions(&c, &t).len(), 3, "partitions of {t}");
     }

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
@@ -34,6 +33,9 @@ use rlap::stream::schema::{self, LabeledSample, Verdict};
 use rlap::stream::tools::{self, ProduceArgs, ProduceReport, VerdictReport};
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
+
+mod common;
+use common::{partitions, reader};
 
 type Mock = MockCluster<'static, DefaultProducerContext>;
 
@@ -273,27 +275,6 @@ impl Msg {
     }
 }
 
-fn reader(brokers: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "rlap-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap()
-}
-
-fn partitions(c: &BaseConsumer, topic: &str) -> Vec<i32> {
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    md.topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect()
-}
-
-/// Messages in `topic` now (sum of high watermarks minus low watermarks).
 fn count(c: &BaseConsumer, topic: &str) -> i64 {
     partitions(c, topic)
         .into_iter()
@@ -310,7 +291,7 @@ fn count(c: &BaseConsumer, topic: &str) -> i64 {
 /// Panics when a partition's low watermark is not 0 (the mock deleted a segment: the test
 /// streamed too much).
 fn read_topic(brokers: &str, topic: &str) -> Vec<Msg> {
-    let c = reader(brokers);
+    let c = reader(brokers, "rlap-test-reader");
     let mut ends = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in partitions(&c, topic) {
@@ -696,7 +677,7 @@ enabled = false
     let parsed = rlap::stream::config::load_from(&config, vec![]).unwrap();
     assert_eq!(parsed.kafka.brokers, cfg.kafka.brokers);
     let rt = runtime();
-    let watch = reader(&cfg.kafka.brokers);
+    let watch = reader(&cfg.kafka.brokers, "rlap-test-reader");
     let verdict_count = || count(&watch, &cfg.kafka.verdicts());
     let wait_verdicts = |child: &mut ChildGuard, at_least: i64, timeout: Duration| {
         let t = Instant::now();
