@@ -35,7 +35,7 @@ bench: setup
 # one burst every ~32 s (vm.dirty_expire_centisecs = 3000), which blocks the co-located broker
 # for about a second and sets the p99 (README, "Benchmarks"). BENCH_KAFKA_DIR= (empty) measures
 # with the broker on disk. The broker is stopped (and its log removed) on exit and on Ctrl-C.
-BENCH_KAFKA_DIR ?= $(shell test "$$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $$4}')" -gt 6000000 2>/dev/null && echo /dev/shm/rlap-bench-kafka-$$(id -u)-39092)
+BENCH_KAFKA_DIR ?= $(shell test "$$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $$4}')" -gt 9000000 2>/dev/null && echo /dev/shm/rlap-bench-kafka-$$(id -u)-39092)
 bench-stream: setup setup-kafka
 	$(CARGO) build --release
 	export RLAP_KAFKA_DIR='$(BENCH_KAFKA_DIR)'; \

@@ -74,6 +74,14 @@ struct BenchStreamArgs {
     /// The soak is fed at this fraction of the measured throughput.
     #[arg(long, default_value_t = 0.5)]
     rate_fraction: f64,
+    /// Feed the soak at this many messages/s instead (same load for every run of an A/B
+    /// comparison, or half the 10,000/s target).
+    #[arg(long)]
+    soak_rate: Option<u64>,
+    /// Seconds of soak load before the measured samples: a freshly started broker's JIT
+    /// compiler competes for the cores at first (its figures are reported separately).
+    #[arg(long, default_value_t = 60)]
+    warmup_secs: u64,
     /// Run model cycles during the soak.
     #[arg(long)]
     cycles: bool,
@@ -439,6 +447,8 @@ fn run_bench_stream(a: BenchStreamArgs, progress: &Progress) -> Result<()> {
         throughput_samples: a.throughput_samples,
         soak_samples: a.soak_samples,
         latency_rate_fraction: a.rate_fraction,
+        soak_rate: a.soak_rate.filter(|r| *r > 0),
+        warmup_secs: a.warmup_secs,
         cycles: a.cycles,
         api_port: a.api_port,
     };

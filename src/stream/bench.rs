@@ -9,9 +9,18 @@
 //!    throughput = verdicts/s between 20 % and 100 % of the verdicts (excludes start-up and
 //!    group join), and the median of 1-second rates.
 //! 2. **Latency and memory**: a second topic is fed at `latency_rate_fraction` × the measured
-//!    throughput for `soak_samples` samples, each stamped with its event time; the consumer
-//!    computes `receive time − event time` of every verdict (p50/p99/max after the first 10 %),
-//!    and the daemon's VmRSS is sampled every 5 s (the RSS curve).
+//!    throughput (or at a fixed `soak_rate`), each sample stamped with its event time: first
+//!    `warmup_secs` of warm-up, then `soak_samples` measured samples, in one unbroken stream.
+//!    The consumer computes `receive time − event time` of every verdict; p50/p99/max are
+//!    those of the samples produced after the warm-up (the warm-up's own figures are reported
+//!    beside them), and the daemon's VmRSS is sampled every 5 s over the whole soak (the RSS
+//!    curve).
+//!
+//! Why the warm-up: the broker is a JVM started a minute earlier on the same two cores. Its
+//! JIT compiler (C2) spends 45–75 % of a core for the first ~40 s of the soak's
+//! produce-and-fetch load, and that, not the daemon, made the p99 of a cold broker (measured:
+//! p99 394 ms against 110 and 157 ms for the next two soaks on the same, now warm, broker). A
+//! production broker has been running for days.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +56,10 @@ pub struct StreamBenchArgs {
     pub soak_samples: usize,
     /// Fraction of the measured throughput the soak is fed at.
     pub latency_rate_fraction: f64,
+    /// A fixed soak rate, messages/s, instead of the fraction (A/B runs, or half the target).
+    pub soak_rate: Option<u64>,
+    /// Seconds of soak load before the measured samples (broker JIT warm-up), at the soak rate.
+    pub warmup_secs: u64,
     /// Run model cycles during the soak (they compete for the 2 cores).
     pub cycles: bool,
     /// Port of the daemon's HTTP API (metrics).
@@ -75,9 +88,11 @@ pub struct StreamBenchReport {
     pub median_1s_samples_per_s: f64,
     /// The soak's feed rate, messages/s.
     pub soak_rate: u64,
-    /// Samples of the soak.
+    /// Measured samples of the soak (after the warm-up).
     pub soak_samples: usize,
-    /// Verdicts whose latency was measured (after the first 10 %).
+    /// Seconds of warm-up load before them.
+    pub warmup_secs: u64,
+    /// Verdicts whose latency was measured (samples produced after the warm-up).
     pub latency_samples: usize,
     /// Sample→verdict latency percentiles, milliseconds.
     pub latency_p50_ms: f64,
@@ -85,6 +100,9 @@ pub struct StreamBenchReport {
     pub latency_p99_ms: f64,
     /// See `latency_p50_ms`.
     pub latency_max_ms: f64,
+    /// The warm-up's verdicts (samples produced in the first `warmup_secs`): count, p50, p99
+    /// and max in ms. With a freshly started broker these carry its JIT warm-up.
+    pub warmup_latency: (usize, f64, f64, f64),
     /// The RSS curve of the daemon.
     pub rss: Vec<RssPoint>,
     /// Largest RSS seen, MiB.
@@ -159,6 +177,13 @@ fn worst_seconds(timings: &[Timing], epoch_ms: i64, k: usize) -> Vec<WorstSecond
     v.sort_by_key(|w| std::cmp::Reverse(w.max_ms));
     v.truncate(k);
     v
+}
+
+/// Split verdict timings at `epoch_ms + warmup_ms` by event time: (warm-up, measured).
+fn split_warmup(timings: Vec<Timing>, epoch_ms: i64, warmup_ms: i64) -> (Vec<Timing>, Vec<Timing>) {
+    timings
+        .into_iter()
+        .partition(|t| t.event_ms < epoch_ms + warmup_ms)
 }
 
 /// The upper bound of the bucket holding quantile `q` of histogram `name` in a Prometheus
@@ -350,8 +375,12 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
 
     // Phase 2: fed at a fraction of that rate; latency and RSS.
     let t2 = format!("bench-soak-{tag}");
-    let rate = (sustained * a.latency_rate_fraction).max(1.0) as u64;
+    let rate = a
+        .soak_rate
+        .unwrap_or((sustained * a.latency_rate_fraction).max(1.0) as u64);
     let n2 = a.soak_samples;
+    let warm = (rate * a.warmup_secs) as usize;
+    let fed = n2 + warm;
     tools::create_topic(&a.brokers, &t2, 3, &[]).await?;
     tools::create_topic(&a.brokers, &format!("{t2}.verdicts"), 3, &[]).await?;
     let d = Daemon::start(a, &t2, a.cycles)?;
@@ -379,9 +408,9 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
                 .map_err(err)?;
         }
         c.assign(&tpl).map_err(err)?;
-        let mut lat = Vec::with_capacity(n2);
+        let mut lat = Vec::with_capacity(fed);
         let mut idle = Instant::now();
-        while lat.len() < n2 && idle.elapsed() < Duration::from_secs(120) {
+        while lat.len() < fed && idle.elapsed() < Duration::from_secs(120) {
             if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
                 idle = Instant::now();
                 if let Some(v) = m.payload().and_then(|p| Verdict::decode(p).ok()) {
@@ -400,7 +429,7 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
     let soak_start = Instant::now();
     let soak_epoch_ms = crate::stream::unix_ms();
     let producer = {
-        let args = produce_args(a, &t2, n2, rate);
+        let args = produce_args(a, &t2, fed, rate);
         let p = progress.clone();
         tokio::spawn(async move { tools::produce(&args, &p).await })
     };
@@ -414,7 +443,7 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
             rss_mib: d.rss_mib(),
         });
         tracing::info!(verdicts = done, rss_mib = d.rss_mib(), "soak");
-        if done >= n2 as u64 {
+        if done >= fed as u64 {
             break;
         }
         if soak_start.elapsed() > Duration::from_secs(3600) {
@@ -438,22 +467,22 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
         cycles.insert(o.to_string(), v as u64);
     }
     d.stop()?;
-    let mut lat = latency
+    let lat = latency
         .join()
         .map_err(|_| err("latency thread panicked"))??;
-    let skip = lat.len() / 10;
-    let timings = lat.split_off(skip);
-    let sorted = |f: fn(&Timing) -> i64| {
-        let mut v: Vec<f64> = timings.iter().map(|t| f(t) as f64).collect();
+    let (warmup, timings) = split_warmup(lat, soak_epoch_ms, 1000 * a.warmup_secs as i64);
+    let sorted = |ts: &[Timing], f: fn(&Timing) -> i64| {
+        let mut v: Vec<f64> = ts.iter().map(|t| f(t) as f64).collect();
         v.sort_by(f64::total_cmp);
         v
     };
-    let steady = sorted(|t| t.delivered_ms - t.event_ms);
-    let to_scored = sorted(|t| t.scored_ms - t.event_ms);
-    let to_delivered = sorted(|t| t.delivered_ms - t.scored_ms);
+    let steady = sorted(&timings, |t| t.delivered_ms - t.event_ms);
+    let to_scored = sorted(&timings, |t| t.scored_ms - t.event_ms);
+    let to_delivered = sorted(&timings, |t| t.delivered_ms - t.scored_ms);
+    let cold = sorted(&warmup, |t| t.delivered_ms - t.event_ms);
     let quarter = rss
         .iter()
-        .find(|p| p.verdicts as f64 >= 0.25 * n2 as f64)
+        .find(|p| p.verdicts as f64 >= 0.25 * fed as f64)
         .map_or(0.0, |p| p.rss_mib);
     Ok(StreamBenchReport {
         throughput_samples: n1,
@@ -461,10 +490,17 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
         median_1s_samples_per_s: median_1s,
         soak_rate: rate,
         soak_samples: n2,
+        warmup_secs: a.warmup_secs,
         latency_samples: steady.len(),
         latency_p50_ms: percentile(&steady, 0.5),
         latency_p99_ms: percentile(&steady, 0.99),
         latency_max_ms: steady.last().copied().unwrap_or(f64::NAN),
+        warmup_latency: (
+            cold.len(),
+            percentile(&cold, 0.5),
+            percentile(&cold, 0.99),
+            cold.last().copied().unwrap_or(f64::NAN),
+        ),
         event_to_scored_p50_p99_ms: (percentile(&to_scored, 0.5), percentile(&to_scored, 0.99)),
         scored_to_delivered_p50_p99_ms: (
             percentile(&to_delivered, 0.5),
@@ -484,7 +520,8 @@ impl StreamBenchReport {
     pub fn text(&self) -> String {
         let mut s = format!(
             "throughput: {} samples drained at {:.0} samples/s sustained (median 1-s rate {:.0})\n\
-             soak: {} samples fed at {} msg/s: sample->verdict latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} verdicts after the first 10 %)\n\
+             soak: {} samples fed at {} msg/s after {} s of warm-up: sample->verdict latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} verdicts)\n\
+             warm-up ({} verdicts; a freshly started broker's JIT compiles here): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
              daemon's own receipt->acknowledged latency (histogram bucket bounds, whole soak): p50 <= {:.0} ms, p99 <= {:.0} ms\n\
              split at scoring: event->scored p50 {:.0} ms, p99 {:.0} ms; scored->delivered p50 {:.0} ms, p99 {:.0} ms\n\
              daemon RSS: max {:.0} MiB; at 25 % {:.0} MiB, at the end {:.0} MiB | cycles {:?}\nRSS curve (s, verdicts, MiB):",
@@ -493,10 +530,15 @@ impl StreamBenchReport {
             self.median_1s_samples_per_s,
             self.soak_samples,
             self.soak_rate,
+            self.warmup_secs,
             self.latency_p50_ms,
             self.latency_p99_ms,
             self.latency_max_ms,
             self.latency_samples,
+            self.warmup_latency.0,
+            self.warmup_latency.1,
+            self.warmup_latency.2,
+            self.warmup_latency.3,
             self.daemon_latency_p50_p99_ms.0,
             self.daemon_latency_p50_p99_ms.1,
             self.event_to_scored_p50_p99_ms.0,
@@ -570,5 +612,33 @@ mod tests {
         );
         assert_eq!((w[2].second, w[2].max_ms), (-1, 20));
         assert_eq!(worst_seconds(&timings, 10_000, 1).len(), 1);
+    }
+
+    #[test]
+    fn split_warmup_goes_by_event_time_not_arrival_order() {
+        let t = |event_ms| Timing {
+            event_ms,
+            scored_ms: event_ms + 5,
+            delivered_ms: event_ms + 9,
+        };
+        // Arrival order mixes partitions: a late warm-up verdict after a measured one.
+        let (warm, measured) = split_warmup(
+            vec![t(1_000), t(62_000), t(60_999), t(61_000)],
+            1_000,
+            60_000,
+        );
+        assert_eq!(
+            warm.iter().map(|t| t.event_ms).collect::<Vec<_>>(),
+            [1_000, 60_999]
+        );
+        assert_eq!(
+            measured.iter().map(|t| t.event_ms).collect::<Vec<_>>(),
+            [62_000, 61_000]
+        );
+        let (warm, measured) = split_warmup(vec![t(5)], 0, 0);
+        assert!(
+            warm.is_empty() && measured.len() == 1,
+            "no warm-up measures everything"
+        );
     }
 }
