@@ -4,9 +4,13 @@
 //! This module owns the cycle's steps and its acceptance rule; it runs on a dedicated thread
 //! while scoring continues on the current model (see [`crate::stream::engine`]). The samples
 //! are a snapshot of the replay buffer; their clean/noisy split comes from the current online
-//! mixture (never from any ground truth). The held-out slice — every `1/holdout_fraction`-th
-//! clean sample after a seeded shuffle — is excluded from fine-tuning and compares the current
-//! and candidate models unless a trusted validation set is configured. A candidate is accepted
+//! mixture (never from any ground truth). The held-out slice — `holdout_fraction` of the clean
+//! samples, drawn after a seeded shuffle from those the current model has not trained on (they
+//! arrived after its training snapshot; see [`CycleInput::holdout_from`]) — is excluded from
+//! fine-tuning and compares the current and candidate models unless a trusted validation set
+//! is configured. Drawing it from the current model's own training samples would favour that
+//! model: it has fitted their labels, noisy ones included, and the pruned candidate partly
+//! forgets them. A candidate is accepted
 //! when its accuracy is at least the current one's minus `tolerance`. Already-pruned neurons
 //! stay pruned; a cycle prunes at most `prune_fraction·H` more, and never beyond
 //! `MAX_PRUNED_FRACTION·H` in all (later cycles then only fine-tune).
@@ -36,6 +40,11 @@ pub const MAX_PRUNED_FRACTION: f64 = 0.5;
 /// Samples a cycle needs in the replay buffer.
 pub const MIN_CYCLE_SAMPLES: usize = 500;
 
+/// Fewest unseen clean samples the held-out slice is drawn from; with fewer (a cycle asked
+/// for through the API right after a swap) it falls back to all clean samples, and the
+/// record's `eval_set` says so.
+pub const MIN_UNSEEN_HOLDOUT: usize = 100;
+
 /// Why a cycle could not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
@@ -61,6 +70,9 @@ pub struct CycleInput {
     pub version: u64,
     /// Snapshot of the replay buffer, oldest first.
     pub samples: Dataset,
+    /// First row of `samples` the current model has not trained on (rows before it were in
+    /// its bootstrap training set or its fine-tuning snapshot); `samples.len()` when none.
+    pub holdout_from: usize,
     /// The current mixture (scores the snapshot).
     pub gmm: OnlineGmm,
     /// The trusted validation set, if configured.
@@ -115,7 +127,8 @@ pub struct CycleRecord {
     pub finetune_samples: usize,
     /// Samples the two models were compared on.
     pub eval_samples: usize,
-    /// `holdout` (clean slice of the buffer) or `validation` (trusted set).
+    /// `holdout` (clean samples the current model has not trained on), `holdout-all` (the
+    /// fallback: any clean samples, see [`MIN_UNSEEN_HOLDOUT`]) or `validation` (trusted set).
     pub eval_set: String,
     /// Accuracy of the current model on the evaluation samples (None when the cycle ended
     /// before the comparison).
@@ -178,6 +191,32 @@ pub fn warm_mixture(
     )?;
     gmm.min_noisy_loss = cfg.mixture.min_noisy_loss;
     Ok(gmm)
+}
+
+/// Split the (shuffled) clean rows into (held out, fine-tune, eval-set name): the held-out
+/// slice is `fraction` of them, taken from rows `>= holdout_from` (unseen by the current
+/// model) while at least [`MIN_UNSEEN_HOLDOUT`] of those exist, else from all of them.
+fn split_holdout(
+    clean: &[usize],
+    holdout_from: usize,
+    fraction: f64,
+) -> (Vec<usize>, Vec<usize>, &'static str) {
+    let m = ((clean.len() as f64) * fraction).round() as usize;
+    let unseen = clean.iter().filter(|&&i| i >= holdout_from).count();
+    if unseen < MIN_UNSEEN_HOLDOUT {
+        let (held, tune) = clean.split_at(m);
+        return (held.to_vec(), tune.to_vec(), "holdout-all");
+    }
+    let m = m.min(unseen);
+    let (mut held, mut tune) = (Vec::with_capacity(m), Vec::with_capacity(clean.len() - m));
+    for &i in clean {
+        if i >= holdout_from && held.len() < m {
+            held.push(i);
+        } else {
+            tune.push(i);
+        }
+    }
+    (held, tune, "holdout")
 }
 
 fn metrics(model: &Model, data: &Dataset) -> Result<Metrics, ModelError> {
@@ -278,9 +317,9 @@ fn cycle_steps(
     let (eval, eval_set, tune_idx) = match &input.validation {
         Some(v) => (v.clone(), "validation", clean),
         None => {
-            let m = ((clean.len() as f64) * cfg.cycle.holdout_fraction).round() as usize;
-            let (held, tune) = clean.split_at(m);
-            (data.select(held), "holdout", tune.to_vec())
+            let (held, tune, set) =
+                split_holdout(&clean, input.holdout_from, cfg.cycle.holdout_fraction);
+            (data.select(&held), set, tune)
         }
     };
     rec.eval_set = eval_set.into();
@@ -358,4 +397,34 @@ fn cycle_steps(
     rec.reason = verdict;
     rec.new_version = Some(meta.version);
     Ok(Some((candidate, meta, gmm)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holdout_comes_from_rows_the_current_model_has_not_trained_on() {
+        // 1,000 clean rows (shuffled order), the current model trained on rows < 600.
+        let clean: Vec<usize> = (0..1000).map(|i| (i * 7919) % 1000).collect();
+        let (held, tune, set) = split_holdout(&clean, 600, 0.1);
+        assert_eq!(set, "holdout");
+        assert_eq!(held.len(), 100);
+        assert!(held.iter().all(|&i| i >= 600));
+        assert_eq!(tune.len(), 900);
+        let mut all: Vec<usize> = held.iter().chain(&tune).copied().collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..1000).collect::<Vec<_>>(),
+            "a partition of the clean rows"
+        );
+        // Fewer unseen rows than the slice: all of them, the rest fine-tunes.
+        let (held, _, set) = split_holdout(&clean, 850, 0.2);
+        assert_eq!((held.len(), set), (150, "holdout"));
+        // Too few unseen rows: the fallback draws from all clean rows and says so.
+        let (held, tune, set) = split_holdout(&clean, 950, 0.1);
+        assert_eq!((held.len(), tune.len(), set), (100, 900, "holdout-all"));
+        assert!(held.iter().any(|&i| i < 950));
+    }
 }

@@ -166,6 +166,13 @@ pub struct Engine {
     leader: bool,
     force_cycle: bool,
     last_store_check: Instant,
+    /// Replay arrival number from which samples are unseen by the current model's training
+    /// (the cycle's held-out slice is drawn from them).
+    unseen_from_seq: u64,
+    /// The held warm-up samples include the bootstrap training set (exclude them when scored).
+    warmup_trained: bool,
+    /// The newest arrival number in the running cycle's snapshot.
+    cycle_last_seq: u64,
 }
 
 impl Engine {
@@ -229,6 +236,9 @@ impl Engine {
             leader: true,
             force_cycle: false,
             last_store_check: Instant::now(),
+            unseen_from_seq: 0,
+            warmup_trained: false,
+            cycle_last_seq: 0,
             cfg,
         };
         if let Some(v) = e.newest_version()? {
@@ -374,6 +384,7 @@ impl Engine {
                     return Ok(());
                 }
                 self.bootstrap(&held, events)?;
+                self.warmup_trained = true;
                 self.phase = Phase::Warming(vec![]);
                 self.warm(held, out)
             }
@@ -502,6 +513,10 @@ impl Engine {
         for chunk in held.chunks(self.cfg.scoring.batch_size.max(1)) {
             self.score_with(chunk.to_vec(), out, false)?;
         }
+        if std::mem::take(&mut self.warmup_trained) {
+            // The first model trained on these: no held-out slice from them.
+            self.unseen_from_seq = self.replay.seen() + 1;
+        }
         Ok(())
     }
 
@@ -625,10 +640,13 @@ impl Engine {
         };
         let cause = if self.force_cycle { "api" } else { "trigger" };
         self.force_cycle = false;
+        let (samples, seq) = self.replay.snapshot_with_seq(self.cfg.image_shape());
+        self.cycle_last_seq = seq.last().copied().unwrap_or(0);
         let input = CycleInput {
             model,
             version: self.version,
-            samples: self.replay.snapshot(self.cfg.image_shape()),
+            holdout_from: seq.partition_point(|&q| q < self.unseen_from_seq),
+            samples,
             gmm: gmm.clone(),
             validation: self.validation.clone(),
             cause: cause.into(),
@@ -692,6 +710,8 @@ impl Engine {
 
     fn adopt_version(&mut self, v: u64) -> Result<(), EngineError> {
         self.load_version(v)?;
+        // Trained elsewhere (the leader's buffer): count only what arrives from now on as unseen.
+        self.unseen_from_seq = self.replay.seen() + 1;
         self.trigger.reset_window();
         // Samples held in bootstrap or warm-up keep waiting for their verdicts (their offsets
         // are in flight): they become the new version's warm-up window.
@@ -748,6 +768,8 @@ impl Engine {
                 self.gmm = Some(gmm);
                 self.phase = Phase::Scoring;
                 self.set_version(meta.version);
+                // The new model fine-tuned on that snapshot.
+                self.unseen_from_seq = self.cycle_last_seq + 1;
                 self.trigger.cycle_ended(now, true);
             }
             (outcome, _) => {

@@ -110,6 +110,15 @@ impl ReplayBuffer {
     /// A copy of the buffer as a [`Dataset`] (rows ordered by arrival), for a cycle;
     /// `image_shape` is the model input's `(channels, height, width)` if it is an image.
     pub fn snapshot(&self, image_shape: Option<(usize, usize, usize)>) -> Dataset {
+        self.snapshot_with_seq(image_shape).0
+    }
+
+    /// [`Self::snapshot`] plus each row's arrival number (1 for the first sample offered,
+    /// increasing; [`Self::seen`] is the newest's), in the same order.
+    pub fn snapshot_with_seq(
+        &self,
+        image_shape: Option<(usize, usize, usize)>,
+    ) -> (Dataset, Vec<u64>) {
         let mut rows: Vec<(u64, usize, usize)> = vec![];
         for (c, s) in self.seq.iter().enumerate() {
             rows.extend(s.iter().enumerate().map(|(i, &q)| (q, c, i)));
@@ -122,14 +131,15 @@ impl ReplayBuffer {
             features.extend_from_slice(&self.features[c][i * d..(i + 1) * d]);
             labels.push(c as u32);
         }
-        Dataset {
+        let data = Dataset {
             name: "replay".into(),
             features,
             labels,
             dim: d,
             num_classes: self.seq.len(),
             image_shape,
-        }
+        };
+        (data, rows.iter().map(|r| r.0).collect())
     }
 }
 
@@ -168,5 +178,13 @@ mod tests {
         );
         // Ordered by arrival.
         assert!(s.features.windows(2).all(|w| w[0] < w[1]));
+        let (s2, seq) = b.snapshot_with_seq(None);
+        assert_eq!(s2.features, s.features);
+        // Sample i (0-based) was the (i + 1)-th offered.
+        assert!(s2
+            .features
+            .iter()
+            .zip(&seq)
+            .all(|(f, q)| *f as u64 + 1 == *q));
     }
 }
