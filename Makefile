@@ -30,8 +30,8 @@ bench: setup
 	$(CARGO) run --release -- bench
 
 # Throughput, sample->verdict latency and RSS of the daemon against a real local broker.
-# The broker's log lives in RAM (/dev/shm) by default, when /dev/shm has 6 GB free (the two
-# phases write about 4 GB): on this VM's disk the kernel writes the broker's dirty pages back in
+# The broker's log lives in RAM (/dev/shm) by default, when /dev/shm has 9 GB free (the two
+# phases write about 6 GB): on this VM's disk the kernel writes the broker's dirty pages back in
 # one burst every ~32 s (vm.dirty_expire_centisecs = 3000), which blocks the co-located broker
 # for about a second and sets the p99 (README, "Benchmarks"). BENCH_KAFKA_DIR= (empty) measures
 # with the broker on disk. The broker is stopped (and its log removed) on exit and on Ctrl-C.
