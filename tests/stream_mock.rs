@@ -96,7 +96,7 @@ fn small_config(dir: &Path, brokers: &str, name: &str) -> DaemonConfig {
         ("session.timeout.ms", "6000"),
         ("heartbeat.interval.ms", "1000"),
     ] {
-        c.kafka.properties.insert(k.into(), v.into());
+        c.kafka.consumer_properties.insert(k.into(), v.into());
     }
     if let Ok(d) = std::env::var("RLAP_TEST_KAFKA_DEBUG") {
         c.kafka.properties.insert("debug".into(), d);
@@ -643,7 +643,7 @@ input_topic = "{input}"
 create_topics = false
 topic_partitions = {PARTITIONS}
 commit_interval_ms = 1000
-[kafka.properties]
+[kafka.consumer_properties]
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
 [model]

@@ -52,10 +52,35 @@ pub struct KafkaConfig {
     pub auto_offset_reset: String,
     /// Largest accepted input payload, bytes.
     pub max_message_bytes: usize,
-    /// Extra librdkafka properties for both the consumer and the producer
+    /// Extra librdkafka properties for every client: consumer, producer and admin
     /// (e.g. `"security.protocol" = "SASL_SSL"`, `"sasl.mechanism"`, `"ssl.ca.location"`).
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only (e.g. `"session.timeout.ms"`,
+    /// `"fetch.min.bytes"`); they win over `properties`. Keys rlap sets from its own options
+    /// are refused (see [`RESERVED_CONSUMER_PROPERTIES`]).
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only (e.g. `"linger.ms"`,
+    /// `"compression.type"`); they win over `properties`, which wins over rlap's
+    /// `linger.ms = 5`. The
+    /// delivery guarantee's keys are refused (see [`RESERVED_PRODUCER_PROPERTIES`]).
+    pub producer_properties: BTreeMap<String, String>,
 }
+
+/// Consumer properties rlap owns: the group and offsets follow its at-least-once rule
+/// (`kafka.group_id`, `kafka.commit_interval_ms`, `kafka.auto_offset_reset`).
+pub const RESERVED_CONSUMER_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "auto.offset.reset",
+];
+
+/// Producer properties rlap owns: verdicts are produced idempotently with `acks=all`, so an
+/// offset is stored only once its verdict is durable.
+pub const RESERVED_PRODUCER_PROPERTIES: &[&str] =
+    &["bootstrap.servers", "enable.idempotence", "acks"];
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -73,6 +98,8 @@ impl Default for KafkaConfig {
             auto_offset_reset: "earliest".into(),
             max_message_bytes: 1_000_000,
             properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
         }
     }
 }
@@ -440,8 +467,9 @@ impl DaemonConfig {
         }
         // Routed copies of accepted messages must fit the producer's own limit.
         let producer_max = k
-            .properties
+            .producer_properties
             .get("message.max.bytes")
+            .or_else(|| k.properties.get("message.max.bytes"))
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(1_000_000);
         if k.route_by_verdict && k.max_message_bytes > producer_max {
@@ -450,14 +478,28 @@ impl DaemonConfig {
                 k.max_message_bytes
             ));
         }
-        for key in k.properties.keys() {
-            if matches!(
-                key.as_str(),
-                "enable.auto.offset.store" | "group.id" | "bootstrap.servers"
-            ) {
-                p.push(format!(
-                    "kafka.properties.\"{key}\" is set by rlap itself; use the kafka section's own key"
-                ));
+        for (table, keys, reserved) in [
+            ("properties", &k.properties, RESERVED_CONSUMER_PROPERTIES),
+            ("properties", &k.properties, RESERVED_PRODUCER_PROPERTIES),
+            (
+                "consumer_properties",
+                &k.consumer_properties,
+                RESERVED_CONSUMER_PROPERTIES,
+            ),
+            (
+                "producer_properties",
+                &k.producer_properties,
+                RESERVED_PRODUCER_PROPERTIES,
+            ),
+        ] {
+            for key in keys.keys().filter(|key| reserved.contains(&key.as_str())) {
+                let msg = format!(
+                    "kafka.{table}.\"{key}\" is set by rlap itself (at-least-once offsets and \
+                     idempotent acks=all verdicts); use the kafka section's own key where it has one"
+                );
+                if !p.contains(&msg) {
+                    p.push(msg);
+                }
             }
         }
         let m = &self.model;
@@ -680,5 +722,31 @@ mod tests {
         let e = load_from(f.path(), vec![]).unwrap_err().0;
         assert!(e.contains("brokerz") && !e.contains('\n'), "{e}");
         assert!(load_from(Path::new("/nonexistent.toml"), vec![]).is_err());
+    }
+
+    #[test]
+    fn reserved_kafka_properties_are_refused_per_table() {
+        let f = write(
+            "[kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"acks\" = \"1\"\n\
+             [kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"enable.auto.commit\" = \"false\"\n\
+             [kafka.producer_properties]\n\"linger.ms\" = \"20\"\n\"enable.idempotence\" = \"false\"\n",
+        );
+        let e = load_from(f.path(), vec![]).unwrap_err().0;
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 3, "{e}");
+        assert!(lines[0].contains("kafka.properties.\"acks\""), "{e}");
+        assert!(
+            lines[1].contains("kafka.consumer_properties.\"enable.auto.commit\""),
+            "{e}"
+        );
+        assert!(
+            lines[2].contains("kafka.producer_properties.\"enable.idempotence\""),
+            "{e}"
+        );
+        // A producer-only key is fine in the consumer's table and the other way round.
+        let f = write(
+            "[kafka.consumer_properties]\n\"acks\" = \"1\"\n[kafka.producer_properties]\n\"group.id\" = \"x\"\n",
+        );
+        assert!(load_from(f.path(), vec![]).is_ok());
     }
 }

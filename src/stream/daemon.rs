@@ -145,13 +145,47 @@ impl ConsumerContext for Ctx {
     }
 }
 
-/// librdkafka settings shared by every client: brokers plus the passthrough properties.
+/// librdkafka settings shared by every client: brokers plus `kafka.properties`.
 pub fn client_config(cfg: &DaemonConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.brokers);
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
     }
+    c
+}
+
+/// The consumer's settings: [`client_config`], then `kafka.consumer_properties`, then the
+/// group and offset keys rlap owns (at-least-once: offsets are stored by the sink only).
+pub fn consumer_config(cfg: &DaemonConfig) -> ClientConfig {
+    let mut c = client_config(cfg);
+    for (k, v) in &cfg.kafka.consumer_properties {
+        c.set(k, v);
+    }
+    c.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set(
+            "auto.commit.interval.ms",
+            cfg.kafka.commit_interval_ms.to_string(),
+        )
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &cfg.kafka.auto_offset_reset);
+    c
+}
+
+/// The producer's settings: rlap's `linger.ms = 5`, then `kafka.properties`, then
+/// `kafka.producer_properties` (either may change the batching), then idempotence with
+/// `acks=all`, which rlap owns.
+pub fn producer_config(cfg: &DaemonConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("linger.ms", "5");
+    for (k, v) in client_config(cfg).config_map() {
+        c.set(k, v);
+    }
+    for (k, v) in &cfg.kafka.producer_properties {
+        c.set(k, v);
+    }
+    c.set("enable.idempotence", "true").set("acks", "all");
     c
 }
 
@@ -290,15 +324,7 @@ pub async fn run(
 
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
-        client_config(&cfg)
-            .set("group.id", &cfg.kafka.group_id)
-            .set("enable.auto.commit", "true")
-            .set(
-                "auto.commit.interval.ms",
-                cfg.kafka.commit_interval_ms.to_string(),
-            )
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", &cfg.kafka.auto_offset_reset)
+        consumer_config(&cfg)
             .create_with_context(Ctx {
                 tracker: tracker.clone(),
                 metrics: metrics.clone(),
@@ -308,10 +334,7 @@ pub async fn run(
     consumer
         .subscribe(&[&cfg.kafka.input_topic])
         .map_err(|e| DaemonError::Kafka(format!("subscribe: {e}")))?;
-    let producer: FutureProducer = client_config(&cfg)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
+    let producer: FutureProducer = producer_config(&cfg)
         .create()
         .map_err(|e| DaemonError::Kafka(format!("producer: {e}")))?;
     tracing::info!(
@@ -815,4 +838,42 @@ async fn sink_loop(
         tracing::warn!(error = %e, "producer flush at shutdown failed");
     }
     tracing::info!("sink drained");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_properties_layer_shared_then_own_then_rlaps() {
+        let mut c = DaemonConfig::default();
+        for (k, v) in [("security.protocol", "SSL"), ("linger.ms", "50")] {
+            c.kafka.properties.insert(k.into(), v.into());
+        }
+        c.kafka
+            .consumer_properties
+            .insert("session.timeout.ms".into(), "6000".into());
+        c.kafka
+            .producer_properties
+            .insert("compression.type".into(), "lz4".into());
+        let consumer = consumer_config(&c);
+        assert_eq!(consumer.get("security.protocol"), Some("SSL"));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(consumer.get("compression.type"), None);
+        let producer = producer_config(&c);
+        assert_eq!(producer.get("security.protocol"), Some("SSL"));
+        assert_eq!(producer.get("compression.type"), Some("lz4"));
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        // rlap's linger.ms default yields to the shared table, which yields to the producer's.
+        assert_eq!(producer.get("linger.ms"), Some("50"));
+        c.kafka
+            .producer_properties
+            .insert("linger.ms".into(), "20".into());
+        assert_eq!(producer_config(&c).get("linger.ms"), Some("20"));
+        c.kafka.properties.clear();
+        c.kafka.producer_properties.clear();
+        assert_eq!(producer_config(&c).get("linger.ms"), Some("5"));
+        assert_eq!(producer_config(&c).get("acks"), Some("all"));
+    }
 }
