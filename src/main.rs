@@ -68,18 +68,19 @@ struct BenchStreamArgs {
     /// Samples of the throughput phase (pre-filled topic, drained as fast as possible).
     #[arg(long, default_value_t = 200_000)]
     throughput_samples: usize,
-    /// Samples of the latency/memory soak.
+    /// Measured samples of the latency/memory soak (after its warm-up).
     #[arg(long, default_value_t = 1_000_000)]
     soak_samples: usize,
     /// The soak is fed at this fraction of the measured throughput.
     #[arg(long, default_value_t = 0.5)]
     rate_fraction: f64,
-    /// Feed the soak at this many messages/s instead (same load for every run of an A/B
-    /// comparison, or half the 10,000/s target).
+    /// Feed the soak at this many messages/s instead of the fraction (the same load for
+    /// every run of an A/B comparison, e.g. 5000 for half the 10,000/s throughput target).
     #[arg(long)]
     soak_rate: Option<u64>,
-    /// Seconds of soak load before the measured samples: a freshly started broker's JIT
-    /// compiler competes for the cores at first (its figures are reported separately).
+    /// Seconds of soak load before the measured samples (at least 10,000 samples): a freshly
+    /// started broker's JIT compiler competes for the cores at first (the warm-up's figures
+    /// are reported separately).
     #[arg(long, default_value_t = 60)]
     warmup_secs: u64,
     /// Run model cycles during the soak.

@@ -10,9 +10,10 @@
 //!    group join), and the median of 1-second rates.
 //! 2. **Latency and memory**: a second topic is fed at `latency_rate_fraction` × the measured
 //!    throughput (or at a fixed `soak_rate`), each sample stamped with its event time: first
-//!    `warmup_secs` of warm-up, then `soak_samples` measured samples, in one unbroken stream.
-//!    The consumer computes `receive time − event time` of every verdict; p50/p99/max are
-//!    those of the samples produced after the warm-up (the warm-up's own figures are reported
+//!    `warmup_secs` of warm-up (at least [`MIN_WARMUP_SAMPLES`]), then `soak_samples` measured
+//!    samples, in one unbroken stream. The consumer computes `receive time − event time` of
+//!    every verdict; p50/p99/max are those of the measured samples (told apart by their
+//!    position in the stream, the number in their id; the warm-up's own figures are reported
 //!    beside them), and the daemon's VmRSS is sampled every 5 s over the whole soak (the RSS
 //!    curve).
 //!
@@ -39,6 +40,11 @@ use crate::progress::Progress;
 use crate::stream::schema::Verdict;
 use crate::stream::tools::{self, ProduceArgs, ToolError};
 
+/// Fewest warm-up samples of the soak, whatever `warmup_secs` says: the daemon holds the
+/// verdicts of its first `mixture.warmup_samples` (5,000 by default) until its mixture is
+/// fitted, a start-up delay that is not the steady state being measured.
+pub const MIN_WARMUP_SAMPLES: u64 = 10_000;
+
 /// Settings of the benchmark.
 #[derive(Clone, Debug)]
 pub struct StreamBenchArgs {
@@ -52,13 +58,14 @@ pub struct StreamBenchArgs {
     pub data_dir: PathBuf,
     /// Samples of the throughput phase.
     pub throughput_samples: usize,
-    /// Samples of the latency/memory phase.
+    /// Measured samples of the latency/memory phase (after the warm-up).
     pub soak_samples: usize,
     /// Fraction of the measured throughput the soak is fed at.
     pub latency_rate_fraction: f64,
     /// A fixed soak rate, messages/s, instead of the fraction (A/B runs, or half the target).
     pub soak_rate: Option<u64>,
-    /// Seconds of soak load before the measured samples (broker JIT warm-up), at the soak rate.
+    /// Seconds of soak load before the measured samples (broker JIT warm-up), at the soak rate;
+    /// at least [`MIN_WARMUP_SAMPLES`] samples.
     pub warmup_secs: u64,
     /// Run model cycles during the soak (they compete for the 2 cores).
     pub cycles: bool,
@@ -90,9 +97,11 @@ pub struct StreamBenchReport {
     pub soak_rate: u64,
     /// Measured samples of the soak (after the warm-up).
     pub soak_samples: usize,
-    /// Seconds of warm-up load before them.
+    /// Seconds of warm-up load before them (as asked).
     pub warmup_secs: u64,
-    /// Verdicts whose latency was measured (samples produced after the warm-up).
+    /// Samples of the warm-up (`soak_rate × warmup_secs`, at least [`MIN_WARMUP_SAMPLES`]).
+    pub warmup_samples: u64,
+    /// Verdicts whose latency was measured (of the samples after the warm-up).
     pub latency_samples: usize,
     /// Sample→verdict latency percentiles, milliseconds.
     pub latency_p50_ms: f64,
@@ -100,20 +109,21 @@ pub struct StreamBenchReport {
     pub latency_p99_ms: f64,
     /// See `latency_p50_ms`.
     pub latency_max_ms: f64,
-    /// The warm-up's verdicts (samples produced in the first `warmup_secs`): count, p50, p99
-    /// and max in ms. With a freshly started broker these carry its JIT warm-up.
+    /// The warm-up's verdicts (the first `warmup_samples` of the soak): count, p50, p99 and
+    /// max in ms. With a freshly started broker these carry its JIT warm-up.
     pub warmup_latency: (usize, f64, f64, f64),
     /// The RSS curve of the daemon.
     pub rss: Vec<RssPoint>,
     /// Largest RSS seen, MiB.
     pub rss_max_mib: f64,
-    /// RSS at 25 % and at the end of the soak, MiB (flatness).
+    /// RSS at 25 % of the soak's verdicts (warm-up included: with the defaults that point
+    /// lies in the warm-up) and at the end, MiB (flatness).
     pub rss_quarter_end_mib: (f64, f64),
     /// Cycles run during the soak, by outcome.
     pub cycles: BTreeMap<String, u64>,
-    /// The daemon's own receipt→acknowledged latency over the whole soak (its
-    /// `rlap_verdict_latency_seconds` histogram, bucket upper bounds), p50 and p99 in ms:
-    /// compared with the end-to-end figures it tells broker time from daemon time.
+    /// The daemon's own receipt→acknowledged latency over the whole soak, warm-up included
+    /// (its `rlap_verdict_latency_seconds` histogram, bucket upper bounds), p50 and p99 in ms:
+    /// beside the end-to-end figures it tells broker time from daemon time.
     pub daemon_latency_p50_p99_ms: (f64, f64),
     /// The end-to-end latency split at the daemon's scoring time (the verdict's
     /// `scored_at_ms`), p50 and p99 in ms: event time → scored covers the producer, the
@@ -131,6 +141,8 @@ pub struct StreamBenchReport {
 /// One verdict's timestamps (Unix ms) as the bench consumer saw it.
 #[derive(Clone, Copy, Debug)]
 struct Timing {
+    /// The sample's position in the soak's stream (the number ending its id).
+    seq: u64,
     event_ms: i64,
     scored_ms: i64,
     delivered_ms: i64,
@@ -141,8 +153,8 @@ struct Timing {
 pub struct WorstSecond {
     /// Seconds since the soak started (by event time).
     pub second: i64,
-    /// Verdicts read for samples produced in that second (after the first 10 % of the
-    /// soak; a redelivered verdict counts again).
+    /// Verdicts read for measured samples produced in that second (a redelivered verdict
+    /// counts again).
     pub verdicts: usize,
     /// The slowest one's event → delivered, ms.
     pub max_ms: i64,
@@ -179,11 +191,14 @@ fn worst_seconds(timings: &[Timing], epoch_ms: i64, k: usize) -> Vec<WorstSecond
     v
 }
 
-/// Split verdict timings at `epoch_ms + warmup_ms` by event time: (warm-up, measured).
-fn split_warmup(timings: Vec<Timing>, epoch_ms: i64, warmup_ms: i64) -> (Vec<Timing>, Vec<Timing>) {
-    timings
-        .into_iter()
-        .partition(|t| t.event_ms < epoch_ms + warmup_ms)
+/// Split verdict timings by stream position: (the first `warm` samples', the rest).
+fn split_warmup(timings: Vec<Timing>, warm: u64) -> (Vec<Timing>, Vec<Timing>) {
+    timings.into_iter().partition(|t| t.seq < warm)
+}
+
+/// The stream position ending a sample id written by `rlap produce` (`<data set>-<n>`).
+fn id_seq(sample_id: &str) -> Option<u64> {
+    sample_id.rsplit('-').next()?.parse().ok()
 }
 
 /// The upper bound of the bucket holding quantile `q` of histogram `name` in a Prometheus
@@ -379,8 +394,8 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
         .soak_rate
         .unwrap_or((sustained * a.latency_rate_fraction).max(1.0) as u64);
     let n2 = a.soak_samples;
-    let warm = (rate * a.warmup_secs) as usize;
-    let fed = n2 + warm;
+    let warm = (rate * a.warmup_secs).max(MIN_WARMUP_SAMPLES);
+    let fed = n2 + warm as usize;
     tools::create_topic(&a.brokers, &t2, 3, &[]).await?;
     tools::create_topic(&a.brokers, &format!("{t2}.verdicts"), 3, &[]).await?;
     let d = Daemon::start(a, &t2, a.cycles)?;
@@ -414,8 +429,9 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
             if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
                 idle = Instant::now();
                 if let Some(v) = m.payload().and_then(|p| Verdict::decode(p).ok()) {
-                    if let Some(t) = v.event_time_ms {
+                    if let (Some(t), Some(seq)) = (v.event_time_ms, id_seq(&v.sample_id)) {
                         lat.push(Timing {
+                            seq,
                             event_ms: t,
                             scored_ms: v.scored_at_ms,
                             delivered_ms: crate::stream::unix_ms(),
@@ -470,7 +486,7 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
     let lat = latency
         .join()
         .map_err(|_| err("latency thread panicked"))??;
-    let (warmup, timings) = split_warmup(lat, soak_epoch_ms, 1000 * a.warmup_secs as i64);
+    let (warmup, timings) = split_warmup(lat, warm);
     let sorted = |ts: &[Timing], f: fn(&Timing) -> i64| {
         let mut v: Vec<f64> = ts.iter().map(|t| f(t) as f64).collect();
         v.sort_by(f64::total_cmp);
@@ -491,6 +507,7 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
         soak_rate: rate,
         soak_samples: n2,
         warmup_secs: a.warmup_secs,
+        warmup_samples: warm,
         latency_samples: steady.len(),
         latency_p50_ms: percentile(&steady, 0.5),
         latency_p99_ms: percentile(&steady, 0.99),
@@ -520,7 +537,7 @@ impl StreamBenchReport {
     pub fn text(&self) -> String {
         let mut s = format!(
             "throughput: {} samples drained at {:.0} samples/s sustained (median 1-s rate {:.0})\n\
-             soak: {} samples fed at {} msg/s after {} s of warm-up: sample->verdict latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} verdicts)\n\
+             soak: {} samples fed at {} msg/s after {} s ({} samples) of warm-up: sample->verdict latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} verdicts)\n\
              warm-up ({} verdicts; a freshly started broker's JIT compiles here): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
              daemon's own receipt->acknowledged latency (histogram bucket bounds, whole soak): p50 <= {:.0} ms, p99 <= {:.0} ms\n\
              split at scoring: event->scored p50 {:.0} ms, p99 {:.0} ms; scored->delivered p50 {:.0} ms, p99 {:.0} ms\n\
@@ -531,6 +548,7 @@ impl StreamBenchReport {
             self.soak_samples,
             self.soak_rate,
             self.warmup_secs,
+            self.warmup_samples,
             self.latency_p50_ms,
             self.latency_p99_ms,
             self.latency_max_ms,
@@ -591,6 +609,7 @@ mod tests {
     #[test]
     fn worst_seconds_ranks_seconds_by_their_slowest_verdict() {
         let t = |event_ms, scored_ms, delivered_ms| Timing {
+            seq: 0,
             event_ms,
             scored_ms,
             delivered_ms,
@@ -615,30 +634,22 @@ mod tests {
     }
 
     #[test]
-    fn split_warmup_goes_by_event_time_not_arrival_order() {
-        let t = |event_ms| Timing {
-            event_ms,
-            scored_ms: event_ms + 5,
-            delivered_ms: event_ms + 9,
+    fn split_warmup_goes_by_stream_position_not_arrival_order() {
+        let t = |seq| Timing {
+            seq,
+            event_ms: 1_000 + seq as i64,
+            scored_ms: 1_005 + seq as i64,
+            delivered_ms: 1_009 + seq as i64,
         };
         // Arrival order mixes partitions: a late warm-up verdict after a measured one.
-        let (warm, measured) = split_warmup(
-            vec![t(1_000), t(62_000), t(60_999), t(61_000)],
-            1_000,
-            60_000,
-        );
+        let (warm, measured) = split_warmup(vec![t(0), t(10_002), t(9_999), t(10_000)], 10_000);
+        assert_eq!(warm.iter().map(|t| t.seq).collect::<Vec<_>>(), [0, 9_999]);
         assert_eq!(
-            warm.iter().map(|t| t.event_ms).collect::<Vec<_>>(),
-            [1_000, 60_999]
+            measured.iter().map(|t| t.seq).collect::<Vec<_>>(),
+            [10_002, 10_000]
         );
-        assert_eq!(
-            measured.iter().map(|t| t.event_ms).collect::<Vec<_>>(),
-            [62_000, 61_000]
-        );
-        let (warm, measured) = split_warmup(vec![t(5)], 0, 0);
-        assert!(
-            warm.is_empty() && measured.len() == 1,
-            "no warm-up measures everything"
-        );
+        assert_eq!(id_seq("mnist-10000"), Some(10_000));
+        assert_eq!(id_seq("label-symmetric_0.4-mnist-7"), Some(7));
+        assert_eq!(id_seq("no-number"), None);
     }
 }

@@ -321,7 +321,9 @@ pub struct CycleConfig {
     pub min_samples: usize,
     /// Fraction of H pruned (paper: 0.156).
     pub prune_fraction: f64,
-    /// Fraction of the buffered clean samples held out to compare the models.
+    /// Fraction of the buffered clean samples held out to compare the models, drawn from
+    /// those the current model has not trained on and at most half of them
+    /// ([`crate::stream::cycle`]).
     pub holdout_fraction: f64,
     /// Accept when candidate accuracy ≥ current − tolerance.
     pub tolerance: f64,

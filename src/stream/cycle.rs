@@ -6,7 +6,8 @@
 //! are a snapshot of the replay buffer; their clean/noisy split comes from the current online
 //! mixture (never from any ground truth). The held-out slice — `holdout_fraction` of the clean
 //! samples, drawn after a seeded shuffle from those the current model has not trained on (they
-//! arrived after its training snapshot; see [`CycleInput::holdout_from`]) — is excluded from
+//! arrived after its training data; see [`CycleInput::holdout_from`]), but never more than
+//! half of those, so the candidate also fine-tunes on new samples — is excluded from
 //! fine-tuning and compares the current and candidate models unless a trusted validation set
 //! is configured. Drawing it from the current model's own training samples would favour that
 //! model: it has fitted their labels, noisy ones included, and the pruned candidate partly
@@ -70,8 +71,10 @@ pub struct CycleInput {
     pub version: u64,
     /// Snapshot of the replay buffer, oldest first.
     pub samples: Dataset,
-    /// First row of `samples` the current model has not trained on (rows before it were in
-    /// its bootstrap training set or its fine-tuning snapshot); `samples.len()` when none.
+    /// First row of `samples` the current model has not trained on; `samples.len()` when
+    /// none. Rows before it arrived before the model began scoring: its bootstrap training
+    /// set, its fine-tuning snapshot, or (conservatively) the warm-up rows after a restart
+    /// without a matching checkpoint and the rows held when a follower adopted it.
     pub holdout_from: usize,
     /// The current mixture (scores the snapshot).
     pub gmm: OnlineGmm,
@@ -194,8 +197,9 @@ pub fn warm_mixture(
 }
 
 /// Split the (shuffled) clean rows into (held out, fine-tune, eval-set name): the held-out
-/// slice is `fraction` of them, taken from rows `>= holdout_from` (unseen by the current
-/// model) while at least [`MIN_UNSEEN_HOLDOUT`] of those exist, else from all of them.
+/// slice is `fraction` of them, but at most half of the rows `>= holdout_from` (unseen by
+/// the current model), taken from those, while at least [`MIN_UNSEEN_HOLDOUT`] of those
+/// exist; else `fraction` of all clean rows.
 fn split_holdout(
     clean: &[usize],
     holdout_from: usize,
@@ -207,7 +211,7 @@ fn split_holdout(
         let (held, tune) = clean.split_at(m);
         return (held.to_vec(), tune.to_vec(), "holdout-all");
     }
-    let m = m.min(unseen);
+    let m = m.min(unseen / 2);
     let (mut held, mut tune) = (Vec::with_capacity(m), Vec::with_capacity(clean.len() - m));
     for &i in clean {
         if i >= holdout_from && held.len() < m {
@@ -419,9 +423,10 @@ mod tests {
             (0..1000).collect::<Vec<_>>(),
             "a partition of the clean rows"
         );
-        // Fewer unseen rows than the slice: all of them, the rest fine-tunes.
-        let (held, _, set) = split_holdout(&clean, 850, 0.2);
-        assert_eq!((held.len(), set), (150, "holdout"));
+        // Few unseen rows: half of them are held out, the other half fine-tunes.
+        let (held, tune, set) = split_holdout(&clean, 850, 0.2);
+        assert_eq!((held.len(), set), (75, "holdout"));
+        assert_eq!(tune.iter().filter(|&&i| i >= 850).count(), 75);
         // Too few unseen rows: the fallback draws from all clean rows and says so.
         let (held, tune, set) = split_holdout(&clean, 950, 0.1);
         assert_eq!((held.len(), tune.len(), set), (100, 900, "holdout-all"));

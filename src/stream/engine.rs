@@ -261,6 +261,10 @@ impl Engine {
                     }
                 }
             }
+            // Without the loaded version's mixture the daemon warms up again, and may re-read
+            // samples that version trained on (a stop between the bootstrap's publish and the
+            // warm-up's commits): keep the warm-up rows out of the held-out slice.
+            e.warmup_trained = matches!(e.phase, Phase::Warming(_));
         }
         Ok(e)
     }
@@ -710,6 +714,8 @@ impl Engine {
 
     fn adopt_version(&mut self, v: u64) -> Result<(), EngineError> {
         self.load_version(v)?;
+        // The adopted model never saw the held rows: they count as unseen below.
+        self.warmup_trained = false;
         // Trained elsewhere (the leader's buffer): count only what arrives from now on as unseen.
         self.unseen_from_seq = self.replay.seen() + 1;
         self.trigger.reset_window();
