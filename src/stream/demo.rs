@@ -227,9 +227,12 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
     let (b, vt, dlq) = (brokers.clone(), cfg.kafka.verdicts(), cfg.kafka.dlq());
     let warmup = cfg.bootstrap.samples;
     let truth = std::mem::take(&mut produced.truth);
+    let malformed = produced.malformed;
     let verdicts = tokio::task::spawn_blocking(move || {
         let mut r = tools::evaluate_against(&truth, &b, &vt, Some(&dlq), warmup, &[])?;
-        r.input_without_truth = 0;
+        // The truth came from the producer's memory, not from the input topic: its malformed
+        // messages are the ones the producer wrote.
+        r.input_without_truth = malformed;
         Ok::<_, ToolError>(r)
     })
     .await
