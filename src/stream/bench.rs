@@ -196,11 +196,6 @@ fn split_warmup(timings: Vec<Timing>, warm: u64) -> (Vec<Timing>, Vec<Timing>) {
     timings.into_iter().partition(|t| t.seq < warm)
 }
 
-/// The stream position ending a sample id written by `rlap produce` (`<data set>-<n>`).
-fn id_seq(sample_id: &str) -> Option<u64> {
-    sample_id.rsplit('-').next()?.parse().ok()
-}
-
 /// The upper bound of the bucket holding quantile `q` of histogram `name` in a Prometheus
 /// text exposition (coarse: bucket bounds, not interpolated).
 fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
@@ -429,7 +424,9 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
             if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
                 idle = Instant::now();
                 if let Some(v) = m.payload().and_then(|p| Verdict::decode(p).ok()) {
-                    if let (Some(t), Some(seq)) = (v.event_time_ms, id_seq(&v.sample_id)) {
+                    if let (Some(t), Some(seq)) =
+                        (v.event_time_ms, tools::id_position(&v.sample_id))
+                    {
                         lat.push(Timing {
                             seq,
                             event_ms: t,
@@ -648,8 +645,8 @@ mod tests {
             measured.iter().map(|t| t.seq).collect::<Vec<_>>(),
             [10_002, 10_000]
         );
-        assert_eq!(id_seq("mnist-10000"), Some(10_000));
-        assert_eq!(id_seq("label-symmetric_0.4-mnist-7"), Some(7));
-        assert_eq!(id_seq("no-number"), None);
+        assert_eq!(tools::id_position("mnist-10000"), Some(10_000));
+        assert_eq!(tools::id_position("label-symmetric_0.4-mnist-7"), Some(7));
+        assert_eq!(tools::id_position("no-number"), None);
     }
 }

@@ -480,28 +480,21 @@ impl DaemonConfig {
                 k.max_message_bytes
             ));
         }
-        for (table, keys, reserved) in [
-            ("properties", &k.properties, RESERVED_CONSUMER_PROPERTIES),
-            ("properties", &k.properties, RESERVED_PRODUCER_PROPERTIES),
-            (
-                "consumer_properties",
-                &k.consumer_properties,
-                RESERVED_CONSUMER_PROPERTIES,
-            ),
-            (
-                "producer_properties",
-                &k.producer_properties,
-                RESERVED_PRODUCER_PROPERTIES,
-            ),
+        // (table, its keys, reaches the consumer, reaches the producer)
+        for (table, keys, consumer, producer) in [
+            ("properties", &k.properties, true, true),
+            ("consumer_properties", &k.consumer_properties, true, false),
+            ("producer_properties", &k.producer_properties, false, true),
         ] {
-            for key in keys.keys().filter(|key| reserved.contains(&key.as_str())) {
-                let msg = format!(
+            let reserved = |key: &str| {
+                (consumer && RESERVED_CONSUMER_PROPERTIES.contains(&key))
+                    || (producer && RESERVED_PRODUCER_PROPERTIES.contains(&key))
+            };
+            for key in keys.keys().filter(|key| reserved(key)) {
+                p.push(format!(
                     "kafka.{table}.\"{key}\" is set by rlap itself (at-least-once offsets and \
                      idempotent acks=all verdicts); use the kafka section's own key where it has one"
-                );
-                if !p.contains(&msg) {
-                    p.push(msg);
-                }
+                ));
             }
         }
         let m = &self.model;

@@ -177,10 +177,9 @@ pub fn consumer_config(cfg: &DaemonConfig) -> ClientConfig {
 /// `kafka.producer_properties` (either may change the batching), then idempotence with
 /// `acks=all`, which rlap owns.
 pub fn producer_config(cfg: &DaemonConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("linger.ms", "5");
-    for (k, v) in client_config(cfg).config_map() {
-        c.set(k, v);
+    let mut c = client_config(cfg);
+    if c.get("linger.ms").is_none() {
+        c.set("linger.ms", "5");
     }
     for (k, v) in &cfg.kafka.producer_properties {
         c.set(k, v);

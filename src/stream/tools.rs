@@ -144,6 +144,12 @@ fn malformed(kind: usize, id: &str, features: &[f32], label: u32) -> Vec<u8> {
     s.encode_to_vec()
 }
 
+/// The stream position ending a sample id written by [`produce`] (`<data set>-<n>`, n
+/// counted from 0 over the stream, `--skip` included); `None` for other ids.
+pub fn id_position(sample_id: &str) -> Option<u64> {
+    sample_id.rsplit('-').next()?.parse().ok()
+}
+
 /// Stream a data set into a topic (see [`ProduceArgs`]).
 ///
 /// # Errors
@@ -412,11 +418,7 @@ pub fn evaluate_verdicts(
         match (header(m, schema::TRUTH_HEADER), m.key()) {
             (Some(v), Some(k)) => {
                 let id = String::from_utf8_lossy(k).into_owned();
-                let order = id
-                    .rsplit('-')
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(usize::MAX);
+                let order = id_position(&id).map_or(usize::MAX, |p| p as usize);
                 truth.insert(id, (v == b"1", order));
             }
             _ => without += 1,
