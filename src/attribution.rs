@@ -120,6 +120,8 @@ pub struct Attributions {
     pub loss: Vec<f32>,
     /// Argmax of the logits, `[N]`.
     pub predicted: Vec<u32>,
+    /// Class probabilities softmax(logits), `[N, K]` row-major (the noise model's input).
+    pub probs: Vec<f32>,
 }
 
 /// Attribute every sample of `data` in batches of `batch_size`.
@@ -142,6 +144,7 @@ pub fn attribute(
         activations: Vec::with_capacity(n * hidden),
         loss: Vec::with_capacity(n),
         predicted: Vec::with_capacity(n),
+        probs: Vec::with_capacity(n * model.spec().num_classes),
     };
     let idx: Vec<usize> = (0..n).collect();
     let bar = progress.bar(n as u64, "attribute");
@@ -155,6 +158,11 @@ pub fn attribute(
         out.loss.extend(b.loss.to_vec1::<f32>()?);
         out.predicted
             .extend(b.logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
+        out.probs.extend(
+            candle_nn::ops::softmax_last_dim(&b.logits)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();

@@ -21,8 +21,9 @@ use crate::corruption::{corrupt, Corruption, CorruptionError};
 use crate::data::{load, DataError, Dataset, DatasetSpec};
 use crate::evaluation::{classification_report, DetectionReport, GroundTruth};
 use crate::model::{Arch, Model, ModelError, ModelSpec};
+use crate::noise_model::NoiseModel;
 use crate::partition::{
-    fit_partition, Partition, PartitionError, PartitionFeatures, PartitionParams,
+    fit_partition, Estimator, Partition, PartitionError, PartitionFeatures, PartitionParams,
 };
 use crate::progress::Progress;
 use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
@@ -96,8 +97,19 @@ pub struct ExperimentConfig {
     pub attribution_batch: usize,
     /// Posterior threshold for "noisy".
     pub threshold: f64,
-    /// The mixture's feature space.
+    /// The mixture's feature space (estimator `mixture`).
     pub partition_features: PartitionFeatures,
+    /// The verdict rule.
+    pub estimator: Estimator,
+    /// Folds of the cross-fitting that scores every training sample with a model that did
+    /// not train on it; 0 or 1 scores with Initial itself (in-sample, the paper's way).
+    pub crossfit_folds: usize,
+    /// Epochs of each cross-fitting model: scoring models stop early whatever `epochs` says,
+    /// so the partition does not depend on how long the final model trained.
+    pub crossfit_epochs: usize,
+    /// Stop after the partition (Initial row and partition report only): the quality
+    /// benchmark's mode.
+    pub partition_only: bool,
     /// Compute device.
     #[serde(skip)]
     pub device: Device,
@@ -127,6 +139,10 @@ impl Default for ExperimentConfig {
             attribution_batch: 256,
             threshold: 0.5,
             partition_features: PartitionFeatures::Summary,
+            estimator: Estimator::NoiseModel,
+            crossfit_folds: 5,
+            crossfit_epochs: 5,
+            partition_only: false,
             device: Device::Cpu,
         }
     }
@@ -183,6 +199,8 @@ pub struct ExperimentReport {
     pub attribution_seconds: f64,
     /// Wall-clock seconds of the mixture fit.
     pub partition_seconds: f64,
+    /// Wall-clock seconds of the cross-fitting (training the fold models and scoring).
+    pub crossfit_seconds: f64,
     /// Wall-clock seconds of neuron scoring (the OLS solve for `rlap`).
     pub scoring_seconds: f64,
     /// Whole experiment wall-clock seconds.
@@ -216,6 +234,7 @@ impl ExperimentReport {
             mixture_reg_covar: p.reg_covar,
             attribution_seconds: s1.attribution_seconds,
             partition_seconds: s1.partition_seconds,
+            crossfit_seconds: s1.crossfit_seconds,
             scoring_seconds,
             total_seconds,
         }
@@ -231,8 +250,17 @@ impl ExperimentReport {
         let mut s = String::new();
         let c = &self.config;
         s.push_str(&format!(
-            "rlap experiment: dataset {} | corruption {} | model {} (H={}) | attribution {} | GMM on {} | criterion {} | prune {:.1}% | N={} | seed {}\n",
-            c.dataset, c.corruption, c.arch, c.hidden, c.attribution, c.partition_features, c.criterion,
+            "rlap experiment: dataset {} | corruption {} | model {} (H={}) | attribution {} | verdicts {} | criterion {} | prune {:.1}% | N={} | seed {}\n",
+            c.dataset, c.corruption, c.arch, c.hidden, c.attribution,
+            match c.estimator {
+                Estimator::NoiseModel => "noise-model".to_string(),
+                Estimator::Mixture => format!("mixture on {}", c.partition_features),
+            } + &if c.crossfit_folds >= 2 {
+                format!(" ({}-fold cross-fitted, {} epochs)", c.crossfit_folds, c.crossfit_epochs)
+            } else {
+                " (in-sample)".to_string()
+            },
+            c.criterion,
             100.0 * c.prune_fraction, self.train_samples, c.seed
         ));
         s.push_str(&format!(
@@ -257,9 +285,9 @@ impl ExperimentReport {
             p.precision, p.recall, p.f1, p.auroc, p.estimated_noise_rate, p.true_noise_rate
         ));
         s.push_str(&format!(
-            "pruned {} neurons | timings: attribution {:.1}s, GMM {:.1}s, scoring {:.1}s, total {:.1}s\n",
-            self.pruned_neurons.len(), self.attribution_seconds, self.partition_seconds,
-            self.scoring_seconds, self.total_seconds
+            "pruned {} neurons | timings: attribution {:.1}s, cross-fit {:.1}s, partition {:.1}s, scoring {:.1}s, total {:.1}s\n",
+            self.pruned_neurons.len(), self.attribution_seconds, self.crossfit_seconds,
+            self.partition_seconds, self.scoring_seconds, self.total_seconds
         ));
         s
     }
@@ -358,14 +386,140 @@ pub struct Stage1 {
     pub initial: Model,
     /// Its table row.
     pub initial_row: Row,
-    /// Attributions, activations and losses of every training sample.
+    /// Attributions, activations and losses of every training sample under Initial (the
+    /// activations drive the sensitivity regression of §3.3).
     pub attributions: Attributions,
+    /// The scores the partition was made from: out-of-sample (cross-fitted) when
+    /// `crossfit_folds >= 2`, else a copy of `attributions`.
+    pub scores: Attributions,
     /// The clean/noisy partition.
     pub partition: Partition,
     /// Wall-clock seconds of the attribution pass.
     pub attribution_seconds: f64,
+    /// Wall-clock seconds of the cross-fitting.
+    pub crossfit_seconds: f64,
     /// Wall-clock seconds of the mixture fit.
     pub partition_seconds: f64,
+}
+
+/// How [`crossfit`] scores a data set out of sample.
+#[derive(Clone, Debug)]
+pub struct CrossFitPlan {
+    /// Folds (≥ 2).
+    pub folds: usize,
+    /// The training recipe of each fold model (its seed is offset per fold).
+    pub recipe: TrainConfig,
+    /// Attribution mode of the scoring pass.
+    pub attribution: AttributionMode,
+    /// Samples per attribution batch.
+    pub attribution_batch: usize,
+}
+
+/// Score every sample of `data` out of sample: split it into `plan.folds` seeded folds, train
+/// a fresh model of `spec` on all folds but one and attribute the held-out fold with it. Rows
+/// come back in `data`'s order; activations are the fold models' (not Initial's).
+///
+/// # Errors
+/// [`ModelError`] from training or attribution; [`ExperimentError::Invalid`] for fewer than
+/// two folds or fewer samples than folds.
+pub fn crossfit(
+    data: &Dataset,
+    spec: &ModelSpec,
+    plan: &CrossFitPlan,
+    device: &Device,
+    progress: &Progress,
+) -> Result<Attributions, ExperimentError> {
+    let (folds, recipe) = (plan.folds, &plan.recipe);
+    let (attribution, attribution_batch) = (plan.attribution, plan.attribution_batch);
+    let n = data.len();
+    if folds < 2 || n < folds {
+        return Err(ExperimentError::Invalid(format!(
+            "cross-fitting needs at least 2 folds and as many samples ({folds} folds, {n} samples)"
+        )));
+    }
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(
+        recipe.seed ^ 0x0c0f_f01d,
+    ));
+    let fold_of: Vec<usize> = {
+        let mut f = vec![0; n];
+        for (rank, &i) in order.iter().enumerate() {
+            f[i] = rank % folds;
+        }
+        f
+    };
+    let (h, k) = (spec.hidden, spec.num_classes);
+    let mut out = Attributions {
+        n,
+        hidden: h,
+        values: vec![0.0; n * h],
+        activations: vec![0.0; n * h],
+        loss: vec![0.0; n],
+        predicted: vec![0; n],
+        probs: vec![0.0; n * k],
+    };
+    for f in 0..folds {
+        let (held, rest): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| fold_of[i] == f);
+        let model = Model::new(
+            spec.clone(),
+            device,
+            recipe.seed.wrapping_add(100 + f as u64),
+        )?;
+        let cfg = TrainConfig {
+            seed: recipe.seed.wrapping_add(100 + f as u64),
+            ..recipe.clone()
+        };
+        train(
+            &model,
+            &data.select(&rest),
+            &cfg,
+            progress,
+            &format!("cross-fit {}/{folds}", f + 1),
+        )?;
+        let a = attribute(
+            &model,
+            &data.select(&held),
+            attribution,
+            attribution_batch,
+            progress,
+        )?;
+        for (r, &i) in held.iter().enumerate() {
+            out.values[i * h..(i + 1) * h].copy_from_slice(&a.values[r * h..(r + 1) * h]);
+            out.activations[i * h..(i + 1) * h].copy_from_slice(&a.activations[r * h..(r + 1) * h]);
+            out.probs[i * k..(i + 1) * k].copy_from_slice(&a.probs[r * k..(r + 1) * k]);
+            out.loss[i] = a.loss[r];
+            out.predicted[i] = a.predicted[r];
+        }
+    }
+    Ok(out)
+}
+
+/// Split `data` with `estimator` from its scores `a` (§3.2.2 mixture or the noise model).
+///
+/// # Errors
+/// [`PartitionError`] from the fit.
+pub fn partition_scores(
+    estimator: Estimator,
+    a: &Attributions,
+    data: &Dataset,
+    params: &PartitionParams,
+) -> Result<Partition, PartitionError> {
+    match estimator {
+        Estimator::Mixture => fit_partition(&a.values, a.n, a.hidden, &a.loss, params),
+        Estimator::NoiseModel => {
+            params.validate()?;
+            Ok(NoiseModel::partition(
+                &a.probs,
+                &data.labels,
+                data.num_classes,
+                params.threshold,
+                &a.loss,
+            )?
+            .0)
+        }
+    }
 }
 
 /// Steps 1–3: train Initial on the noisy set, attribute, partition.
@@ -411,19 +565,31 @@ pub fn stage1(
     )?;
     let attribution_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
+    let scores = if cfg.crossfit_folds >= 2 {
+        crossfit(
+            &data.noisy,
+            initial.spec(),
+            &CrossFitPlan {
+                folds: cfg.crossfit_folds,
+                recipe: recipe(cfg, cfg.crossfit_epochs, Scope::All, 0.0, cfg.seed),
+                attribution: cfg.attribution,
+                attribution_batch: cfg.attribution_batch,
+            },
+            &cfg.device,
+            progress,
+        )?
+    } else {
+        attributions.clone()
+    };
+    let crossfit_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let params = PartitionParams {
         features: cfg.partition_features,
         threshold: cfg.threshold,
         seed: cfg.seed,
         ..Default::default()
     };
-    let partition = fit_partition(
-        &attributions.values,
-        attributions.n,
-        attributions.hidden,
-        &attributions.loss,
-        &params,
-    )?;
+    let partition = partition_scores(cfg.estimator, &scores, &data.noisy, &params)?;
     let partition_seconds = t.elapsed().as_secs_f64();
     tracing::info!(
         noisy_fraction = partition.noisy_fraction(),
@@ -435,8 +601,10 @@ pub fn stage1(
         initial,
         initial_row,
         attributions,
+        scores,
         partition,
         attribution_seconds,
+        crossfit_seconds,
         partition_seconds,
     })
 }
@@ -572,8 +740,8 @@ pub fn from_scratch(
     row(name, &m, test, &stats, cfg.epochs, set.len())
 }
 
-/// Run Algorithm 1 end to end (see module docs); returns the report, the partition (for
-/// [`write_posteriors`]) and the F-FT model. `oracle` reuses a precomputed Oracle row
+/// Run Algorithm 1 end to end (see module docs); returns the report, steps 1–3's state (for
+/// [`write_posteriors`]) and the F-FT model (None with `partition_only`). `oracle` reuses a precomputed Oracle row
 /// (sweeps over label-noise rates train on the same true data).
 ///
 /// # Errors
@@ -583,9 +751,21 @@ pub fn run(
     data: &Prepared,
     oracle: Option<Row>,
     progress: &Progress,
-) -> Result<(ExperimentReport, Partition, Model), ExperimentError> {
+) -> Result<(ExperimentReport, Stage1, Option<Model>), ExperimentError> {
     let t0 = Instant::now();
     let s1 = stage1(cfg, data, progress)?;
+    if cfg.partition_only {
+        let report = ExperimentReport::assemble(
+            cfg,
+            data,
+            &s1,
+            vec![s1.initial_row.clone()],
+            vec![],
+            0.0,
+            t0.elapsed().as_secs_f64(),
+        );
+        return Ok((report, s1, None));
+    }
     let Finetuned {
         mut rows,
         pruned: pruned_neurons,
@@ -620,7 +800,7 @@ pub fn run(
         t0.elapsed().as_secs_f64(),
     );
     report.regression_ridge_lambda = ridge_lambda;
-    Ok((report, s1.partition, fft))
+    Ok((report, s1, Some(fft)))
 }
 
 /// The Oracle row: the same architecture and recipe as Initial, trained on the true data
@@ -646,27 +826,31 @@ pub fn oracle_row(
 }
 
 /// Write the per-sample posteriors CSV:
-/// `index,given_label,true_label,corrupted,posterior_noisy,predicted_noisy`.
+/// `index,given_label,true_label,corrupted,posterior_noisy,predicted_noisy,q0,…,q{K-1}`, the
+/// last K columns being the class probabilities the partition was made from (out-of-sample
+/// when cross-fitted): the quality benchmark hands them to the peers.
 ///
 /// # Errors
 /// [`ExperimentError::Io`].
-pub fn write_posteriors(
-    path: &Path,
-    data: &Prepared,
-    partition: &Partition,
-) -> Result<(), ExperimentError> {
+pub fn write_posteriors(path: &Path, data: &Prepared, s1: &Stage1) -> Result<(), ExperimentError> {
     let io = |source| ExperimentError::Io {
         path: path.into(),
         error: source,
     };
+    let partition = &s1.partition;
+    let k = data.noisy.num_classes;
     let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-    writeln!(
+    write!(
         w,
         "index,given_label,true_label,corrupted,posterior_noisy,predicted_noisy"
     )
     .map_err(io)?;
+    for c in 0..k {
+        write!(w, ",q{c}").map_err(io)?;
+    }
+    writeln!(w).map_err(io)?;
     for i in 0..data.noisy.len() {
-        writeln!(
+        write!(
             w,
             "{i},{},{},{},{:.6},{}",
             data.noisy.labels[i],
@@ -676,6 +860,10 @@ pub fn write_posteriors(
             partition.noisy[i] as u8
         )
         .map_err(io)?;
+        for v in &s1.scores.probs[i * k..(i + 1) * k] {
+            write!(w, ",{v:.6}").map_err(io)?;
+        }
+        writeln!(w).map_err(io)?;
     }
     w.flush().map_err(io)
 }

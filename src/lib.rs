@@ -12,6 +12,8 @@
 //! - [`train`]: fused Adam/SGD steps and the seeded training loop (all parameters or head only).
 //! - [`attribution`]: §3.2.1, `max-class` and `label-gradient`, batched.
 //! - [`partition`]: §3.2.2, z-score + 2-component GMM + label-free clean-component rule.
+//! - [`noise_model`]: the default verdict rule: the class-conditional noise transition
+//!   estimated from out-of-sample probabilities, and each sample's posterior of noisy.
 //! - [`prune`]: §3.3, OLS regression sensitivity and the selective-pruning baselines.
 //! - [`experiment`]: Algorithm 1 end to end, the paper's table, JSON and CSV reports.
 //! - [`onnx`]: ONNX export (typed prost messages, pruned neurons removed) and ONNX Runtime
@@ -34,6 +36,7 @@ pub mod evaluation;
 pub mod experiment;
 pub mod metrics;
 pub mod model;
+pub mod noise_model;
 pub mod onnx;
 pub mod partition;
 pub mod progress;

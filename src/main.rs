@@ -14,7 +14,7 @@ use rlap::corruption::Corruption;
 use rlap::data::{default_data_dir, load, DatasetSpec};
 use rlap::experiment::{self, ExperimentConfig, ExperimentReport, Prepared};
 use rlap::model::{parse_device, Arch, Model, ModelSpec};
-use rlap::partition::PartitionFeatures;
+use rlap::partition::{Estimator, PartitionFeatures};
 use rlap::progress::Progress;
 use rlap::prune::Criterion;
 
@@ -127,6 +127,9 @@ struct ProduceCliArgs {
     /// Seed of the corruption.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Stream a stratified subsample of the training split (as `experiment --train-size`).
+    #[arg(long)]
+    train_size: Option<usize>,
     /// Messages per second at most (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -204,12 +207,20 @@ struct DemoCliArgs {
     /// Seed of the corruption.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Stream a stratified subsample of the training split (as `experiment --train-size`:
+    /// same seed, same samples and labels).
+    #[arg(long)]
+    train_size: Option<usize>,
     /// Messages per second streamed in (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Output folder (model store, state); emptied first.
     #[arg(long, default_value = "out/demo")]
     out: PathBuf,
+    /// Write one CSV row per verdict here:
+    /// `order,sample_id,given_label,corrupted,posterior_noisy,noisy,model_version`.
+    #[arg(long)]
+    verdicts_csv: Option<PathBuf>,
     /// Write the summary as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -324,8 +335,23 @@ struct ExperimentArgs {
     /// Stratified subsample of the training split.
     #[arg(long)]
     train_size: Option<usize>,
-    /// Mixture feature space: summary ([ln‖a‖₂, ln CE], default) | attribution (paper: z-scored
-    /// H-dim vector).
+    /// Verdict rule: noise-model (class-conditional noise transition on out-of-sample class
+    /// probabilities; for label noise) | mixture (the paper's 2-component GMM; for corrupted
+    /// inputs).
+    #[arg(long, default_value = "noise-model")]
+    estimator: Estimator,
+    /// Folds of the cross-fitting that scores each training sample with a model that did not
+    /// train on it; 0 scores in-sample with Initial (the paper's way).
+    #[arg(long, default_value_t = 5)]
+    crossfit: usize,
+    /// Epochs of each cross-fitting model (independent of --epochs).
+    #[arg(long, default_value_t = 5)]
+    crossfit_epochs: usize,
+    /// Stop after the partition: Initial row and partition report only.
+    #[arg(long)]
+    partition_only: bool,
+    /// Mixture feature space (--estimator mixture): summary ([ln‖a‖₂, ln CE]) | attribution
+    /// (paper: z-scored H-dim vector).
     #[arg(long, default_value = "summary")]
     partition_features: PartitionFeatures,
     /// Posterior P(noisy) at or above which a sample is noisy.
@@ -497,6 +523,7 @@ fn run_produce(a: ProduceCliArgs, progress: &Progress) -> Result<()> {
         data_dir: a.data_dir.unwrap_or_else(default_data_dir),
         corruption: a.corruption,
         seed: a.seed,
+        train_size: a.train_size,
         rate: a.rate,
         limit: a.limit,
         skip: a.skip,
@@ -569,8 +596,10 @@ fn run_demo(a: DemoCliArgs, progress: &Progress) -> Result<()> {
         limit: a.limit,
         malformed_every: a.malformed_every,
         seed: a.seed,
+        train_size: a.train_size,
         rate: a.rate,
         out_dir: a.out,
+        verdicts_csv: a.verdicts_csv,
     };
     let s = runtime()?.block_on(rlap::stream::demo::run(args, progress))?;
     print!("{}", s.text());
@@ -603,22 +632,29 @@ fn run_experiment(a: ExperimentArgs, progress: &Progress) -> Result<()> {
         seed: a.seed,
         threshold: a.threshold,
         partition_features: a.partition_features,
+        estimator: a.estimator,
+        crossfit_folds: a.crossfit,
+        crossfit_epochs: a.crossfit_epochs,
+        partition_only: a.partition_only,
         device: parse_device(&a.device)?,
         ..Default::default()
     };
     match a.sweep.as_deref() {
         None => {
             let data = experiment::prepare(&cfg)?;
-            let (report, partition, fft) = experiment::run(&cfg, &data, None, progress)?;
+            let (report, s1, fft) = experiment::run(&cfg, &data, None, progress)?;
             print!("{}", report.table());
             if let Some(p) = &a.json {
                 write_json(p, &report)?;
             }
             if let Some(p) = &a.posteriors {
-                experiment::write_posteriors(p, &data, &partition)?;
+                experiment::write_posteriors(p, &data, &s1)?;
             }
             if let Some(p) = &a.save_checkpoint {
-                fft.save(p)?;
+                match fft {
+                    Some(m) => m.save(p)?,
+                    None => bail!("--save-checkpoint needs the F-FT model: drop --partition-only"),
+                }
             }
             Ok(())
         }

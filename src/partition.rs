@@ -93,6 +93,40 @@ pub fn partition_features(
     }
 }
 
+/// Which rule turns the scores into verdicts (see the README's "How a verdict is made").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Estimator {
+    /// The class-conditional noise model on out-of-sample class probabilities
+    /// ([`crate::noise_model`]; project default, for label noise).
+    NoiseModel,
+    /// The two-component Gaussian mixture of §3.2.2 in [`PartitionFeatures`] space (the
+    /// paper's rule; needed for corrupted *inputs*, whose labels are right).
+    Mixture,
+}
+
+impl std::str::FromStr for Estimator {
+    type Err = PartitionError;
+    fn from_str(s: &str) -> Result<Self, PartitionError> {
+        match s {
+            "noise-model" => Ok(Self::NoiseModel),
+            "mixture" => Ok(Self::Mixture),
+            _ => Err(PartitionError::Invalid(format!(
+                "unknown estimator '{s}': expected noise-model | mixture"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Estimator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NoiseModel => "noise-model",
+            Self::Mixture => "mixture",
+        })
+    }
+}
+
 /// Settings of the partition step, validated by [`PartitionParams::validate`].
 #[derive(Clone, Debug, Serialize)]
 pub struct PartitionParams {

@@ -164,6 +164,7 @@ fn prometheus_scrapes_the_daemon_and_the_noise_alert_fires() {
                 data_dir: default_data_dir(),
                 corruption: Corruption::LabelSymmetric { rate: 0.4 },
                 seed: 3,
+                train_size: None,
                 rate: 1000,
                 limit: 8000,
                 skip: 0,

@@ -109,6 +109,7 @@ fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() 
                 data_dir: default_data_dir(),
                 corruption: "label-symmetric:0.4".parse().unwrap(),
                 seed: 1,
+                train_size: None,
                 rate: 0,
                 limit: samples,
                 skip: 0,

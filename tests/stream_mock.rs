@@ -131,6 +131,7 @@ fn produce_args(cfg: &DaemonConfig, corruption: &str, skip: usize, limit: usize)
         data_dir: default_data_dir(),
         corruption: corruption.parse().unwrap(),
         seed: 1,
+        train_size: None,
         rate: 0,
         limit,
         skip,
@@ -502,8 +503,8 @@ fn a_restart_resumes_from_committed_offsets_and_the_checkpoint() {
     let updates_a = cpa
         .gmm
         .as_ref()
-        .expect("the mixture is checkpointed")
-        .updates;
+        .expect("the verdict rule is checkpointed")
+        .updates();
     eprintln!(
         "checkpoint after run 1: v{} verdicts {} mixture updates {updates_a}",
         cpa.model_version, cpa.verdicts
@@ -535,7 +536,7 @@ fn a_restart_resumes_from_committed_offsets_and_the_checkpoint() {
         "no second bootstrap"
     );
     let cpb = rlap::stream::state::load(&cfg.state.dir).unwrap().unwrap();
-    let updates_b = cpb.gmm.as_ref().unwrap().updates;
+    let updates_b = cpb.gmm.as_ref().unwrap().updates();
     eprintln!(
         "checkpoint after run 2: v{} verdicts {} mixture updates {updates_b}",
         cpb.model_version, cpb.verdicts
@@ -801,7 +802,7 @@ enabled = false
     );
     assert!(
         log.contains("resumed the mixture and trigger from the checkpoint")
-            || log.contains("mixture warmed up"),
+            || log.contains("verdict rule warmed up"),
         "run 2 neither resumed nor re-warmed:\n{log}"
     );
     assert!(
@@ -814,7 +815,7 @@ enabled = false
                 [
                     "model version loaded",
                     "resumed the mixture",
-                    "mixture warmed up",
+                    "verdict rule warmed up",
                     "partitions assigned",
                     "exiting",
                 ]

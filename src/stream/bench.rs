@@ -317,6 +317,7 @@ fn produce_args(a: &StreamBenchArgs, topic: &str, limit: usize, rate: u64) -> Pr
         data_dir: a.data_dir.clone(),
         corruption: Corruption::LabelSymmetric { rate: 0.4 },
         seed: 1,
+        train_size: None,
         rate,
         limit,
         skip: 0,

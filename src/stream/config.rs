@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attribution::AttributionMode;
 use crate::model::Arch;
-use crate::partition::PartitionFeatures;
+use crate::partition::{Estimator, PartitionFeatures};
 use crate::stream::online_gmm::StepSize;
 use crate::stream::trigger::TriggerParams;
 
@@ -177,6 +177,10 @@ pub struct BootstrapConfig {
     pub epochs: usize,
     /// Seed of initialisation and shuffling.
     pub seed: u64,
+    /// Folds of the cross-fitting that gives the bootstrap samples their verdicts: each is
+    /// scored by a model trained on the other folds, never by the model that trained on it
+    /// (its memorised noisy labels would look clean). 0 or 1: scored by the first model.
+    pub crossfit_folds: usize,
 }
 
 impl Default for BootstrapConfig {
@@ -185,6 +189,7 @@ impl Default for BootstrapConfig {
             samples: 10_000,
             epochs: 3,
             seed: 1,
+            crossfit_folds: 3,
         }
     }
 }
@@ -199,6 +204,10 @@ pub struct ScoringConfig {
     pub batch_window_ms: u64,
     /// `label-gradient` or `max-class`.
     pub attribution: AttributionMode,
+    /// The verdict rule: `noise-model` (class-conditional noise transition on the class
+    /// probabilities of a model that has not trained on the sample) or `mixture` (the online
+    /// two-component GMM of §3.2.2 in `features` space).
+    pub estimator: Estimator,
     /// Mixture space: `summary` ([ln‖a‖, ln CE]) or `attribution` (the paper's H-d space).
     pub features: PartitionFeatures,
     /// A sample is noisy when P(noisy) ≥ this.
@@ -213,6 +222,7 @@ impl Default for ScoringConfig {
             batch_size: 256,
             batch_window_ms: 20,
             attribution: AttributionMode::LabelGradient,
+            estimator: Estimator::NoiseModel,
             features: PartitionFeatures::Summary,
             threshold: 0.5,
             queue_batches: 4,

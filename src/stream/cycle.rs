@@ -27,12 +27,12 @@ use crate::attribution::{attribute, AttributionMode, Attributions};
 use crate::data::Dataset;
 use crate::evaluation::classification_report;
 use crate::model::{Model, ModelError};
-use crate::partition::{partition_features, PartitionError, PartitionFeatures};
+use crate::partition::PartitionError;
 use crate::progress::Progress;
 use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
 use crate::store::{Metrics, ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
 use crate::stream::config::{DaemonConfig, Finetune};
-use crate::stream::online_gmm::OnlineGmm;
+use crate::stream::verdicter::Verdicter;
 use crate::train::{predict, train, Optimizer, Scope, TrainConfig};
 
 /// A cycle never leaves more than this fraction of `fc`'s neurons pruned in all.
@@ -76,8 +76,8 @@ pub struct CycleInput {
     /// set, its fine-tuning snapshot, or (conservatively) the warm-up rows after a restart
     /// without a matching checkpoint and the rows held when a follower adopted it.
     pub holdout_from: usize,
-    /// The current mixture (scores the snapshot).
-    pub gmm: OnlineGmm,
+    /// The current verdict rule (splits the snapshot).
+    pub gmm: Verdicter,
     /// The trusted validation set, if configured.
     pub validation: Option<Dataset>,
     /// Why the cycle runs (`trigger` or `api`).
@@ -148,8 +148,8 @@ pub struct CycleRecord {
 pub struct CycleResult {
     /// The record.
     pub record: CycleRecord,
-    /// Accepted: the model, its version metadata and its mixture.
-    pub accepted: Option<(Model, VersionMetadata, OnlineGmm)>,
+    /// Accepted: the model, its version metadata and its verdict rule.
+    pub accepted: Option<(Model, VersionMetadata, Verdicter)>,
 }
 
 /// Attribute `data` with `model` (batches of 256, no progress bar).
@@ -164,36 +164,25 @@ pub fn attribute_all(
     attribute(model, data, mode, 256, &Progress::hidden())
 }
 
-/// The mixture's input rows `[n, d]` for attributions `a` (in `kind`'s space).
-pub fn mixture_rows(kind: PartitionFeatures, a: &Attributions) -> (Vec<f32>, usize) {
-    partition_features(kind, &a.values, a.n, a.hidden, &a.loss)
-}
-
-/// Fit a fresh mixture for `model` on the newest `warmup` samples of `data` (re-warm).
+/// The verdict rule for `model`, a new version: the noise model carries `previous` over
+/// (see [`Verdicter::for_new_model`]); the mixture is re-fitted on the newest
+/// `mixture.warmup_samples` samples of `data`.
 ///
 /// # Errors
 /// [`CycleError`] when attribution or the fit fails.
-pub fn warm_mixture(
+pub fn warm_verdicter(
     cfg: &DaemonConfig,
     model: &Model,
     data: &Dataset,
-) -> Result<OnlineGmm, CycleError> {
+    previous: Option<&Verdicter>,
+) -> Result<Verdicter, CycleError> {
+    if let Some(v) = previous.and_then(Verdicter::for_new_model) {
+        return Ok(v);
+    }
     let start = data.len().saturating_sub(cfg.mixture.warmup_samples);
     let recent = data.select(&(start..data.len()).collect::<Vec<_>>());
     let a = attribute_all(model, &recent, cfg.scoring.attribution)?;
-    let (x, d) = mixture_rows(cfg.scoring.features, &a);
-    let step = cfg.mixture.step_size().map_err(PartitionError::Invalid)?;
-    let mut gmm = OnlineGmm::warm_up(
-        &x,
-        a.n,
-        d,
-        &a.loss,
-        cfg.mixture.reg_covar,
-        step,
-        cfg.mixture.seed,
-    )?;
-    gmm.min_noisy_loss = cfg.mixture.min_noisy_loss;
-    Ok(gmm)
+    Ok(Verdicter::warm_up(cfg, &a, &recent.labels)?)
 }
 
 /// Split the (shuffled) clean rows into (held out, fine-tune, eval-set name): the held-out
@@ -268,7 +257,7 @@ fn cycle_steps(
     store: &ModelStore,
     input: CycleInput,
     rec: &mut CycleRecord,
-) -> Result<Option<(Model, VersionMetadata, OnlineGmm)>, CycleError> {
+) -> Result<Option<(Model, VersionMetadata, Verdicter)>, CycleError> {
     let data = &input.samples;
     let mut t = Instant::now();
     let mut lap = |rec: &mut CycleRecord, name: &str| {
@@ -279,13 +268,10 @@ fn cycle_steps(
 
     // 1. Attribute the snapshot with the current model; the mixture splits it.
     let a = attribute_all(&input.model, data, cfg.scoring.attribution)?;
-    let (x, _) = mixture_rows(cfg.scoring.features, &a);
-    let post = input.gmm.posterior(&x, a.n)?;
-    let noisy: Vec<bool> = post
-        .posterior_noisy
-        .iter()
-        .map(|&p| p >= cfg.scoring.threshold)
-        .collect();
+    let post = input
+        .gmm
+        .posterior(cfg.scoring.features, &a, &data.labels)?;
+    let noisy: Vec<bool> = post.iter().map(|&p| p >= cfg.scoring.threshold).collect();
     rec.noisy = noisy.iter().filter(|&&b| b).count();
     lap(rec, "attribution");
 
@@ -378,7 +364,7 @@ fn cycle_steps(
     }
 
     // 5. Re-warm the mixture for the new model, then publish.
-    let gmm = warm_mixture(cfg, &candidate, data)?;
+    let gmm = warm_verdicter(cfg, &candidate, data, Some(&input.gmm))?;
     let meta = store.publish(
         &cfg.model.name,
         &candidate,

@@ -41,10 +41,14 @@ pub struct DemoArgs {
     pub malformed_every: usize,
     /// Seed of the corruption.
     pub seed: u64,
+    /// Stream a stratified subsample of the training split (see [`ProduceArgs::train_size`]).
+    pub train_size: Option<usize>,
     /// Messages per second streamed in (0 = as fast as possible).
     pub rate: u64,
     /// Output folder (model store and state), emptied first.
     pub out_dir: PathBuf,
+    /// Write every verdict, joined with the hidden truth, as CSV here.
+    pub verdicts_csv: Option<PathBuf>,
 }
 
 /// The closing summary.
@@ -129,6 +133,18 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
     cfg.model.store = args.out_dir.join("models");
     cfg.state.dir = args.out_dir.join("state");
     cfg.api.enabled = false;
+    // The demo knows its data: the model takes its shape.
+    {
+        let (ds, dir) = (args.dataset.clone(), args.data_dir.clone());
+        let train = tokio::task::spawn_blocking(move || load(&ds, &dir))
+            .await
+            .map_err(|e| ToolError::Invalid(e.to_string()))?
+            .map_err(crate::experiment::ExperimentError::from)?
+            .train;
+        cfg.model.num_features = train.dim;
+        cfg.model.num_classes = train.num_classes;
+        cfg.model.image_shape = train.image_shape.map_or(vec![], |(c, h, w)| vec![c, h, w]);
+    }
     if args.out_dir.exists() {
         std::fs::remove_dir_all(&args.out_dir)
             .map_err(|e| ToolError::Invalid(format!("{}: {e}", args.out_dir.display())))?;
@@ -165,6 +181,7 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
         data_dir: args.data_dir.clone(),
         corruption: args.corruption.clone(),
         seed: args.seed,
+        train_size: args.train_size,
         rate: args.rate,
         limit: args.limit,
         skip: 0,
@@ -228,7 +245,11 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
     let warmup = cfg.bootstrap.samples;
     let truth = std::mem::take(&mut produced.truth);
     let malformed = produced.malformed;
+    let csv = args.verdicts_csv.clone();
     let verdicts = tokio::task::spawn_blocking(move || {
+        if let Some(p) = &csv {
+            tools::write_verdicts_csv(p, &truth, &b, &vt)?;
+        }
         let mut r = tools::evaluate_against(&truth, &b, &vt, Some(&dlq), warmup, &[])?;
         // The truth came from the producer's memory, not from the input topic: its malformed
         // messages are the ones the producer wrote.

@@ -23,21 +23,22 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attribution::Attributions;
 use crate::data::Dataset;
 use crate::metrics::DaemonMetrics;
 use crate::model::{parse_device, Model, ModelError, ModelSpec};
-use crate::partition::{PartitionError, PartitionFeatures};
+use crate::partition::{Estimator, PartitionError, PartitionFeatures};
 use crate::progress::Progress;
 use crate::store::{ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
 use crate::stream::config::DaemonConfig;
 use crate::stream::cycle::{
-    attribute_all, mixture_rows, run_cycle, warm_mixture, CycleError, CycleInput, CycleOutcome,
-    CycleRecord, CycleResult, MIN_CYCLE_SAMPLES,
+    attribute_all, run_cycle, warm_verdicter, CycleError, CycleInput, CycleOutcome, CycleRecord,
+    CycleResult, MIN_CYCLE_SAMPLES,
 };
-use crate::stream::online_gmm::OnlineGmm;
 use crate::stream::replay::ReplayBuffer;
 use crate::stream::schema::{LabeledSample, ModelPublished, Verdict};
 use crate::stream::trigger::NoiseTrigger;
+use crate::stream::verdicter::Verdicter;
 use crate::train::{train, TrainConfig};
 
 /// Engine failures (each stops the daemon with this message; bad *samples* never do).
@@ -109,8 +110,9 @@ pub struct Checkpoint {
     pub model: String,
     /// The version the mixture belongs to.
     pub model_version: u64,
-    /// The online mixture (None while warming up).
-    pub gmm: Option<OnlineGmm>,
+    /// The verdict rule (None while warming up). The name is the one checkpoints had when
+    /// the rule was always the online mixture.
+    pub gmm: Option<Verdicter>,
     /// The trigger.
     pub trigger: NoiseTrigger,
     /// Verdicts made since the first start.
@@ -154,7 +156,7 @@ pub struct Engine {
     device: candle_core::Device,
     model: Option<Model>,
     version: u64,
-    gmm: Option<OnlineGmm>,
+    gmm: Option<Verdicter>,
     phase: Phase,
     trigger: NoiseTrigger,
     replay: ReplayBuffer,
@@ -251,7 +253,14 @@ impl Engine {
                     e.trigger = cp.trigger;
                     e.trigger.params = e.cfg.trigger.clone();
                     e.trigger.restarted();
-                    if let Some(g) = cp.gmm {
+                    // A checkpoint of the other rule (the config changed) warms up anew.
+                    if let Some(g) = cp.gmm.filter(|g| {
+                        matches!(
+                            (g, e.cfg.scoring.estimator),
+                            (Verdicter::NoiseModel { .. }, Estimator::NoiseModel)
+                                | (Verdicter::Mixture(_), Estimator::Mixture)
+                        )
+                    }) {
                         e.gmm = Some(g);
                         e.phase = Phase::Scoring;
                         tracing::info!(
@@ -387,14 +396,14 @@ impl Engine {
                     self.phase = Phase::Bootstrap(held);
                     return Ok(());
                 }
-                self.bootstrap(&held, events)?;
+                let scores = self.bootstrap(&held, events)?;
                 self.warmup_trained = true;
                 self.phase = Phase::Warming(vec![]);
-                self.warm(held, out)
+                self.warm(held, scores, out)
             }
             Phase::Warming(mut held) => {
                 held.extend(batch);
-                self.warm(held, out)
+                self.warm(held, None, out)
             }
             Phase::Scoring => {
                 self.score(batch, out)?;
@@ -420,11 +429,13 @@ impl Engine {
         }
     }
 
+    /// Train and publish the first model on `held`; returns the held samples' out-of-sample
+    /// scores from `bootstrap.crossfit_folds` fold models (None without cross-fitting).
     fn bootstrap(
         &mut self,
         held: &[Incoming],
         events: &mut Vec<EngineEvent>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<Attributions>, EngineError> {
         let data = self.as_dataset(held);
         let m = &self.cfg.model;
         let spec = ModelSpec::for_dataset(m.arch, m.hidden, &data);
@@ -462,7 +473,30 @@ impl Engine {
         events.push(EngineEvent::Published(self.announcement(&meta, &[])));
         self.model = Some(model);
         self.set_version(meta.version);
-        Ok(())
+        let folds = self.cfg.bootstrap.crossfit_folds;
+        if folds < 2 || data.len() < folds {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let spec = self.model.as_ref().expect("just set").spec().clone();
+        let plan = crate::experiment::CrossFitPlan {
+            folds,
+            recipe: TrainConfig::paper(self.cfg.bootstrap.epochs, self.cfg.bootstrap.seed),
+            attribution: self.cfg.scoring.attribution,
+            attribution_batch: 256,
+        };
+        let scores =
+            crate::experiment::crossfit(&data, &spec, &plan, &self.device, &Progress::hidden())
+                .map_err(|e| match e {
+                    crate::experiment::ExperimentError::Model(m) => EngineError::Model(m),
+                    other => EngineError::Mismatch(other.to_string()),
+                })?;
+        tracing::info!(
+            folds,
+            seconds = t.elapsed().as_secs_f64(),
+            "bootstrap samples scored out of sample (cross-fitted)"
+        );
+        Ok(Some(scores))
     }
 
     /// The `ModelPublished` event of a version.
@@ -500,23 +534,34 @@ impl Engine {
         }
     }
 
-    fn warm(&mut self, held: Vec<Incoming>, out: &mut Vec<Scored>) -> Result<(), EngineError> {
+    /// Warm the verdict rule up on the held samples once there are `mixture.warmup_samples`
+    /// of them, and give them their verdicts. `scores` are their out-of-sample scores when
+    /// the caller has them (the bootstrap's cross-fitting); otherwise the current model
+    /// scores them.
+    fn warm(
+        &mut self,
+        held: Vec<Incoming>,
+        scores: Option<Attributions>,
+        out: &mut Vec<Scored>,
+    ) -> Result<(), EngineError> {
         if held.len() < self.cfg.mixture.warmup_samples {
             self.phase = Phase::Warming(held);
             return Ok(());
         }
         let model = self.model.as_ref().expect("a model exists after bootstrap");
         let data = self.as_dataset(&held);
-        let gmm = warm_mixture(&self.cfg, model, &data)?;
-        tracing::info!(version = self.version, samples = held.len(), weights = ?gmm.weights_clean_noisy(), "mixture warmed up");
-        self.gmm = Some(gmm);
+        let a = match scores {
+            Some(a) => a,
+            None => attribute_all(model, &data, self.cfg.scoring.attribution)?,
+        };
+        let v = Verdicter::warm_up(&self.cfg, &a, &data.labels)?;
+        tracing::info!(version = self.version, samples = held.len(), weights = ?v.weights_clean_noisy(), "verdict rule warmed up");
+        self.gmm = Some(v);
         self.phase = Phase::Scoring;
         self.trigger.reset_window();
-        // The warm-up samples get verdicts from the fitted mixture (no update: it was fitted
-        // on them), in micro-batches.
-        for chunk in held.chunks(self.cfg.scoring.batch_size.max(1)) {
-            self.score_with(chunk.to_vec(), out, false)?;
-        }
+        // The warm-up samples get verdicts from the fitted rule (no update: it was fitted on
+        // them).
+        self.emit(held, &a, false, out)?;
         if std::mem::take(&mut self.warmup_trained) {
             // The first model trained on these: no held-out slice from them.
             self.unseen_from_seq = self.replay.seen() + 1;
@@ -525,34 +570,41 @@ impl Engine {
     }
 
     fn score(&mut self, batch: Vec<Incoming>, out: &mut Vec<Scored>) -> Result<(), EngineError> {
-        self.score_with(batch, out, true)
-    }
-
-    fn score_with(
-        &mut self,
-        batch: Vec<Incoming>,
-        out: &mut Vec<Scored>,
-        update: bool,
-    ) -> Result<(), EngineError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let t = Instant::now();
         let model = self.model.as_ref().expect("scoring has a model");
-        let data = self.as_dataset(&batch);
-        let a = attribute_all(model, &data, self.cfg.scoring.attribution)?;
-        let (x, _) = mixture_rows(self.cfg.scoring.features, &a);
-        let gmm = self.gmm.as_mut().expect("scoring has a mixture");
+        let a = attribute_all(
+            model,
+            &self.as_dataset(&batch),
+            self.cfg.scoring.attribution,
+        )?;
+        self.emit(batch, &a, true, out)
+    }
+
+    /// Verdicts for `batch` from its scores `a` (same order): posterior under the rule, then
+    /// (with `update`) one stepwise update.
+    fn emit(
+        &mut self,
+        batch: Vec<Incoming>,
+        a: &Attributions,
+        update: bool,
+        out: &mut Vec<Scored>,
+    ) -> Result<(), EngineError> {
+        let t = Instant::now();
+        let labels: Vec<u32> = batch.iter().map(|it| it.sample.label).collect();
+        let features = self.cfg.scoring.features;
+        let v = self.gmm.as_mut().expect("scoring has a verdict rule");
         let post = if update {
-            gmm.update(&x, a.n, &a.loss)?
+            v.update(features, a, &labels)?
         } else {
-            gmm.posterior(&x, a.n)?
+            v.posterior(features, a, &labels)?
         };
-        let state_id = format!("v{}-u{}", self.version, gmm.updates);
+        let state_id = format!("v{}-u{}", self.version, v.updates());
         let threshold = self.cfg.scoring.threshold;
         let scored_at = crate::stream::unix_ms();
         for (i, it) in batch.into_iter().enumerate() {
-            let p = post.posterior_noisy[i];
+            let p = post[i];
             let noisy = p >= threshold;
             self.trigger.observe(noisy);
             self.replay.offer(&it.sample.features, it.sample.label);
@@ -597,7 +649,10 @@ impl Engine {
             let w = g.weights_clean_noisy();
             m.mixture_weight.with_label_values(&["clean"]).set(w[0]);
             m.mixture_weight.with_label_values(&["noisy"]).set(w[1]);
-            if self.cfg.scoring.features == PartitionFeatures::Summary {
+            if let Some(g) = g
+                .mixture()
+                .filter(|_| self.cfg.scoring.features == PartitionFeatures::Summary)
+            {
                 let means = g.means_clean_noisy();
                 for (c, name) in [(0, "clean"), (1, "noisy")] {
                     for (d, dim) in ["log_attribution_norm", "log_loss"].iter().enumerate() {
@@ -727,12 +782,16 @@ impl Engine {
         };
         if !held.is_empty() {
             self.phase = Phase::Warming(held);
+        } else if let Some(v) = self.gmm.as_ref().and_then(Verdicter::for_new_model) {
+            self.gmm = Some(v);
+            self.phase = Phase::Scoring;
         } else if self.replay.len() >= self.cfg.mixture.warmup_samples.min(MIN_CYCLE_SAMPLES) {
             let model = self.model.as_ref().expect("just loaded");
-            self.gmm = Some(warm_mixture(
+            self.gmm = Some(warm_verdicter(
                 &self.cfg,
                 model,
                 &self.replay.snapshot(self.cfg.image_shape()),
+                None,
             )?);
             self.phase = Phase::Scoring;
         } else {

@@ -7,6 +7,7 @@
 //! - [`daemon`]: Kafka source → scorer thread → Kafka sink; offsets, dead letters, shutdown.
 //! - [`offsets`]: which offset may be stored (at-least-once bookkeeping).
 //! - [`engine`]: the scorer: bootstrap, warm-up, attribution → online GMM → verdicts.
+//! - [`verdicter`]: the verdict rule (online noise model, default, or online mixture).
 //! - [`online_gmm`]: stepwise EM of the two-component mixture.
 //! - [`trigger`]: windowed and EWMA noise rate, hysteresis, cool-down.
 //! - [`replay`]: the bounded class-balanced replay buffer.
@@ -29,6 +30,7 @@ pub mod schema;
 pub mod state;
 pub mod tools;
 pub mod trigger;
+pub mod verdicter;
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it): the unit of
 /// `event_time_ms`, `scored_at_ms` and `created_at_ms` in the `rlap.v1` schemas.

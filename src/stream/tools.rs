@@ -18,8 +18,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::corruption::{corrupt, Corruption};
-use crate::data::{load, DatasetSpec};
+use crate::corruption::Corruption;
+use crate::data::DatasetSpec;
 use crate::progress::Progress;
 use crate::stream::schema::{self, LabeledSample, Verdict};
 
@@ -54,8 +54,11 @@ pub struct ProduceArgs {
     pub data_dir: std::path::PathBuf,
     /// Corruption applied before streaming (its mask goes into the truth header).
     pub corruption: Corruption,
-    /// Seed of the corruption.
+    /// Seed of the corruption (and of the subsample).
     pub seed: u64,
+    /// Stream a stratified subsample of this many samples of the training split, drawn as
+    /// `rlap experiment --train-size` draws it (same seed: the same samples and labels).
+    pub train_size: Option<usize>,
     /// Messages per second at most (0 = as fast as possible).
     pub rate: u64,
     /// Samples at most (0 = all).
@@ -157,10 +160,18 @@ pub fn id_position(sample_id: &str) -> Option<u64> {
 pub async fn produce(args: &ProduceArgs, progress: &Progress) -> Result<ProduceReport, ToolError> {
     let data_dir = args.data_dir.clone();
     let (dataset, corruption, seed) = (args.dataset.clone(), args.corruption.clone(), args.seed);
+    let train_size = args.train_size;
     let (noisy, truth) = tokio::task::spawn_blocking(move || -> Result<_, ToolError> {
-        let split = load(&dataset, &data_dir).map_err(crate::experiment::ExperimentError::from)?;
-        Ok(corrupt(&split.train, &corruption, seed)
-            .map_err(crate::experiment::ExperimentError::from)?)
+        let cfg = crate::experiment::ExperimentConfig {
+            dataset,
+            data_dir,
+            corruption,
+            seed,
+            train_size,
+            ..Default::default()
+        };
+        let p = crate::experiment::prepare(&cfg)?;
+        Ok((p.noisy, p.truth))
     })
     .await
     .map_err(|e| ToolError::Invalid(e.to_string()))??;
@@ -427,6 +438,55 @@ pub fn evaluate_verdicts(
     let mut r = evaluate_against(&truth, brokers, verdicts_topic, dlq_topic, skip, extra)?;
     r.input_without_truth = without;
     Ok(r)
+}
+
+/// Write every verdict message on `verdicts_topic` whose sample is in `truth` (id →
+/// (corrupted, stream index)) as one CSV row
+/// `order,sample_id,given_label,corrupted,posterior_noisy,noisy,model_version` (the quality benchmark's
+/// input; duplicates after a redelivery appear as extra rows).
+///
+/// # Errors
+/// [`ToolError::Kafka`] when the topic cannot be read, [`ToolError::Invalid`] when the file
+/// cannot be written.
+pub fn write_verdicts_csv(
+    path: &std::path::Path,
+    truth: &HashMap<String, (bool, usize)>,
+    brokers: &str,
+    verdicts_topic: &str,
+) -> Result<(), ToolError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| ToolError::Invalid(format!("{}: {e}", path.display()));
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    writeln!(
+        w,
+        "order,sample_id,given_label,corrupted,posterior_noisy,noisy,model_version"
+    )
+    .map_err(io)?;
+    let mut err = None;
+    read_all(brokers, verdicts_topic, &[], |m| {
+        let Some(v) = m.payload().and_then(|p| Verdict::decode(p).ok()) else {
+            return;
+        };
+        let Some(&(t, order)) = truth.get(&v.sample_id) else {
+            return;
+        };
+        if let Err(e) = writeln!(
+            w,
+            "{order},{},{},{},{:.6},{},{}",
+            v.sample_id,
+            v.given_label,
+            u8::from(t),
+            v.posterior_noisy,
+            u8::from(v.noisy),
+            v.model_version
+        ) {
+            err.get_or_insert(e);
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(io(e));
+    }
+    w.flush().map_err(io)
 }
 
 /// [`evaluate_verdicts`] with the truth already known (id → (corrupted, index)), for a
