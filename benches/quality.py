@@ -104,7 +104,7 @@ def scores(flag, score, truth):
     r = tp / max(truth.sum(), 1)
     f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
     auroc = roc_auc_score(truth, score) if 0 < truth.sum() < len(truth) else float("nan")
-    return {"precision": p, "recall": r, "f1": f1, "auroc": auroc,
+    return {"precision": float(p), "recall": float(r), "f1": float(f1), "auroc": float(auroc),
             "estimated": float(flag.mean()), "true": float(truth.mean())}
 
 
@@ -215,11 +215,11 @@ def main():
             for path, r, s in rows:
                 best_f1 = max(peer[x]["f1"] for x in peer)
                 best_auc = max(peer[x]["auroc"] for x in peer)
-                checks = {"f1": r["f1"] >= best_f1 - 1e-9,
-                          "auroc": (r["auroc"] != r["auroc"]) or r["auroc"] >= best_auc - 1e-9,
-                          "noise_rate": abs(r["estimated"] - r["true"]) <= 0.03}
+                checks = {"f1": bool(r["f1"] >= best_f1 - 1e-9),
+                          "auroc": bool((r["auroc"] != r["auroc"]) or r["auroc"] >= best_auc - 1e-9),
+                          "noise_rate": bool(abs(r["estimated"] - r["true"]) <= 0.03)}
                 if noise == "none":
-                    checks = {"noise_rate": abs(r["estimated"] - r["true"]) <= 0.03}
+                    checks = {"noise_rate": checks["noise_rate"]}
                 results.append({"dataset": name, "noise": noise, "corruption": corruption, "samples": m,
                                 "path": path, "rlap": r, "peers": peer, "checks": checks, "seconds": s})
                 print(f"{tag:22s} {path:20s} rlap F1 {fmt(r['f1'])} AUROC {fmt(r['auroc'])} est {fmt(r['estimated'])} "

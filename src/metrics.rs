@@ -36,7 +36,7 @@ pub struct DaemonMetrics {
     /// `rlap_consumer_lag_messages{partition}`: high watermark − position, per assigned
     /// input partition.
     pub consumer_lag: IntGaugeVec,
-    /// `rlap_cycles_total{outcome="accepted|rejected|failed"}`.
+    /// `rlap_cycles_total{outcome="accepted|rejected|skipped|failed"}`.
     pub cycles: IntCounterVec,
     /// `rlap_cycle_stage_seconds{stage}`: attribution, regression, finetune, evaluate, publish.
     pub cycle_stage_seconds: HistogramVec,
@@ -233,7 +233,7 @@ impl DaemonMetrics {
         for o in ["clean", "noisy"] {
             m.verdicts.with_label_values(&[o]);
         }
-        for o in ["accepted", "rejected", "failed"] {
+        for o in ["accepted", "rejected", "skipped", "failed"] {
             m.cycles.with_label_values(&[o]);
         }
         for reason in crate::stream::schema::INVALID_REASONS {

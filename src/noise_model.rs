@@ -16,7 +16,7 @@
 //!    number of samples with that label; divided by n it estimates `Q[j, c] = P(ỹ = j, y* = c)`;
 //! 3. the transition `T[c, j] = Q[j, c] / Σ_j' Q[j', c]` (row c: where true class c's labels go);
 //! 4. a model trained on noisy labels estimates `q = Tᵀ π` with `π(x) = P(y* | x)`, so
-//!    `π = (Tᵀ)⁻¹ q` (clipped to ≥ 0, renormalised), and
+//!    `π = (Tᵀ)⁻¹ q` (floored at 10⁻³·q, renormalised), and
 //!    `P(clean | x, ỹ = j) = T[j, j] π_j / Σ_c T[c, j] π_c`; P(noisy) is its complement.
 //!
 //! Unlike a two-component mixture on the loss, the rule needs no "noisy component" to exist: on
@@ -33,6 +33,10 @@ use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 
 use crate::partition::{Partition, PartitionError};
+
+/// Floor of the corrected class probabilities π_c, as a fraction of q_c: `(Tᵀ)⁻¹q` can go
+/// negative where q is not exactly of the form Tᵀπ.
+const PI_FLOOR: f64 = 1e-3;
 
 /// Sufficient statistics of the class-conditional noise model over K classes, as running means
 /// per sample. Serializable: it is part of the daemon's checkpoint.
@@ -264,7 +268,9 @@ impl NoiseModel {
                             *p = (0..k)
                                 .map(|b| inv[(a, b)] * row[b] as f64)
                                 .sum::<f64>()
-                                .max(0.0);
+                                // A floor in proportion to q keeps the order of the samples
+                                // whose inverted value clips (and no posterior exactly 0).
+                                .max(PI_FLOOR * row[a] as f64);
                         }
                     }
                     None => pi.iter_mut().zip(row).for_each(|(p, &v)| *p = v as f64),

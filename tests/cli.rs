@@ -90,7 +90,8 @@ fn experiment_on_an_mnist_slice_prints_the_table_and_writes_reports() {
     let mut lines = text.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "index,given_label,true_label,corrupted,posterior_noisy,predicted_noisy"
+        "index,given_label,true_label,corrupted,posterior_noisy,predicted_noisy,\
+         q0,q1,q2,q3,q4,q5,q6,q7,q8,q9"
     );
     let body: Vec<&str> = lines.collect();
     assert_eq!(body.len(), 3000);

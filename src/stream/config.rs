@@ -335,8 +335,8 @@ pub struct CycleConfig {
     /// those the current model has not trained on and at most half of them
     /// ([`crate::stream::cycle`]).
     pub holdout_fraction: f64,
-    /// Accept when candidate accuracy ≥ current − tolerance.
-    pub tolerance: f64,
+    /// The acceptance guard (`[cycle.guard]`, [`crate::stream::guard`]).
+    pub guard: crate::stream::guard::GuardParams,
     /// A trusted validation set replaces the held-out slice when given.
     pub validation: Option<ValidationConfig>,
     /// Seed of the fine-tuning shuffles.
@@ -352,7 +352,7 @@ impl Default for CycleConfig {
             min_samples: 20_000,
             prune_fraction: crate::prune::DEFAULT_PRUNE_FRACTION,
             holdout_fraction: 0.1,
-            tolerance: 0.01,
+            guard: Default::default(),
             validation: None,
             seed: 2,
         }
@@ -590,12 +590,7 @@ impl DaemonConfig {
                 c.holdout_fraction
             ));
         }
-        if !(c.tolerance >= 0.0 && c.tolerance < 1.0) {
-            p.push(format!(
-                "cycle.tolerance = {}: must be in [0, 1)",
-                c.tolerance
-            ));
-        }
+        p.extend(c.guard.problems());
         if let Some(v) = &c.validation {
             if let Err(e) = v.dataset.parse::<crate::data::DatasetSpec>() {
                 p.push(format!("cycle.validation.dataset: {e}"));

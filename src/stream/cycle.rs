@@ -1,18 +1,19 @@
 //! One model cycle of the daemon: regression sensitivity → prune → fine-tune on the buffered
 //! clean samples → evaluate → accept or reject → (accepted) re-warm the mixture and publish.
 //!
-//! This module owns the cycle's steps and its acceptance rule; it runs on a dedicated thread
-//! while scoring continues on the current model (see [`crate::stream::engine`]). The samples
-//! are a snapshot of the replay buffer; their clean/noisy split comes from the current online
-//! mixture (never from any ground truth). The held-out slice — `holdout_fraction` of the clean
+//! This module owns the cycle's steps; it runs on a dedicated thread while scoring continues
+//! on the current model (see [`crate::stream::engine`]). The samples are a snapshot of the
+//! replay buffer; their clean/noisy split comes from the current verdict rule (never from any
+//! ground truth). The held-out slice — `holdout_fraction` of the clean
 //! samples, drawn after a seeded shuffle from those the current model has not trained on (they
 //! arrived after its training data; see [`CycleInput::holdout_from`]), but never more than
 //! half of those, so the candidate also fine-tunes on new samples — is excluded from
 //! fine-tuning and compares the current and candidate models unless a trusted validation set
 //! is configured. Drawing it from the current model's own training samples would favour that
 //! model: it has fitted their labels, noisy ones included, and the pruned candidate partly
-//! forgets them. A candidate is accepted
-//! when its accuracy is at least the current one's minus `tolerance`. Already-pruned neurons
+//! forgets them. The acceptance guard ([`crate::stream::guard`]) skips a cycle whose
+//! evaluation set is too small to judge, and accepts a candidate only when it is better with
+//! statistical confidence and no class collapses. Already-pruned neurons
 //! stay pruned; a cycle prunes at most `prune_fraction·H` more, and never beyond
 //! `MAX_PRUNED_FRACTION·H` in all (later cycles then only fine-tune).
 
@@ -32,6 +33,7 @@ use crate::progress::Progress;
 use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
 use crate::store::{Metrics, ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
 use crate::stream::config::{DaemonConfig, Finetune};
+use crate::stream::guard::{judge, Decision};
 use crate::stream::verdicter::Verdicter;
 use crate::train::{predict, train, Optimizer, Scope, TrainConfig};
 
@@ -92,8 +94,12 @@ pub struct CycleInput {
 pub enum CycleOutcome {
     /// The candidate was published and swapped in.
     Accepted,
-    /// The candidate was worse than the current model beyond the tolerance.
+    /// The candidate was not better with confidence, or a class collapsed
+    /// ([`crate::stream::guard`]).
     Rejected,
+    /// The cycle could not be judged (too few evaluation or fine-tuning samples): the current
+    /// model keeps serving.
+    Skipped,
     /// A step failed (the reason says which).
     Failed,
 }
@@ -104,6 +110,7 @@ impl CycleOutcome {
         match self {
             Self::Accepted => "accepted",
             Self::Rejected => "rejected",
+            Self::Skipped => "skipped",
             Self::Failed => "failed",
         }
     }
@@ -142,6 +149,11 @@ pub struct CycleRecord {
     pub pruned_now: Vec<usize>,
     /// Seconds per stage: attribution, regression, fine-tune, evaluate, publish.
     pub stage_seconds: Vec<(String, f64)>,
+    /// What the acceptance guard saw: evaluation size, accuracies, the confidence interval of
+    /// their difference, per-class recall and predictions (None when the cycle ended before
+    /// the comparison).
+    #[serde(default)]
+    pub evidence: Option<crate::stream::guard::Evidence>,
 }
 
 /// A finished cycle: its record and, when accepted, the new model and its warmed mixture.
@@ -212,13 +224,12 @@ fn split_holdout(
     (held, tune, "holdout")
 }
 
-fn metrics(model: &Model, data: &Dataset) -> Result<Metrics, ModelError> {
-    let p = predict(model, data)?;
-    let r = classification_report(&p, &data.labels, data.num_classes);
-    Ok(Metrics {
+fn metrics(data: &Dataset, predicted: &[u32]) -> Metrics {
+    let r = classification_report(predicted, &data.labels, data.num_classes);
+    Metrics {
         accuracy: r.accuracy,
         macro_f1: r.macro_f1,
-    })
+    }
 }
 
 /// Run one cycle (blocking; seconds to minutes). Publishes to `store` when accepted.
@@ -238,6 +249,7 @@ pub fn run_cycle(cfg: &DaemonConfig, store: &ModelStore, input: CycleInput) -> C
         accuracy_after: None,
         pruned_now: vec![],
         stage_seconds: vec![],
+        evidence: None,
     };
     match cycle_steps(cfg, store, input, &mut record) {
         Ok(accepted) => CycleResult { record, accepted },
@@ -315,12 +327,14 @@ fn cycle_steps(
     rec.eval_set = eval_set.into();
     rec.eval_samples = eval.len();
     rec.finetune_samples = tune_idx.len();
-    if tune_idx.len() < 64 || eval.is_empty() {
-        rec.outcome = CycleOutcome::Rejected;
+    if tune_idx.len() < 64 || eval.len() < cfg.cycle.guard.min_eval_samples {
+        rec.outcome = CycleOutcome::Skipped;
         rec.reason = format!(
-            "too few clean samples: {} to fine-tune on, {} to evaluate",
+            "cannot be judged: {} clean samples to fine-tune on (64 needed), {} to evaluate \
+             (cycle.guard.min_eval_samples = {}; a trusted [cycle.validation] set avoids this)",
             tune_idx.len(),
-            eval.len()
+            eval.len(),
+            cfg.cycle.guard.min_eval_samples
         );
         return Ok(None);
     }
@@ -347,21 +361,38 @@ fn cycle_steps(
     )?;
     lap(rec, "finetune");
 
-    // 4. Compare on the same samples.
-    let before = metrics(&input.model, &eval)?;
-    let after = metrics(&candidate, &eval)?;
+    // 4. The guard compares the two models on the same samples (and the whole snapshot's
+    //    predictions for vanishing classes).
+    let (pb, pa) = (predict(&input.model, &eval)?, predict(&candidate, &eval)?);
+    let (sb, sa) = (predict(&input.model, data)?, predict(&candidate, data)?);
+    let (decision, evidence) = judge(
+        &eval.labels,
+        &pb,
+        &pa,
+        &sb,
+        &sa,
+        data.num_classes,
+        &cfg.cycle.guard,
+    );
+    let before = metrics(&eval, &pb);
+    let after = metrics(&eval, &pa);
     rec.accuracy_before = Some(before.accuracy);
     rec.accuracy_after = Some(after.accuracy);
+    rec.evidence = Some(evidence);
     lap(rec, "evaluate");
-    let verdict = format!(
-        "{} accuracy {:.4} -> {:.4} on {} samples (tolerance {})",
-        eval_set, before.accuracy, after.accuracy, rec.eval_samples, cfg.cycle.tolerance
-    );
-    if after.accuracy < before.accuracy - cfg.cycle.tolerance {
-        rec.outcome = CycleOutcome::Rejected;
-        rec.reason = verdict;
-        return Ok(None);
-    }
+    let verdict = match decision {
+        Decision::Accept(why) => format!("{eval_set}: {why}"),
+        Decision::Reject(why) => {
+            rec.outcome = CycleOutcome::Rejected;
+            rec.reason = format!("{eval_set}: {why}");
+            return Ok(None);
+        }
+        Decision::Skip(why) => {
+            rec.outcome = CycleOutcome::Skipped;
+            rec.reason = format!("{eval_set}: {why}");
+            return Ok(None);
+        }
+    };
 
     // 5. Re-warm the mixture for the new model, then publish.
     let gmm = warm_verdicter(cfg, &candidate, data, Some(&input.gmm))?;

@@ -12,6 +12,7 @@
 //! - [`trigger`]: windowed and EWMA noise rate, hysteresis, cool-down.
 //! - [`replay`]: the bounded class-balanced replay buffer.
 //! - [`cycle`]: regression sensitivity → prune → fine-tune → evaluate → accept → publish.
+//! - [`guard`]: the cycle's acceptance guard (size floor, confidence bound, per-class checks).
 //! - [`state`]: atomic checkpoints.
 //! - [`tools`]: `rlap produce` and `rlap evaluate-verdicts`.
 //! - [`demo`]: the whole loop on librdkafka's in-process mock cluster.
@@ -23,6 +24,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod guard;
 pub mod offsets;
 pub mod online_gmm;
 pub mod replay;

@@ -1,0 +1,384 @@
+//! The acceptance guard of a model cycle: is the candidate better than the model serving now,
+//! with statistical confidence, on an evaluation set large enough to tell, and without any
+//! class collapsing?
+//!
+//! This module owns the decision and the evidence a cycle records; it is pure (predictions in,
+//! decision out), so every adversarial case is a unit test. The rule (project decision; the
+//! paired comparison is McNemar's setting, the bound the normal approximation of the paired
+//! difference of proportions, Agresti, *Categorical Data Analysis*, 3rd ed., §11.1):
+//! 1. **Size floor**: fewer than `min_eval_samples` evaluation samples → the cycle is
+//!    *skipped* (cannot be judged): a bare accuracy on 11 or 38 samples is noise.
+//! 2. **Confidence bound**: with dᵢ = 1[candidate right] − 1[current right] over the same
+//!    samples, accept only when the one-sided lower bound `d̄ − z·sd(d)/√n` at `confidence`
+//!    is at least `−tolerance` (default 0: better with 95 % confidence).
+//! 3. **No class collapses**: every class with at least `min_class_samples` evaluation samples
+//!    keeps its recall within `max_recall_drop`; and over the whole snapshot, a class the
+//!    current model predicts at least `min_class_predictions` times is still predicted at
+//!    least half as often (a tiny class flagged wholesale must not vanish from the model).
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the guard (validated with the daemon's config).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardParams {
+    /// Evaluation samples needed to judge a cycle at all.
+    pub min_eval_samples: usize,
+    /// One-sided confidence of the lower bound on the accuracy difference, in (0.5, 1).
+    pub confidence: f64,
+    /// The lower bound may fall this far below 0 (accuracy points as a fraction; 0 = the
+    /// candidate must be better with `confidence`).
+    pub tolerance: f64,
+    /// Classes with at least this many evaluation samples have their recall checked.
+    pub min_class_samples: usize,
+    /// Largest allowed drop of a checked class's recall (fraction).
+    pub max_recall_drop: f64,
+    /// Classes the current model predicts at least this often on the snapshot must still be
+    /// predicted at least half as often.
+    pub min_class_predictions: usize,
+}
+
+impl Default for GuardParams {
+    fn default() -> Self {
+        Self {
+            min_eval_samples: 500,
+            confidence: 0.95,
+            tolerance: 0.0,
+            min_class_samples: 20,
+            max_recall_drop: 0.10,
+            min_class_predictions: 3,
+        }
+    }
+}
+
+impl GuardParams {
+    /// Check ranges; one line per problem, naming the `cycle.guard.*` key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = vec![];
+        if self.min_eval_samples < 30 {
+            p.push(format!(
+                "cycle.guard.min_eval_samples = {}: must be >= 30 (fewer cannot bound an accuracy difference)",
+                self.min_eval_samples
+            ));
+        }
+        if !(self.confidence > 0.5 && self.confidence < 1.0) {
+            p.push(format!(
+                "cycle.guard.confidence = {}: must be in (0.5, 1)",
+                self.confidence
+            ));
+        }
+        if !(0.0..0.5).contains(&self.tolerance) {
+            p.push(format!(
+                "cycle.guard.tolerance = {}: must be in [0, 0.5)",
+                self.tolerance
+            ));
+        }
+        if !(self.max_recall_drop > 0.0 && self.max_recall_drop <= 1.0) {
+            p.push(format!(
+                "cycle.guard.max_recall_drop = {}: must be in (0, 1]",
+                self.max_recall_drop
+            ));
+        }
+        if self.min_class_samples == 0 || self.min_class_predictions == 0 {
+            p.push("cycle.guard.min_class_samples and min_class_predictions must be >= 1".into());
+        }
+        p
+    }
+
+    /// The one-sided normal quantile of `confidence`.
+    fn z(&self) -> f64 {
+        use statrs::distribution::{ContinuousCDF, Normal};
+        Normal::standard().inverse_cdf(self.confidence)
+    }
+}
+
+/// One class's figures on the evaluation set (and predictions over the snapshot).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClassEvidence {
+    /// The class.
+    pub class: u32,
+    /// Evaluation samples labelled with it.
+    pub samples: usize,
+    /// Recall of the current model on them (NaN when none).
+    pub recall_before: f64,
+    /// Recall of the candidate.
+    pub recall_after: f64,
+    /// Snapshot samples the current model predicts as this class.
+    pub predicted_before: usize,
+    /// Snapshot samples the candidate predicts as this class.
+    pub predicted_after: usize,
+}
+
+/// What the guard saw: part of every cycle record.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Evidence {
+    /// Evaluation samples.
+    pub eval_samples: usize,
+    /// Accuracy of the current model on them.
+    pub accuracy_before: f64,
+    /// Accuracy of the candidate.
+    pub accuracy_after: f64,
+    /// Two-sided interval at `confidence` of the paired accuracy difference (after − before);
+    /// its lower end is the one-sided bound the decision uses.
+    pub difference_interval: (f64, f64),
+    /// Per-class figures.
+    pub classes: Vec<ClassEvidence>,
+}
+
+/// The guard's decision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Publish the candidate.
+    Accept(String),
+    /// Keep the current model: the candidate is not better, or a class collapsed.
+    Reject(String),
+    /// Keep the current model: the evaluation set is too small to judge.
+    Skip(String),
+}
+
+/// Judge a candidate from predictions on the evaluation set (`labels`, `before`, `after`, all
+/// `[n]`) and on the whole snapshot (`snap_before`, `snap_after`), over `k` classes.
+pub fn judge(
+    labels: &[u32],
+    before: &[u32],
+    after: &[u32],
+    snap_before: &[u32],
+    snap_after: &[u32],
+    k: usize,
+    p: &GuardParams,
+) -> (Decision, Evidence) {
+    let n = labels.len();
+    let mut ev = Evidence {
+        eval_samples: n,
+        ..Default::default()
+    };
+    let count = |preds: &[u32]| {
+        let mut c = vec![0usize; k];
+        for &q in preds {
+            if (q as usize) < k {
+                c[q as usize] += 1;
+            }
+        }
+        c
+    };
+    let (pb, pa) = (count(snap_before), count(snap_after));
+    let (mut tot, mut hit_b, mut hit_a) = (vec![0usize; k], vec![0usize; k], vec![0usize; k]);
+    let mut d_sum = 0.0;
+    let mut d_sq = 0.0;
+    for i in 0..n {
+        let y = labels[i] as usize;
+        let (b, a) = (before[i] == labels[i], after[i] == labels[i]);
+        if y < k {
+            tot[y] += 1;
+            hit_b[y] += usize::from(b);
+            hit_a[y] += usize::from(a);
+        }
+        let d = f64::from(u8::from(a)) - f64::from(u8::from(b));
+        d_sum += d;
+        d_sq += d * d;
+    }
+    let nf = n.max(1) as f64;
+    ev.accuracy_before = hit_b.iter().sum::<usize>() as f64 / nf;
+    ev.accuracy_after = hit_a.iter().sum::<usize>() as f64 / nf;
+    let mean = d_sum / nf;
+    let var = if n > 1 {
+        (d_sq - nf * mean * mean) / (nf - 1.0)
+    } else {
+        0.0
+    };
+    let half = p.z() * (var.max(0.0) / nf).sqrt();
+    ev.difference_interval = (mean - half, mean + half);
+    ev.classes = (0..k)
+        .map(|c| {
+            let r = |h: usize| {
+                if tot[c] > 0 {
+                    h as f64 / tot[c] as f64
+                } else {
+                    f64::NAN
+                }
+            };
+            ClassEvidence {
+                class: c as u32,
+                samples: tot[c],
+                recall_before: r(hit_b[c]),
+                recall_after: r(hit_a[c]),
+                predicted_before: pb[c],
+                predicted_after: pa[c],
+            }
+        })
+        .collect();
+    let summary = format!(
+        "accuracy {:.4} -> {:.4} on {n} samples, difference {:+.4} ({:.0} % interval {:+.4} .. {:+.4})",
+        ev.accuracy_before,
+        ev.accuracy_after,
+        mean,
+        100.0 * (2.0 * p.confidence - 1.0),
+        ev.difference_interval.0,
+        ev.difference_interval.1
+    );
+    if n < p.min_eval_samples {
+        return (
+            Decision::Skip(format!(
+                "cannot be judged: {n} evaluation samples, fewer than cycle.guard.min_eval_samples = {}",
+                p.min_eval_samples
+            )),
+            ev,
+        );
+    }
+    for c in &ev.classes {
+        if c.samples >= p.min_class_samples && c.recall_before - c.recall_after > p.max_recall_drop
+        {
+            return (
+                Decision::Reject(format!(
+                    "class {} recall collapses {:.3} -> {:.3} on {} samples; {summary}",
+                    c.class, c.recall_before, c.recall_after, c.samples
+                )),
+                ev,
+            );
+        }
+        if c.predicted_before >= p.min_class_predictions
+            && 2 * c.predicted_after < c.predicted_before
+        {
+            return (
+                Decision::Reject(format!(
+                    "class {} vanishes from the candidate's predictions ({} -> {} of the snapshot's samples); {summary}",
+                    c.class, c.predicted_before, c.predicted_after
+                )),
+                ev,
+            );
+        }
+    }
+    if ev.difference_interval.0 < -p.tolerance {
+        return (
+            Decision::Reject(format!(
+                "not better with {:.0} % confidence (lower bound {:+.4} < -{}); {summary}",
+                100.0 * p.confidence,
+                ev.difference_interval.0,
+                p.tolerance
+            )),
+            ev,
+        );
+    }
+    (Decision::Accept(summary), ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    /// `n` samples over `k` classes; the current model is right with probability `acc_b`, the
+    /// candidate with `acc_a` (independently), wrong answers uniform over the other classes.
+    fn preds(
+        n: usize,
+        k: usize,
+        acc_b: f64,
+        acc_a: f64,
+        seed: u64,
+    ) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let draw = |y: u32, acc: f64, rng: &mut Xoshiro256PlusPlus| {
+            if rng.gen::<f64>() < acc {
+                y
+            } else {
+                (y + rng.gen_range(1..k as u32)) % k as u32
+            }
+        };
+        let labels: Vec<u32> = (0..n).map(|i| (i % k) as u32).collect();
+        let b = labels.iter().map(|&y| draw(y, acc_b, &mut rng)).collect();
+        let a = labels.iter().map(|&y| draw(y, acc_a, &mut rng)).collect();
+        (labels, b, a)
+    }
+
+    fn run(labels: &[u32], b: &[u32], a: &[u32], k: usize) -> (Decision, Evidence) {
+        judge(labels, b, a, b, a, k, &GuardParams::default())
+    }
+
+    #[test]
+    fn a_tiny_evaluation_set_is_skipped_not_accepted() {
+        // The accepted-from-noise cases: 11, 15 and 38 held-out samples, candidate "better".
+        for n in [11, 15, 38] {
+            let (l, b, a) = preds(n, 10, 0.5, 0.9, n as u64);
+            let (d, ev) = run(&l, &b, &a, 10);
+            assert!(matches!(d, Decision::Skip(_)), "{n}: {d:?}");
+            assert_eq!(ev.eval_samples, n);
+        }
+    }
+
+    #[test]
+    fn a_candidate_no_better_than_the_current_model_is_rejected() {
+        // Pure label noise (threshold 0.01, 100 % random labels): both models are at chance.
+        let (l, b, a) = preds(2000, 10, 0.1, 0.1, 1);
+        assert!(matches!(run(&l, &b, &a, 10).0, Decision::Reject(_)));
+        // Slightly worse on a mid-size set (0.868 -> 0.847): rejected.
+        let (l, b, a) = preds(1000, 10, 0.868, 0.847, 2);
+        assert!(matches!(run(&l, &b, &a, 10).0, Decision::Reject(_)));
+        // Equal within noise: not better with 95 % confidence.
+        let (l, b, a) = preds(3000, 10, 0.9, 0.9, 3);
+        assert!(matches!(run(&l, &b, &a, 10).0, Decision::Reject(_)));
+    }
+
+    #[test]
+    fn a_clearly_better_candidate_is_accepted_with_its_evidence() {
+        let (l, b, a) = preds(2000, 10, 0.80, 0.90, 4);
+        let (d, ev) = run(&l, &b, &a, 10);
+        assert!(matches!(d, Decision::Accept(_)), "{d:?}");
+        assert!(ev.difference_interval.0 > 0.0 && ev.difference_interval.1 < 0.2);
+        assert_eq!(ev.classes.len(), 10);
+        assert!(ev.classes.iter().all(|c| c.samples == 200));
+    }
+
+    #[test]
+    fn a_collapsing_class_is_caught_even_when_accuracy_rises() {
+        let (l, b, mut a) = preds(3000, 10, 0.80, 0.95, 5);
+        // The candidate never gets class 3 right any more.
+        for i in 0..l.len() {
+            if l[i] == 3 {
+                a[i] = 4;
+            }
+        }
+        let (d, _) = run(&l, &b, &a, 10);
+        match d {
+            Decision::Reject(r) => assert!(r.contains("class 3"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tiny_class_that_vanishes_from_the_predictions_is_caught() {
+        // Class 9 has 3 samples in the snapshot and none in the evaluation set (flagged
+        // wholesale); the candidate stops predicting it.
+        let (l, b, a) = preds(1000, 9, 0.8, 0.95, 6);
+        let mut sb: Vec<u32> = b.clone();
+        let mut sa: Vec<u32> = a.clone();
+        sb.extend([9, 9, 9]);
+        sa.extend([0, 1, 2]);
+        let (d, _) = judge(&l, &b, &a, &sb, &sa, 10, &GuardParams::default());
+        match d {
+            Decision::Reject(r) => assert!(r.contains("class 9 vanishes"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_shifted_burst_that_wrecks_the_candidate_is_rejected() {
+        // The 0-255 burst: the candidate fine-tuned on shifted inputs, clean accuracy
+        // 0.937 -> 0.312 on a trusted evaluation set of 1,000.
+        let (l, b, a) = preds(1000, 10, 0.937, 0.312, 7);
+        assert!(matches!(run(&l, &b, &a, 10).0, Decision::Reject(_)));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let p = GuardParams {
+            min_eval_samples: 5,
+            confidence: 1.5,
+            ..Default::default()
+        };
+        let lines = p.problems();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("cycle.guard.min_eval_samples"));
+        assert!(GuardParams::default().problems().is_empty());
+    }
+}
