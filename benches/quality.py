@@ -144,6 +144,26 @@ def human_matrix(clean_csv, out_path, rate=0.4):
     return out_path
 
 
+def cycles_table(out_dir):
+    """Every cycle of the streaming runs: outcome, evidence, and the true test-split accuracy
+    of the version before and after (the demo measures each published version)."""
+    lines = ["| run | cycle | outcome | eval samples | accuracy before -> after (eval set) | test accuracy parent -> new | reason |",
+             "|---|---|---|---|---|---|---|"]
+    for name in sorted(os.listdir(out_dir)):
+        if not name.endswith("-stream.json"):
+            continue
+        with open(os.path.join(out_dir, name)) as f:
+            d = json.load(f)
+        acc = dict((v, a) for v, a in d.get("version_accuracy", []))
+        for i, c in enumerate(d["daemon"]["cycles"], 1):
+            parent, new = c["parent_version"], c.get("new_version")
+            test = f"{acc.get(parent, float('nan')):.4f} -> {acc[new]:.4f}" if new in acc else f"{acc.get(parent, float('nan')):.4f} (kept)"
+            ab = (f"{c['accuracy_before']:.4f} -> {c['accuracy_after']:.4f}"
+                  if c.get("accuracy_before") is not None else "—")
+            lines.append(f"| {name[:-12]} | {i} | {c['outcome']} | {c['eval_samples']} | {ab} | {test} | {c['reason'][:120]} |")
+    return "\n".join(lines)
+
+
 def fmt(x):
     return "—" if x is None or x != x else f"{x:.3f}"
 
@@ -239,9 +259,11 @@ def main():
                      f"{'meets' if not miss else 'misses: ' + ', '.join(miss)} |")
     table = "\n".join(lines)
     print("\n" + table)
+    cycles = cycles_table(a.out)
+    print("\nCycles during the streaming runs:\n" + cycles)
     print(f"\nquality benchmark: {len(results)} rows in {time.time() - t0:.0f} s")
     with open(os.path.join(a.out, "quality.md"), "w") as f:
-        f.write(table + "\n")
+        f.write(table + "\n\n" + cycles + "\n")
     with open(os.path.join(a.out, "quality.json"), "w") as f:
         json.dump(results, f, indent=1)
 

@@ -99,10 +99,10 @@ pub struct ClassEvidence {
     pub class: u32,
     /// Evaluation samples labelled with it.
     pub samples: usize,
-    /// Recall of the current model on them (NaN when none).
-    pub recall_before: f64,
+    /// Recall of the current model on them (None when none: JSON has no NaN).
+    pub recall_before: Option<f64>,
     /// Recall of the candidate.
-    pub recall_after: f64,
+    pub recall_after: Option<f64>,
     /// Snapshot samples the current model predicts as this class.
     pub predicted_before: usize,
     /// Snapshot samples the candidate predicts as this class.
@@ -118,7 +118,7 @@ pub struct Evidence {
     pub accuracy_before: f64,
     /// Accuracy of the candidate.
     pub accuracy_after: f64,
-    /// Two-sided interval at `confidence` of the paired accuracy difference (after − before);
+    /// Two-sided interval at 2·`confidence` − 1 of the paired accuracy difference (after − before);
     /// its lower end is the one-sided bound the decision uses.
     pub difference_interval: (f64, f64),
     /// Per-class figures.
@@ -190,13 +190,7 @@ pub fn judge(
     ev.difference_interval = (mean - half, mean + half);
     ev.classes = (0..k)
         .map(|c| {
-            let r = |h: usize| {
-                if tot[c] > 0 {
-                    h as f64 / tot[c] as f64
-                } else {
-                    f64::NAN
-                }
-            };
+            let r = |h: usize| (tot[c] > 0).then(|| h as f64 / tot[c] as f64);
             ClassEvidence {
                 class: c as u32,
                 samples: tot[c],
@@ -226,15 +220,16 @@ pub fn judge(
         );
     }
     for c in &ev.classes {
-        if c.samples >= p.min_class_samples && c.recall_before - c.recall_after > p.max_recall_drop
-        {
-            return (
-                Decision::Reject(format!(
-                    "class {} recall collapses {:.3} -> {:.3} on {} samples; {summary}",
-                    c.class, c.recall_before, c.recall_after, c.samples
-                )),
-                ev,
-            );
+        if let (Some(rb), Some(ra)) = (c.recall_before, c.recall_after) {
+            if c.samples >= p.min_class_samples && rb - ra > p.max_recall_drop {
+                return (
+                    Decision::Reject(format!(
+                        "class {} recall collapses {rb:.3} -> {ra:.3} on {} samples; {summary}",
+                        c.class, c.samples
+                    )),
+                    ev,
+                );
+            }
         }
         if c.predicted_before >= p.min_class_predictions
             && 2 * c.predicted_after < c.predicted_before
@@ -248,7 +243,8 @@ pub fn judge(
             );
         }
     }
-    if ev.difference_interval.0 < -p.tolerance {
+    // Models that agree everywhere have no difference to bound: not better.
+    if ev.difference_interval.0 < -p.tolerance || mean <= 0.0 {
         return (
             Decision::Reject(format!(
                 "not better with {:.0} % confidence (lower bound {:+.4} < -{}); {summary}",
