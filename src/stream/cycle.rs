@@ -1,21 +1,24 @@
 //! One model cycle of the daemon: regression sensitivity → prune → fine-tune on the buffered
-//! clean samples → evaluate → accept or reject → (accepted) re-warm the mixture and publish.
+//! clean samples → evaluate → accept or reject → (accepted) carry the verdict rule over (the
+//! mixture re-fits) and publish.
 //!
 //! This module owns the cycle's steps; it runs on a dedicated thread while scoring continues
 //! on the current model (see [`crate::stream::engine`]). The samples are a snapshot of the
-//! replay buffer; their clean/noisy split comes from the current verdict rule (never from any
-//! ground truth). The held-out slice — `holdout_fraction` of the clean
-//! samples, drawn after a seeded shuffle from those the current model has not trained on (they
-//! arrived after its training data; see [`CycleInput::holdout_from`]), but never more than
-//! half of those, so the candidate also fine-tunes on new samples — is excluded from
-//! fine-tuning and compares the current and candidate models unless a trusted validation set
-//! is configured. Drawing it from the current model's own training samples would favour that
-//! model: it has fitted their labels, noisy ones included, and the pruned candidate partly
-//! forgets them. The acceptance guard ([`crate::stream::guard`]) skips a cycle whose
-//! evaluation set is too small to judge, and accepts a candidate only when it is better with
-//! statistical confidence and no class collapses. Already-pruned neurons
-//! stay pruned; a cycle prunes at most `prune_fraction·H` more, and never beyond
-//! `MAX_PRUNED_FRACTION·H` in all (later cycles then only fine-tune).
+//! replay buffer; their clean/noisy split comes from the verdicts they got on arrival, from a
+//! model that had not trained on them (never from any ground truth, and never from a re-score
+//! by the current model, which has memorised the noisy labels it fine-tuned on). The held-out
+//! slice — `holdout_fraction` of the clean samples, drawn after a seeded shuffle from those
+//! the current model has not trained on (they arrived after its training data; see
+//! [`CycleInput::holdout_from`]), but never more than half of those, so the candidate also
+//! fine-tunes on new samples — is excluded from fine-tuning and compares the current and
+//! candidate models unless a trusted validation set is configured. Drawing it from the
+//! current model's own training samples would favour that model: it has fitted their labels,
+//! noisy ones included, and the pruned candidate partly forgets them. The acceptance guard
+//! ([`crate::stream::guard`]) skips a cycle whose evaluation set is too small to judge, and
+//! accepts a candidate only when it is better with statistical confidence and no class
+//! collapses. Already-pruned neurons stay pruned; a cycle prunes at most
+//! `prune_fraction·H` more, and never beyond `MAX_PRUNED_FRACTION·H` in all (later cycles
+//! then only fine-tune).
 
 use std::time::Instant;
 
@@ -63,6 +66,9 @@ pub enum CycleError {
     /// Publishing the accepted model failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The cycle's inputs disagree in length (a bug in the caller).
+    #[error("cycle input mismatch: {0}")]
+    Mismatch(String),
 }
 
 /// What a cycle starts from (all owned: the cycle thread shares nothing with the scorer).
@@ -78,7 +84,10 @@ pub struct CycleInput {
     /// set, its fine-tuning snapshot, or (conservatively) the warm-up rows after a restart
     /// without a matching checkpoint and the rows held when a follower adopted it.
     pub holdout_from: usize,
-    /// The current verdict rule (splits the snapshot).
+    /// Each row's posterior of noisy from its verdict, out of sample (`[N]`, same order as
+    /// `samples`); it splits the snapshot into clean and noisy.
+    pub posterior_noisy: Vec<f64>,
+    /// The current verdict rule (carried over to, or re-fitted for, the candidate).
     pub gmm: Verdicter,
     /// The trusted validation set, if configured.
     pub validation: Option<Dataset>,
@@ -278,12 +287,21 @@ fn cycle_steps(
         t = Instant::now();
     };
 
-    // 1. Attribute the snapshot with the current model; the mixture splits it.
+    // 1. Attribute the snapshot with the current model; the verdicts the rows got on arrival
+    //    split it (a re-score by this model would call the noisy rows it fine-tuned on clean).
     let a = attribute_all(&input.model, data, cfg.scoring.attribution)?;
-    let post = input
-        .gmm
-        .posterior(cfg.scoring.features, &a, &data.labels)?;
-    let noisy: Vec<bool> = post.iter().map(|&p| p >= cfg.scoring.threshold).collect();
+    if input.posterior_noisy.len() != a.n {
+        return Err(CycleError::Mismatch(format!(
+            "{} posteriors for {} samples",
+            input.posterior_noisy.len(),
+            a.n
+        )));
+    }
+    let noisy: Vec<bool> = input
+        .posterior_noisy
+        .iter()
+        .map(|&p| p >= cfg.scoring.threshold)
+        .collect();
     rec.noisy = noisy.iter().filter(|&&b| b).count();
     lap(rec, "attribution");
 

@@ -1,19 +1,26 @@
 //! The scoring engine: micro-batches of valid samples in, verdicts out; owns the current
-//! model, the online mixture, the trigger, the replay buffer and the cycle thread.
+//! model, the verdict rule ([`crate::stream::verdicter`]), the trigger, the replay buffer and
+//! the cycle thread.
 //!
 //! This module is synchronous and knows nothing of Kafka: the daemon
 //! ([`crate::stream::daemon`]) runs it on one dedicated thread fed by a bounded channel. Its
 //! phases, per model version:
 //! 1. **Bootstrap** (no model in the store): collect `bootstrap.samples` samples, train the
-//!    first model on them (Adam, §3.4 recipe), publish it as version 1.
-//! 2. **Warm-up**: hold verdicts until `mixture.warmup_samples` samples are in, batch-fit the
-//!    mixture on them (linfa), then release their verdicts.
-//! 3. **Scoring**: attribution → stepwise-EM update → posterior → verdict, per micro-batch.
+//!    first model on them (Adam, §3.4 recipe), publish it as version 1, and score those
+//!    samples out of sample with `bootstrap.crossfit_folds` fold models.
+//! 2. **Warm-up**: hold verdicts until the bootstrap's out-of-sample scores, or
+//!    `mixture.warmup_samples` samples scored by the current model, are in; fit the verdict
+//!    rule on them, then release their verdicts.
+//! 3. **Scoring**: attribution and class probabilities → posterior → verdict → stepwise
+//!    update of the rule, per micro-batch.
 //!
 //! A new version (an accepted cycle here, or one published by another replica and found in
-//! the store) comes with a mixture already fitted on the replay buffer, so scoring never
-//! stops for a re-warm unless the buffer is too small. Invariant: **the engine never blocks
-//! on a cycle**: cycles run on their own thread and are polled between micro-batches.
+//! the store) takes the noise model's statistics over, or comes with a mixture already
+//! fitted on the replay buffer, so scoring never stops for a re-warm unless the buffer is too
+//! small. Invariants: **the engine never blocks on a cycle** (cycles run on their own thread
+//! and are polled between micro-batches); **a verdict comes from a model that has not
+//! trained on its sample**, and the replay buffer keeps that verdict's posterior for the
+//! cycles' split.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -544,7 +551,9 @@ impl Engine {
         scores: Option<Attributions>,
         out: &mut Vec<Scored>,
     ) -> Result<(), EngineError> {
-        if held.len() < self.cfg.mixture.warmup_samples {
+        // Cross-fitted scores (the bootstrap's) are out of sample however few: warm up on them
+        // now rather than re-score the rows with the model that trained on them.
+        if scores.is_none() && held.len() < self.cfg.mixture.warmup_samples {
             self.phase = Phase::Warming(held);
             return Ok(());
         }
@@ -607,7 +616,8 @@ impl Engine {
             let p = post[i];
             let noisy = p >= threshold;
             self.trigger.observe(noisy);
-            self.replay.offer(&it.sample.features, it.sample.label);
+            self.replay
+                .offer(&it.sample.features, it.sample.label, p as f32);
             out.push(Scored {
                 verdict: Verdict {
                     sample_id: it.sample.id.clone(),
@@ -699,13 +709,14 @@ impl Engine {
         };
         let cause = if self.force_cycle { "api" } else { "trigger" };
         self.force_cycle = false;
-        let (samples, seq) = self.replay.snapshot_with_seq(self.cfg.image_shape());
-        self.cycle_last_seq = seq.last().copied().unwrap_or(0);
+        let snap = self.replay.snapshot_with_seq(self.cfg.image_shape());
+        self.cycle_last_seq = snap.seq.last().copied().unwrap_or(0);
         let input = CycleInput {
             model,
             version: self.version,
-            holdout_from: seq.partition_point(|&q| q < self.unseen_from_seq),
-            samples,
+            holdout_from: snap.seq.partition_point(|&q| q < self.unseen_from_seq),
+            samples: snap.data,
+            posterior_noisy: snap.posterior_noisy,
             gmm: gmm.clone(),
             validation: self.validation.clone(),
             cause: cause.into(),
@@ -830,7 +841,15 @@ impl Engine {
                 ];
                 events.push(EngineEvent::Published(self.announcement(&meta, &extra)));
                 self.model = Some(model);
-                self.gmm = Some(gmm);
+                // The rule carried over from the one scoring now (updated while the cycle ran),
+                // not from the cycle's copy taken at its start; the mixture takes the cycle's
+                // re-fit.
+                self.gmm = Some(
+                    self.gmm
+                        .as_ref()
+                        .and_then(Verdicter::for_new_model)
+                        .unwrap_or(gmm),
+                );
                 self.phase = Phase::Scoring;
                 self.set_version(meta.version);
                 // The new model fine-tuned on that snapshot.

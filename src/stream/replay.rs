@@ -18,14 +18,16 @@ pub fn bytes_per_sample(num_features: usize) -> usize {
     num_features * std::mem::size_of::<f32>() + 48
 }
 
-/// A bounded class-balanced reservoir of recent samples (features `[D]` + given label).
+/// A bounded class-balanced reservoir of recent samples (features `[D]`, given label and the
+/// posterior of noisy its verdict carried).
 #[derive(Debug)]
 pub struct ReplayBuffer {
     num_features: usize,
     per_class: usize,
-    /// Per class: flat features `[len, D]` and sequence numbers.
+    /// Per class: flat features `[len, D]`, sequence numbers and verdict posteriors.
     features: Vec<Vec<f32>>,
     seq: Vec<Vec<u64>>,
+    posterior: Vec<Vec<f32>>,
     seen: u64,
     rng: Xoshiro256Plus,
 }
@@ -58,6 +60,7 @@ impl ReplayBuffer {
             per_class,
             features: vec![Vec::new(); num_classes],
             seq: vec![Vec::new(); num_classes],
+            posterior: vec![Vec::new(); num_classes],
             seen: 0,
             rng: Xoshiro256Plus::seed_from_u64(seed),
         })
@@ -88,9 +91,10 @@ impl ReplayBuffer {
         self.per_class * self.features.len() * bytes_per_sample(self.num_features)
     }
 
-    /// Offer one sample (`features` `[D]`, given `label` < K). Samples with an out-of-range
-    /// label or the wrong length are ignored (the source validates them first).
-    pub fn offer(&mut self, features: &[f32], label: u32) {
+    /// Offer one sample (`features` `[D]`, given `label` < K, the `posterior_noisy` in [0, 1]
+    /// of its verdict). Samples with an out-of-range label or the wrong length are ignored
+    /// (the source validates them first).
+    pub fn offer(&mut self, features: &[f32], label: u32, posterior_noisy: f32) {
         let c = label as usize;
         if c >= self.seq.len() || features.len() != self.num_features {
             return;
@@ -100,25 +104,24 @@ impl ReplayBuffer {
         if self.seq[c].len() < self.per_class {
             self.features[c].extend_from_slice(features);
             self.seq[c].push(self.seen);
+            self.posterior[c].push(posterior_noisy);
         } else {
             let slot = self.rng.gen_range(0..self.per_class);
             self.features[c][slot * d..(slot + 1) * d].copy_from_slice(features);
             self.seq[c][slot] = self.seen;
+            self.posterior[c][slot] = posterior_noisy;
         }
     }
 
     /// A copy of the buffer as a [`Dataset`] (rows ordered by arrival), for a cycle;
     /// `image_shape` is the model input's `(channels, height, width)` if it is an image.
     pub fn snapshot(&self, image_shape: Option<(usize, usize, usize)>) -> Dataset {
-        self.snapshot_with_seq(image_shape).0
+        self.snapshot_with_seq(image_shape).data
     }
 
-    /// [`Self::snapshot`] plus each row's arrival number (1 for the first sample offered,
-    /// increasing; [`Self::seen`] is the newest's), in the same order.
-    pub fn snapshot_with_seq(
-        &self,
-        image_shape: Option<(usize, usize, usize)>,
-    ) -> (Dataset, Vec<u64>) {
+    /// [`Self::snapshot`] plus each row's arrival number and verdict posterior, in the same
+    /// order.
+    pub fn snapshot_with_seq(&self, image_shape: Option<(usize, usize, usize)>) -> Snapshot {
         let mut rows: Vec<(u64, usize, usize)> = vec![];
         for (c, s) in self.seq.iter().enumerate() {
             rows.extend(s.iter().enumerate().map(|(i, &q)| (q, c, i)));
@@ -127,9 +130,11 @@ impl ReplayBuffer {
         let d = self.num_features;
         let mut features = Vec::with_capacity(rows.len() * d);
         let mut labels = Vec::with_capacity(rows.len());
+        let mut posterior_noisy = Vec::with_capacity(rows.len());
         for &(_, c, i) in &rows {
             features.extend_from_slice(&self.features[c][i * d..(i + 1) * d]);
             labels.push(c as u32);
+            posterior_noisy.push(f64::from(self.posterior[c][i]));
         }
         let data = Dataset {
             name: "replay".into(),
@@ -139,8 +144,27 @@ impl ReplayBuffer {
             num_classes: self.seq.len(),
             image_shape,
         };
-        (data, rows.iter().map(|r| r.0).collect())
+        Snapshot {
+            data,
+            seq: rows.iter().map(|r| r.0).collect(),
+            posterior_noisy,
+        }
     }
+}
+
+/// A copy of the replay buffer, rows ordered by arrival.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The samples (`[N, D]` features, given labels).
+    pub data: Dataset,
+    /// Each row's arrival number: 1 for the first sample offered, increasing;
+    /// [`ReplayBuffer::seen`] is the newest's.
+    pub seq: Vec<u64>,
+    /// Each row's posterior of noisy when its verdict went out. That verdict came from a model
+    /// that had not trained on the row (the daemon's invariant), so unlike a re-score by the
+    /// current model, which may have fine-tuned on it, it does not call memorised noisy
+    /// labels clean.
+    pub posterior_noisy: Vec<f64>,
 }
 
 #[cfg(test)]
@@ -155,7 +179,7 @@ mod tests {
         for i in 0..1000u32 {
             // Class 0 is 10× as frequent as the others.
             let label = if i % 2 == 0 { 0 } else { (i / 2) % 10 };
-            b.offer(&[i as f32; 4], label);
+            b.offer(&[i as f32; 4], label, 0.0);
         }
         assert_eq!(b.len(), 30);
         let s = b.snapshot(None);
@@ -168,7 +192,7 @@ mod tests {
     fn recent_samples_dominate() {
         let mut b = ReplayBuffer::new(100, usize::MAX, 1, 1, 7).unwrap();
         for i in 0..10_000u32 {
-            b.offer(&[i as f32], 0);
+            b.offer(&[i as f32], 0, i as f32 / 10_000.0);
         }
         let s = b.snapshot(None);
         let recent = s.features.iter().filter(|&&v| v >= 9_000.0).count();
@@ -178,13 +202,20 @@ mod tests {
         );
         // Ordered by arrival.
         assert!(s.features.windows(2).all(|w| w[0] < w[1]));
-        let (s2, seq) = b.snapshot_with_seq(None);
+        let snap = b.snapshot_with_seq(None);
+        let (s2, seq) = (&snap.data, &snap.seq);
         assert_eq!(s2.features, s.features);
+        // Each row keeps the posterior it was offered with.
+        assert!(s2
+            .features
+            .iter()
+            .zip(&snap.posterior_noisy)
+            .all(|(f, p)| (*f as f64 / 10_000.0 - p).abs() < 1e-6));
         // Sample i (0-based) was the (i + 1)-th offered.
         assert!(s2
             .features
             .iter()
-            .zip(&seq)
+            .zip(seq)
             .all(|(f, q)| *f as u64 + 1 == *q));
     }
 }
