@@ -24,12 +24,14 @@ pub struct DaemonMetrics {
     pub invalid_samples: IntCounterVec,
     /// `rlap_noisy_fraction{estimate="window|ewma"}`: estimated noise rate, ratio in [0, 1].
     pub noisy_fraction: GaugeVec,
-    /// `rlap_mixture_weight{component="clean|noisy"}`: online GMM weights.
+    /// `rlap_mixture_weight{component="clean|noisy"}`: the verdict rule's prior shares, ratio
+    /// in [0, 1]: the noise model's joint noise rate (noisy) and its complement, or the online
+    /// GMM's weights (`scoring.estimator = "mixture"`).
     pub mixture_weight: GaugeVec,
     /// `rlap_mixture_mean{component, dimension}`: component means in z-scored feature space
-    /// (summary space only: `dimension="log_attribution_norm|log_loss"`).
+    /// (online GMM in summary space only: `dimension="log_attribution_norm|log_loss"`).
     pub mixture_mean: GaugeVec,
-    /// `rlap_attribution_batch_seconds`: wall time of one micro-batch's attribution + mixture.
+    /// `rlap_attribution_batch_seconds`: wall time of one micro-batch's attribution + verdict rule.
     pub attribution_batch_seconds: Histogram,
     /// `rlap_verdict_latency_seconds`: receipt of a sample → its verdict acknowledged.
     pub verdict_latency_seconds: Histogram,
@@ -115,7 +117,7 @@ impl DaemonMetrics {
             mixture_weight: reg(
                 &r,
                 GaugeVec::new(
-                    Opts::new("rlap_mixture_weight", "Online GMM component weight."),
+                    Opts::new("rlap_mixture_weight", "Verdict rule prior share: noise model joint noise rate (noisy) and complement, or online GMM weight."),
                     &["component"],
                 )
                 .expect("valid"),

@@ -623,6 +623,14 @@ impl DaemonConfig {
     }
 }
 
+/// Keys earlier releases read, and what replaced them (said in one line rather than serde's
+/// bare "unknown field").
+const MOVED_KEYS: &[(&str, &str)] = &[(
+    "cycle.tolerance",
+    "the acceptance guard replaced it; set cycle.guard.tolerance (a margin on the paired \
+     accuracy gain, default 0.0) and see [cycle.guard] in configs/default.toml",
+)];
+
 /// Load `path` (TOML) with `RLAP__SECTION__KEY` overrides from `env`, then validate.
 ///
 /// # Errors
@@ -652,6 +660,14 @@ pub fn load_from(
         )
         .build()
         .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    for (old, new) in MOVED_KEYS {
+        if cfg.get::<config::Value>(old).is_ok() {
+            return Err(ConfigError(format!(
+                "{}: {old} is no longer read: {new}",
+                path.display()
+            )));
+        }
+    }
     let cfg: DaemonConfig = cfg
         .try_deserialize()
         .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
@@ -685,6 +701,17 @@ mod tests {
         let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         std::fs::write(f.path(), text).unwrap();
         f
+    }
+
+    #[test]
+    fn a_moved_key_is_named_with_its_replacement() {
+        let f = write("[cycle]\ntolerance = 0.01\n");
+        let e = load_from(f.path(), vec![]).unwrap_err().to_string();
+        assert!(
+            e.contains("cycle.tolerance is no longer read") && e.contains("cycle.guard.tolerance"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The daemon's state folder: `checkpoint.json` (mixture, trigger, model version, cycle
+//! The daemon's state folder: `checkpoint.json` (verdict rule, trigger, model version, cycle
 //! records), written atomically.
 //!
 //! This module owns the file format's location and the atomic write: temp file in the same
