@@ -31,7 +31,10 @@ pub struct GuardParams {
     pub tolerance: f64,
     /// Classes with at least this many evaluation samples have their recall checked.
     pub min_class_samples: usize,
-    /// Largest allowed drop of a checked class's recall (fraction).
+    /// Largest allowed drop of a checked class's recall (fraction). 0.3 by default: a class
+    /// that vanishes loses most of its recall, while fine-tuning on a cleaner set routinely
+    /// trades 0.1–0.2 of recall between confusable classes (Fashion-MNIST's shirt, coat and
+    /// pullover; pair-flipped classes) while the accuracy rises with confidence.
     pub max_recall_drop: f64,
     /// Classes the current model predicts at least this often on the snapshot must still be
     /// predicted at least half as often.
@@ -45,7 +48,7 @@ impl Default for GuardParams {
             confidence: 0.95,
             tolerance: 0.0,
             min_class_samples: 20,
-            max_recall_drop: 0.10,
+            max_recall_drop: 0.30,
             min_class_predictions: 3,
         }
     }
@@ -339,6 +342,26 @@ mod tests {
             Decision::Reject(r) => assert!(r.contains("class 3"), "{r}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_recall_trade_between_classes_is_not_a_collapse() {
+        let (l, b, mut a) = preds(3000, 10, 0.80, 0.95, 5);
+        // The candidate loses about 0.17 of class 3's recall but gains everywhere else.
+        let mut right = 0;
+        for i in 0..l.len() {
+            if l[i] == 3 && a[i] == 3 {
+                right += 1;
+                if right % 3 == 0 {
+                    a[i] = 4;
+                }
+            }
+        }
+        let (d, ev) = run(&l, &b, &a, 10);
+        let c3 = &ev.classes[3];
+        let drop = c3.recall_before.unwrap() - c3.recall_after.unwrap();
+        assert!(drop > 0.1 && drop < 0.3, "drop {drop}");
+        assert!(matches!(d, Decision::Accept(_)), "{d:?}");
     }
 
     #[test]
