@@ -3,7 +3,7 @@
 # the Apache Kafka broker jars, idempotently.
 CARGO ?= cargo
 
-.PHONY: setup setup-kafka setup-prometheus setup-peers demo experiment test bench bench-stream bench-quality lint
+.PHONY: setup setup-kafka setup-prometheus setup-peers demo experiment test bench bench-stream bench-quality bench-prune lint
 
 setup:
 	./scripts/setup-data.sh
@@ -57,6 +57,11 @@ setup-peers:
 bench-quality: setup setup-peers
 	$(CARGO) build --release
 	$(PEERS_PY) benches/quality.py
+
+# Pruning ablation (README, "Does pruning help?"): RLAP vs random vs no pruning on one partition.
+bench-prune: setup
+	$(CARGO) build --release
+	./scripts/prune-ablation.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

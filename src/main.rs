@@ -115,7 +115,7 @@ struct ProduceCliArgs {
     /// Target topic (created if absent).
     #[arg(long)]
     topic: String,
-    /// mnist | fashion-mnist | idx:DIR | csv:TRAIN.csv,TEST.csv (its training split is streamed)
+    /// mnist | fashion-mnist | idx:DIR[,K] | csv:TRAIN.csv,TEST.csv[,K] (K: number of classes) (its training split is streamed)
     #[arg(long, default_value = "mnist")]
     dataset: DatasetSpec,
     /// Folder of the named data sets (default: $RLAP_DATA_DIR or ./data).
@@ -189,7 +189,7 @@ struct DemoCliArgs {
     /// Daemon configuration (brokers, store and state are set by the demo).
     #[arg(long, default_value = "configs/demo.toml")]
     config: PathBuf,
-    /// mnist | fashion-mnist | idx:DIR | csv:TRAIN.csv,TEST.csv
+    /// mnist | fashion-mnist | idx:DIR[,K] | csv:TRAIN.csv,TEST.csv[,K] (K: number of classes)
     #[arg(long, default_value = "mnist")]
     dataset: DatasetSpec,
     /// Folder of the named data sets.
@@ -296,7 +296,7 @@ struct ServeModelArgs {
 
 #[derive(Args)]
 struct ExperimentArgs {
-    /// mnist | fashion-mnist | idx:DIR | csv:TRAIN.csv,TEST.csv
+    /// mnist | fashion-mnist | idx:DIR[,K] | csv:TRAIN.csv,TEST.csv[,K] (K: number of classes)
     #[arg(long, default_value = "mnist")]
     dataset: DatasetSpec,
     /// Folder of the named data sets (default: $RLAP_DATA_DIR or ./data).
@@ -373,7 +373,7 @@ struct ExperimentArgs {
     #[arg(long)]
     posteriors: Option<PathBuf>,
     /// rates:R1,R2,... (re-run at each corruption rate) or criteria:C1,C2,... (one Initial and
-    /// partition, every criterion pruned and fine-tuned from it).
+    /// partition, every criterion pruned and fine-tuned from it; `none` fine-tunes unpruned).
     #[arg(long)]
     sweep: Option<String>,
 }
@@ -713,9 +713,14 @@ fn sweep(
             }
         }
         "criteria" => {
+            // `none`: no pruning (fraction 0), fine-tuned from the same Initial and partition:
+            // the ablation that says whether pruning helps at all.
             let criteria = items
                 .iter()
-                .map(|c| c.parse::<Criterion>())
+                .map(|c| match *c {
+                    "none" => Ok((Criterion::Rlap, 0.0)),
+                    c => c.parse::<Criterion>().map(|x| (x, base.prune_fraction)),
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let t0 = std::time::Instant::now();
             let data: Prepared = experiment::prepare(base)?;
@@ -732,16 +737,17 @@ fn sweep(
                 progress,
             )?;
             let oracle = experiment::oracle_row(base, &spec, &data, progress)?;
-            for criterion in criteria {
-                let ft = experiment::prune_and_finetune(base, &data, &s1, criterion, progress)?;
+            for (criterion, prune_fraction) in criteria {
+                let cfg = ExperimentConfig {
+                    criterion,
+                    prune_fraction,
+                    ..base.clone()
+                };
+                let ft = experiment::prune_and_finetune(&cfg, &data, &s1, criterion, progress)?;
                 let (mut rows, pruned, scoring) = (ft.rows, ft.pruned, ft.scoring_seconds);
                 rows.insert(0, s1.initial_row.clone());
                 rows.push(retrain.clone());
                 rows.push(oracle.clone());
-                let cfg = ExperimentConfig {
-                    criterion,
-                    ..base.clone()
-                };
                 let total = t0.elapsed().as_secs_f64();
                 let mut report =
                     ExperimentReport::assemble(&cfg, &data, &s1, rows, pruned, scoring, total);
@@ -761,6 +767,8 @@ fn sweep(
         let acc = |n: &str| r.row(n).map(|x| x.accuracy).unwrap_or(f64::NAN);
         let label = if kind == "rates" {
             r.config.corruption.to_string()
+        } else if r.config.prune_fraction == 0.0 {
+            "none (no pruning)".to_string()
         } else {
             r.config.criterion.to_string()
         };

@@ -189,8 +189,13 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
         create_topic: false,
         malformed_every: args.malformed_every,
         json: false,
-        // The mock cluster keeps ~5 MB per partition (librdkafka's rdkafka_mock.c).
-        throttle: Some((metrics.samples_consumed.clone(), 3000)),
+        // The mock cluster keeps ~5 MB per partition (librdkafka's rdkafka_mock.c): at most
+        // 1,000 unconsumed samples per partition (3 MB of MNIST-sized messages), or it drops
+        // samples the daemon has not read yet.
+        throttle: Some((
+            metrics.samples_consumed.clone(),
+            1000 * cfg.kafka.topic_partitions.max(1) as u64,
+        )),
     };
     let mut produced = tools::produce(&produce_args, progress).await?;
     let total = produced.samples + produced.malformed;
