@@ -74,15 +74,35 @@ pub enum DataError {
         column: usize,
         message: String,
     },
+    /// Labels inferred K (no `,K` in the spec) but some classes below the largest label have
+    /// no training sample: the largest label is probably a typo.
+    #[error(
+        "{path}: {place}: label {label} makes {num_classes} classes, but {empty} of the classes \
+         below it have no training sample (a typo?); if the data set really has {num_classes} \
+         classes, say so: {spec_hint}"
+    )]
+    EmptyClasses {
+        path: PathBuf,
+        place: String,
+        label: i64,
+        num_classes: usize,
+        empty: usize,
+        spec_hint: String,
+    },
     /// A file holds no samples.
     #[error("{path}: no samples")]
     Empty { path: PathBuf },
     /// The `--dataset` specification is not understood.
     #[error(
-        "bad dataset '{0}': expected mnist | fashion-mnist | idx:DIR | csv:TRAIN.csv,TEST.csv"
+        "bad dataset '{0}': expected mnist | fashion-mnist | idx:DIR[,K] | csv:TRAIN.csv,TEST.csv[,K] \
+         (K: the number of classes)"
     )]
     BadSpec(String),
 }
+
+/// Largest accepted feature magnitude, in CSV files and on the stream: beyond it f32
+/// activations can overflow to ±∞ (one feature of 1e30 collapses the partition).
+pub const MAX_ABS_FEATURE: f32 = 1e6;
 
 /// The largest number of classes a CSV set may declare (labels `0..MAX_CLASSES`).
 pub const MAX_CLASSES: usize = 65_536;
@@ -210,10 +230,23 @@ pub enum DatasetSpec {
     /// Fashion-MNIST from `<data_dir>/fashion-mnist` (10 classes, 28×28).
     FashionMnist,
     /// Any IDX set: a folder with `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`,
-    /// `t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`.
-    Idx(PathBuf),
-    /// Two CSV files, label (integer) in the first column, numeric features after.
-    Csv { train: PathBuf, test: PathBuf },
+    /// `t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`; `idx:DIR[,K]`.
+    Idx {
+        /// The folder.
+        dir: PathBuf,
+        /// K when given (`,K`); else 1 + the largest training label.
+        num_classes: Option<usize>,
+    },
+    /// Two CSV files, label (integer) in the first column, numeric features after;
+    /// `csv:TRAIN,TEST[,K]`.
+    Csv {
+        /// Training split.
+        train: PathBuf,
+        /// Test split.
+        test: PathBuf,
+        /// K when given (`,K`); else 1 + the largest training label.
+        num_classes: Option<usize>,
+    },
 }
 
 impl FromStr for DatasetSpec {
@@ -223,18 +256,43 @@ impl FromStr for DatasetSpec {
             "mnist" => Ok(Self::Mnist),
             "fashion-mnist" => Ok(Self::FashionMnist),
             _ => {
-                if let Some(dir) = s.strip_prefix("idx:") {
-                    if dir.is_empty() {
-                        return Err(DataError::BadSpec(s.into()));
+                let bad = || DataError::BadSpec(s.into());
+                // A trailing `,K` (an integer >= 2) gives the number of classes.
+                let classes = |rest: &'_ str| -> Result<(String, Option<usize>), DataError> {
+                    match rest.rsplit_once(',') {
+                        Some((head, k))
+                            if k.chars().all(|c| c.is_ascii_digit()) && !k.is_empty() =>
+                        {
+                            match k.parse::<usize>() {
+                                Ok(k) if (2..=MAX_CLASSES).contains(&k) => {
+                                    Ok((head.into(), Some(k)))
+                                }
+                                _ => Err(bad()),
+                            }
+                        }
+                        _ => Ok((rest.into(), None)),
                     }
-                    Ok(Self::Idx(dir.into()))
+                };
+                if let Some(rest) = s.strip_prefix("idx:") {
+                    let (dir, num_classes) = classes(rest)?;
+                    if dir.is_empty() {
+                        return Err(bad());
+                    }
+                    Ok(Self::Idx {
+                        dir: dir.into(),
+                        num_classes,
+                    })
                 } else if let Some(rest) = s.strip_prefix("csv:") {
+                    let (rest, num_classes) = classes(rest)?;
                     match rest.split_once(',') {
-                        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok(Self::Csv {
-                            train: a.into(),
-                            test: b.into(),
-                        }),
-                        _ => Err(DataError::BadSpec(s.into())),
+                        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(',') => {
+                            Ok(Self::Csv {
+                                train: a.into(),
+                                test: b.into(),
+                                num_classes,
+                            })
+                        }
+                        _ => Err(bad()),
                     }
                 } else {
                     Err(DataError::BadSpec(s.into()))
@@ -249,8 +307,18 @@ impl fmt::Display for DatasetSpec {
         match self {
             Self::Mnist => write!(f, "mnist"),
             Self::FashionMnist => write!(f, "fashion-mnist"),
-            Self::Idx(d) => write!(f, "idx:{}", d.display()),
-            Self::Csv { train, test } => write!(f, "csv:{},{}", train.display(), test.display()),
+            Self::Idx { dir, num_classes } => {
+                write!(f, "idx:{}", dir.display())?;
+                num_classes.map_or(Ok(()), |k| write!(f, ",{k}"))
+            }
+            Self::Csv {
+                train,
+                test,
+                num_classes,
+            } => {
+                write!(f, "csv:{},{}", train.display(), test.display())?;
+                num_classes.map_or(Ok(()), |k| write!(f, ",{k}"))
+            }
         }
     }
 }
@@ -279,8 +347,19 @@ pub fn load(spec: &DatasetSpec, data_dir: &Path) -> Result<Split, DataError> {
         DatasetSpec::FashionMnist => {
             load_idx_dir(&data_dir.join("fashion-mnist"), "fashion-mnist", Some(10))
         }
-        DatasetSpec::Idx(dir) => load_idx_dir(dir, &dir.display().to_string(), None),
-        DatasetSpec::Csv { train, test } => load_csv_pair(train, test),
+        DatasetSpec::Idx { dir, num_classes } => {
+            let split = load_idx_dir(dir, &dir.display().to_string(), *num_classes)?;
+            if num_classes.is_none() {
+                let path = find_idx(dir, "train-labels-idx1-ubyte");
+                check_no_empty_class(&split.train, &path, &format!("idx:{}", dir.display()))?;
+            }
+            Ok(split)
+        }
+        DatasetSpec::Csv {
+            train,
+            test,
+            num_classes,
+        } => load_csv_pair(train, test, *num_classes),
     }
 }
 
@@ -486,7 +565,9 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
 }
 
 /// Read a CSV file: label (non-negative integer) in the first column, numeric features after.
-/// A first line whose cells are not all numeric is taken as a header. Returns
+/// A first line is taken as a header when its first (label) cell is a non-empty word (not a
+/// number); a first line with an empty or numeric label is data, checked like any other.
+/// Returns
 /// `(features [n, dim], labels, dim)`.
 ///
 /// # Errors
@@ -518,7 +599,8 @@ pub fn read_csv(path: &Path) -> Result<(Vec<f32>, Vec<u32>, usize), DataError> {
         if rec.is_empty() || (rec.len() == 1 && rec[0].is_empty()) {
             continue;
         }
-        if row_idx == 0 && rec.iter().any(|c| c.parse::<f64>().is_err()) {
+        if row_idx == 0 && !rec[0].is_empty() && rec[0].parse::<f64>().is_err() {
+            tracing::debug!(path = %path.display(), "line 1 read as a header");
             continue; // header
         }
         let bad = |column: usize, message: String| DataError::BadCell {
@@ -558,6 +640,12 @@ pub fn read_csv(path: &Path) -> Result<(Vec<f32>, Vec<u32>, usize), DataError> {
             if !v.is_finite() {
                 return Err(bad(j + 1, format!("'{cell}' is not finite")));
             }
+            if v.abs() > MAX_ABS_FEATURE {
+                return Err(bad(
+                    j + 1,
+                    format!("'{cell}' is beyond ±{MAX_ABS_FEATURE:e}: rescale the features"),
+                ));
+            }
             features.push(v);
         }
         labels.push(label as u32);
@@ -568,11 +656,17 @@ pub fn read_csv(path: &Path) -> Result<(Vec<f32>, Vec<u32>, usize), DataError> {
     }
 }
 
-/// Load a CSV train/test pair (see [`read_csv`]). K = 1 + the largest training label.
+/// Load a CSV train/test pair (see [`read_csv`]). K = `num_classes` when given, else 1 + the
+/// largest training label (then every class below it must have a training sample).
 ///
 /// # Errors
-/// [`DataError`] naming the offending file.
-pub fn load_csv_pair(train: &Path, test: &Path) -> Result<Split, DataError> {
+/// [`DataError`] naming the offending file: [`DataError::LabelOutOfRange`] for a label `>= K`,
+/// [`DataError::EmptyClasses`] when K is inferred and a class below it has no sample.
+pub fn load_csv_pair(
+    train: &Path,
+    test: &Path,
+    num_classes: Option<usize>,
+) -> Result<Split, DataError> {
     let (trx, try_, d) = read_csv(train)?;
     let (tex, tey, d2) = read_csv(test)?;
     if d2 != d {
@@ -583,7 +677,15 @@ pub fn load_csv_pair(train: &Path, test: &Path) -> Result<Split, DataError> {
             expected: d,
         });
     }
-    let k = *try_.iter().max().unwrap_or(&0) as usize + 1;
+    let k = num_classes.unwrap_or(*try_.iter().max().unwrap_or(&0) as usize + 1);
+    if let Some(i) = try_.iter().position(|&y| y as usize >= k) {
+        return Err(DataError::LabelOutOfRange {
+            path: train.into(),
+            place: format!("sample #{i}"),
+            label: try_[i] as i64,
+            num_classes: k,
+        });
+    }
     if let Some(i) = tey.iter().position(|&y| y as usize >= k) {
         return Err(DataError::LabelOutOfRange {
             path: test.into(),
@@ -600,9 +702,39 @@ pub fn load_csv_pair(train: &Path, test: &Path) -> Result<Split, DataError> {
         num_classes: k,
         image_shape: None,
     };
-    Ok(Split {
+    let split = Split {
         train: mk(trx, try_, train),
         test: mk(tex, tey, test),
+    };
+    if num_classes.is_none() {
+        let hint = format!("csv:{},{}", train.display(), test.display());
+        check_no_empty_class(&split.train, train, &hint)?;
+    }
+    Ok(split)
+}
+
+/// With K inferred from the largest label, a class below it without a training sample means
+/// that label is most likely a typo (one label 27 among ten classes would make K = 28).
+/// `spec` is the `--dataset` value without `,K`, for the hint.
+fn check_no_empty_class(train: &Dataset, path: &Path, spec: &str) -> Result<(), DataError> {
+    let counts = train.class_counts();
+    let empty = counts.iter().filter(|&&c| c == 0).count();
+    if empty == 0 {
+        return Ok(());
+    }
+    let k = train.num_classes;
+    let at = train
+        .labels
+        .iter()
+        .position(|&y| y as usize + 1 == k)
+        .unwrap_or(0);
+    Err(DataError::EmptyClasses {
+        path: path.into(),
+        place: format!("sample #{at}"),
+        label: k as i64 - 1,
+        num_classes: k,
+        empty,
+        spec_hint: format!("{spec},{k}"),
     })
 }
 
@@ -678,7 +810,14 @@ pub(crate) mod tests {
     #[test]
     fn good_idx_folder_loads() {
         let d = idx_dir(idx_images(3, 2, 2, 0), idx_labels(&[0, 2, 1]));
-        let s = load(&DatasetSpec::Idx(d.path().into()), Path::new("/")).unwrap();
+        let s = load(
+            &DatasetSpec::Idx {
+                dir: d.path().into(),
+                num_classes: None,
+            },
+            Path::new("/"),
+        )
+        .unwrap();
         assert_eq!((s.train.len(), s.train.dim, s.train.num_classes), (3, 4, 3));
         assert!((s.train.features[0] - 7.0 / 255.0).abs() < 1e-7);
     }
@@ -686,7 +825,14 @@ pub(crate) mod tests {
     #[test]
     fn truncated_idx_is_rejected_with_path() {
         let d = idx_dir(idx_images(3, 2, 2, -5), idx_labels(&[0, 1, 1]));
-        let e = load(&DatasetSpec::Idx(d.path().into()), Path::new("/")).unwrap_err();
+        let e = load(
+            &DatasetSpec::Idx {
+                dir: d.path().into(),
+                num_classes: None,
+            },
+            Path::new("/"),
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -704,7 +850,14 @@ pub(crate) mod tests {
     #[test]
     fn count_mismatch_is_rejected() {
         let d = idx_dir(idx_images(3, 2, 2, 0), idx_labels(&[0, 1]));
-        let e = load(&DatasetSpec::Idx(d.path().into()), Path::new("/")).unwrap_err();
+        let e = load(
+            &DatasetSpec::Idx {
+                dir: d.path().into(),
+                num_classes: None,
+            },
+            Path::new("/"),
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -721,7 +874,14 @@ pub(crate) mod tests {
     #[test]
     fn bad_magic_is_rejected() {
         let d = idx_dir(idx_labels(&[0, 1, 2]), idx_labels(&[0, 1, 1]));
-        let e = load(&DatasetSpec::Idx(d.path().into()), Path::new("/")).unwrap_err();
+        let e = load(
+            &DatasetSpec::Idx {
+                dir: d.path().into(),
+                num_classes: None,
+            },
+            Path::new("/"),
+        )
+        .unwrap_err();
         assert!(
             matches!(e, DataError::BadMagic { found: 0x0801, .. }),
             "{e}"
@@ -754,7 +914,14 @@ pub(crate) mod tests {
             "train-images-idx3-ubyte.gz",
             b"\x1f\x8bnot really gzip",
         );
-        let e = load(&DatasetSpec::Idx(d.path().into()), Path::new("/")).unwrap_err();
+        let e = load(
+            &DatasetSpec::Idx {
+                dir: d.path().into(),
+                num_classes: None,
+            },
+            Path::new("/"),
+        )
+        .unwrap_err();
         assert!(matches!(e, DataError::Io { .. }), "{e}");
     }
 
@@ -763,7 +930,7 @@ pub(crate) mod tests {
         let d = tempfile::tempdir().unwrap();
         let tr = write(d.path(), "tr.csv", b"label,a,b\n0,1.5,2\n2,0,-1\n1,3,3\n");
         let te = write(d.path(), "te.csv", b"1,0,0\n");
-        let s = load_csv_pair(&tr, &te).unwrap();
+        let s = load_csv_pair(&tr, &te, None).unwrap();
         assert_eq!((s.train.len(), s.train.dim, s.train.num_classes), (3, 2, 3));
         assert_eq!(s.train.row(1), &[0.0, -1.0]);
     }
@@ -773,7 +940,7 @@ pub(crate) mod tests {
         let d = tempfile::tempdir().unwrap();
         let tr = write(d.path(), "tr.csv", b"0,1,2\n1,x,3\n");
         let te = write(d.path(), "te.csv", b"1,0,0\n");
-        let e = load_csv_pair(&tr, &te).unwrap_err();
+        let e = load_csv_pair(&tr, &te, None).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -792,7 +959,7 @@ pub(crate) mod tests {
         let d = tempfile::tempdir().unwrap();
         let tr = write(d.path(), "tr.csv", b"0,1,2\n1,3\n");
         let te = write(d.path(), "te.csv", b"1,0,0\n");
-        let e = load_csv_pair(&tr, &te).unwrap_err();
+        let e = load_csv_pair(&tr, &te, None).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -806,7 +973,7 @@ pub(crate) mod tests {
         );
         let tr = write(d.path(), "tr2.csv", b"0,1,2\n1,3,4\n");
         let te = write(d.path(), "te2.csv", b"5,0,0\n");
-        let e = load_csv_pair(&tr, &te).unwrap_err();
+        let e = load_csv_pair(&tr, &te, None).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -821,8 +988,119 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn csv_label_typo_is_caught_unless_k_is_given() {
+        let d = tempfile::tempdir().unwrap();
+        let tr = write(d.path(), "tr.csv", b"0,1\n1,2\n27,3\n2,4\n");
+        let te = write(d.path(), "te.csv", b"1,0\n");
+        // K inferred: label 27 would make 28 classes, 25 of them empty.
+        let e = load_csv_pair(&tr, &te, None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::EmptyClasses {
+                    label: 27,
+                    num_classes: 28,
+                    empty: 24,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("te.csv,28"), "{e}");
+        // K given: the label is out of range, named with its sample.
+        let e = load_csv_pair(&tr, &te, Some(10)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::LabelOutOfRange {
+                    label: 27,
+                    num_classes: 10,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // K given and larger than the labels seen: empty classes are the user's call.
+        let ok = write(d.path(), "ok.csv", b"0,1\n2,3\n");
+        let s = load_csv_pair(&ok, &te, Some(4)).unwrap();
+        assert_eq!(s.train.num_classes, 4);
+        assert!(load_csv_pair(&ok, &te, None).is_err(), "class 1 is empty");
+        // Through the spec string.
+        let spec: DatasetSpec = format!("csv:{},{},4", ok.display(), te.display())
+            .parse()
+            .unwrap();
+        assert_eq!(load(&spec, d.path()).unwrap().train.num_classes, 4);
+    }
+
+    #[test]
+    fn csv_absurd_feature_is_refused_with_its_place() {
+        let d = tempfile::tempdir().unwrap();
+        let tr = write(d.path(), "tr.csv", b"0,1,2\n1,1e30,4\n");
+        let te = write(d.path(), "te.csv", b"1,0,0\n");
+        let e = load_csv_pair(&tr, &te, None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::BadCell {
+                    line: 2,
+                    column: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn csv_first_row_with_an_empty_label_is_data_not_a_header() {
+        let d = tempfile::tempdir().unwrap();
+        let tr = write(d.path(), "tr.csv", b",0.5,0.5\n0,1,2\n1,3,4\n");
+        let te = write(d.path(), "te.csv", b"1,0,0\n");
+        let e = load_csv_pair(&tr, &te, None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::BadCell {
+                    line: 1,
+                    column: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A numeric first row with words elsewhere is data too (the bad cell is named).
+        let tr = write(d.path(), "tr2.csv", b"0,x,0.5\n0,1,2\n1,3,4\n");
+        let e = load_csv_pair(&tr, &te, None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::BadCell {
+                    line: 1,
+                    column: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn spec_parsing() {
         assert_eq!("mnist".parse::<DatasetSpec>().unwrap(), DatasetSpec::Mnist);
+        assert_eq!(
+            "csv:a.csv,b.csv,10".parse::<DatasetSpec>().unwrap(),
+            DatasetSpec::Csv {
+                train: "a.csv".into(),
+                test: "b.csv".into(),
+                num_classes: Some(10)
+            }
+        );
+        assert_eq!(
+            "idx:some/dir,3".parse::<DatasetSpec>().unwrap().to_string(),
+            "idx:some/dir,3"
+        );
+        assert!("csv:a.csv,b.csv,1".parse::<DatasetSpec>().is_err());
+        assert!("csv:a.csv,b.csv,c.csv".parse::<DatasetSpec>().is_err());
         assert!(matches!(
             "csv:a.csv,b.csv".parse::<DatasetSpec>(),
             Ok(DatasetSpec::Csv { .. })
