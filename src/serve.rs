@@ -516,8 +516,10 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// Liveness, with the ONNX Runtime this process serves with (`null` when it failed to load).
+async fn healthz() -> Response {
+    let rt = crate::onnx::runtime::loaded().ok();
+    Json(serde_json::json!({ "status": "ok", "onnxruntime": rt })).into_response()
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
@@ -579,9 +581,26 @@ pub async fn watch_store(state: Arc<AppState>, mut shutdown: tokio::sync::watch:
 /// I/O errors of binding or serving.
 pub async fn run(store: ModelStore, cfg: ServeConfig) -> std::io::Result<()> {
     let bind = cfg.bind;
+    let rt = crate::onnx::runtime::loaded().map_err(std::io::Error::other)?;
+    tracing::info!(library = %rt.library.display(), version = %rt.version, build = %rt.build, "ONNX Runtime loaded");
     let state = tokio::task::spawn_blocking(move || AppState::new(store, cfg))
         .await
         .map_err(std::io::Error::other)?;
+    if state.current().is_none() {
+        // Versions exist but none loads (an opset the runtime refuses, a corrupt file): stop
+        // with the newest one's reason rather than serve 503 behind a green /healthz.
+        let versions = state.store.versions(&state.cfg.model).unwrap_or_default();
+        if let Some(&newest) = versions.last() {
+            let why = load_version(&state.store, &state.cfg.model, newest)
+                .err()
+                .map_or_else(String::new, |e| e.to_string());
+            return Err(std::io::Error::other(format!(
+                "no version of model '{}' in {} loads (versions {versions:?}); newest refused: {why}",
+                state.cfg.model,
+                state.store.root().display()
+            )));
+        }
+    }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(watch_store(state.clone(), rx));
     let listener = tokio::net::TcpListener::bind(bind).await?;

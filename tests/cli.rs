@@ -174,3 +174,35 @@ fn a_bad_daemon_config_is_one_line_per_problem_and_the_shipped_ones_pass() {
         assert!(err.contains(key), "{key} missing in {err}");
     }
 }
+
+/// A server never starts half-alive without ONNX Runtime: an `ORT_DYLIB_PATH` that names no
+/// file, or a file that is not the library, stops `serve-model` at once with one line naming
+/// the path.
+#[test]
+fn serve_model_without_a_usable_runtime_exits_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_lib = dir.path().join("libonnxruntime.so.1.31.1");
+    std::fs::write(&not_a_lib, b"not a shared library").unwrap();
+    for (lib, expect) in [
+        (
+            "/nonexistent/libonnxruntime.so".to_string(),
+            "ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so is not a file",
+        ),
+        (
+            not_a_lib.display().to_string(),
+            "cannot load ONNX Runtime from",
+        ),
+    ] {
+        let out = rlap()
+            .args(["--quiet", "serve-model", "--store"])
+            .arg(dir.path())
+            .args(["--model", "m", "--bind", "127.0.0.1:0"])
+            .env("ORT_DYLIB_PATH", &lib)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{lib}: started anyway");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{lib}: {err}");
+        assert!(err.contains(&lib), "{lib}: the path is named: {err}");
+    }
+}

@@ -225,7 +225,11 @@ fn http_api_matches_its_openapi_document() {
         doc: doc.clone(),
         exercised: BTreeSet::new(),
     };
-    c.call("GET", "/healthz", "/healthz", None, None, 200);
+    let h = c.json("GET", "/healthz", "/healthz", None, None, 200);
+    assert!(
+        h["onnxruntime"]["version"] == rlap::onnx::runtime::ORT_VERSION,
+        "/healthz names the runtime version: {h}"
+    );
     assert_eq!(
         c.json("GET", "/readyz", "/readyz", None, None, 200)["version"],
         1
@@ -436,4 +440,39 @@ fn http_api_matches_its_openapi_document() {
             );
         }
     }
+}
+
+/// A store whose versions all fail to load (here a corrupt ONNX file) stops `serve::run` at
+/// start-up with one error naming the model and the reason, instead of a server that answers
+/// 503 to every predict behind a green `/healthz`.
+#[test]
+fn a_store_where_no_version_loads_stops_the_server_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ModelStore::open(dir.path(), 5).unwrap();
+    store
+        .publish("digits", &trained_model(5, &[]), PublishInfo::default())
+        .unwrap();
+    let v1 = store.version_dir("digits", 1).unwrap();
+    std::fs::write(v1.join(ONNX_FILE), b"corrupt").unwrap();
+    let cfg = ServeConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        model: "digits".into(),
+        admin_token: None,
+        poll_interval: Duration::from_millis(100),
+        max_batch: 16,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), rlap::serve::run(store, cfg)).await
+        })
+        .expect("serve::run returns at start-up")
+        .expect_err("no version loads");
+    let msg = e.to_string();
+    assert!(msg.contains("no version of model 'digits'"), "{msg}");
+    assert!(msg.contains("[1]"), "{msg}");
 }

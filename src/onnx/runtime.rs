@@ -25,6 +25,11 @@ pub enum RuntimeError {
         "ONNX Runtime library not found (looked in {looked}); run scripts/setup-ort.sh or set ORT_DYLIB_PATH"
     )]
     NotFound { looked: String },
+    /// `ORT_DYLIB_PATH` is set but names no file: an explicit choice is never ignored.
+    #[error(
+        "ORT_DYLIB_PATH={path} is not a file; point it at libonnxruntime.so.{ORT_VERSION} (or newer) or unset it"
+    )]
+    EnvPath { path: PathBuf },
     /// The library could not be loaded or initialised.
     #[error("cannot load ONNX Runtime from {path}: {reason}")]
     Load { path: PathBuf, reason: String },
@@ -62,8 +67,15 @@ pub fn candidate_paths() -> Vec<PathBuf> {
 /// The first existing candidate library.
 ///
 /// # Errors
-/// [`RuntimeError::NotFound`] listing the places searched.
+/// [`RuntimeError::EnvPath`] when `ORT_DYLIB_PATH` names no file; [`RuntimeError::NotFound`]
+/// listing the places searched.
 pub fn find_library() -> Result<PathBuf, RuntimeError> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(RuntimeError::EnvPath { path: p });
+        }
+    }
     let c = candidate_paths();
     c.iter()
         .find(|p| p.is_file())
@@ -96,6 +108,59 @@ pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeEr
             path,
             reason: reason.clone(),
         })
+}
+
+/// The ONNX Runtime a process loaded (see [`loaded`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RuntimeInfo {
+    /// The shared library's path.
+    pub library: PathBuf,
+    /// Its version (`OrtApiBase::GetVersionString`, e.g. `1.31.1`).
+    pub version: String,
+    /// The library's build string (`OrtApi::GetBuildInfoString`: version, git branch, commit).
+    pub build: String,
+}
+
+/// Initialise ONNX Runtime (as [`environment`]) and describe what was loaded. Servers call it
+/// at start-up so a missing, too old or broken library stops them with one line naming the
+/// path tried and, for a version mismatch, the version found and the one required.
+///
+/// # Errors
+/// [`RuntimeError::EnvPath`], [`RuntimeError::NotFound`] or [`RuntimeError::Load`].
+pub fn loaded() -> Result<RuntimeInfo, RuntimeError> {
+    let library = find_library()?;
+    environment()?;
+    Ok(RuntimeInfo {
+        version: version_string(&library)?,
+        library,
+        build: ort::info().to_string(),
+    })
+}
+
+/// The version string of the ONNX Runtime library at `path` (already loaded by
+/// [`environment`]: opening it again only takes another reference).
+fn version_string(path: &Path) -> Result<String, RuntimeError> {
+    let load = |reason: String| RuntimeError::Load {
+        path: path.into(),
+        reason,
+    };
+    // SAFETY: the library is ONNX Runtime, already loaded and initialised by `ort` from this
+    // path (its initialisers have run); OrtGetApiBase and GetVersionString take no arguments
+    // and return static data (C API: "do not deallocate the returned buffer").
+    unsafe {
+        let lib = libloading::Library::new(path).map_err(|e| load(e.to_string()))?;
+        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").map_err(|e| load(e.to_string()))?;
+        let base = get_base();
+        if base.is_null() {
+            return Err(load("OrtGetApiBase returned null".into()));
+        }
+        let s = ((*base).GetVersionString)();
+        if s.is_null() {
+            return Err(load("GetVersionString returned null".into()));
+        }
+        Ok(std::ffi::CStr::from_ptr(s).to_string_lossy().into_owned())
+    }
 }
 
 /// An exported model loaded into ONNX Runtime. Thread-safe: runs are serialised.
