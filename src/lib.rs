@@ -4,6 +4,7 @@
 //!
 //! Modules, in reading order (the method's steps follow Algorithm 1):
 //! - [`data`]: real data sets (IDX raw/`.gz`, CSV), validated, stratified subsampling.
+//! - [`input_range`]: the range of a model version's training inputs; input-shift detection.
 //! - [`corruption`]: seeded input and label noise on the training split; the hidden truth.
 //! - [`evaluation`]: the [`evaluation::GroundTruth`] type (readable only there), classification
 //!   and detection metrics.
@@ -34,6 +35,7 @@ pub mod cpu;
 pub mod data;
 pub mod evaluation;
 pub mod experiment;
+pub mod input_range;
 pub mod metrics;
 pub mod model;
 pub mod noise_model;

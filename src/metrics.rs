@@ -22,6 +22,9 @@ pub struct DaemonMetrics {
     pub verdicts: IntCounterVec,
     /// `rlap_invalid_samples_total{reason}`: messages sent to the dead-letter topic.
     pub invalid_samples: IntCounterVec,
+    /// `rlap_skipped_messages_total{reason="tombstone"}`: input messages that carry no sample
+    /// and are no error (tombstones: null values on compacted topics), committed unscored.
+    pub skipped_messages: IntCounterVec,
     /// `rlap_noisy_fraction{estimate="window|ewma"}`: estimated noise rate, ratio in [0, 1].
     pub noisy_fraction: GaugeVec,
     /// `rlap_mixture_weight{component="clean|noisy"}`: the verdict rule's prior shares, ratio
@@ -98,6 +101,17 @@ impl DaemonMetrics {
                     Opts::new(
                         "rlap_invalid_samples_total",
                         "Input messages sent to the dead-letter topic, by reason.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid"),
+            ),
+            skipped_messages: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rlap_skipped_messages_total",
+                        "Input messages committed without a verdict because they carry no sample (tombstones), by reason.",
                     ),
                     &["reason"],
                 )
@@ -241,6 +255,7 @@ impl DaemonMetrics {
         for reason in crate::stream::schema::INVALID_REASONS {
             m.invalid_samples.with_label_values(&[reason]);
         }
+        m.skipped_messages.with_label_values(&["tombstone"]);
         m
     }
 

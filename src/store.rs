@@ -83,6 +83,8 @@ pub struct PublishInfo {
     pub metrics_before: Option<Metrics>,
     /// Metrics of this model on the same set.
     pub metrics_after: Option<Metrics>,
+    /// The range of the inputs this model trained on (input-shift detection).
+    pub input_range: Option<crate::input_range::InputRange>,
 }
 
 /// `metadata.json` of one version.
@@ -118,6 +120,9 @@ pub struct VersionMetadata {
     pub opset: i64,
     /// sha256 (hex) of every other file of the version.
     pub sha256: BTreeMap<String, String>,
+    /// See [`PublishInfo`]; absent in versions published before it existed (no shift check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_range: Option<crate::input_range::InputRange>,
 }
 
 /// File names inside a version folder.
@@ -316,6 +321,7 @@ impl ModelStore {
             estimated_noise_rate: info.estimated_noise_rate,
             metrics_before: info.metrics_before,
             metrics_after: info.metrics_after,
+            input_range: info.input_range,
             pruned_neurons: model.pruned(),
             arch: spec.arch.to_string(),
             input_dim: spec.input_dim,

@@ -386,13 +386,83 @@ fn every_sample_gets_one_verdict_and_malformed_messages_are_dead_lettered() {
         ..produce_args(&cfg, "label-symmetric:0.4", 0, 3000)
     }));
     assert_eq!(report.malformed, 30);
+    // Tombstones (null values, as a compacted topic's deletes arrive) are skipped and
+    // counted, not dead-lettered, and their offsets are committed like any other.
+    let tombstones = 5;
+    {
+        let p: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &cfg.kafka.brokers)
+            .create()
+            .unwrap();
+        for i in 0..tombstones {
+            let key = format!("tombstone-{i}");
+            p.send(
+                rdkafka::producer::BaseRecord::<str, [u8]>::to(&cfg.kafka.input_topic).key(&key),
+            )
+            .unwrap();
+        }
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+    }
     d.wait_for(report.samples, report.malformed, Duration::from_secs(120));
+    // A burst of images sent as 0-255 pixels to a model trained on 0-1: every one is
+    // dead-lettered as input_shift, none reaches the verdict rule.
+    let shifted = 200u64;
+    {
+        let split = rlap::data::load(&DatasetSpec::Mnist, &default_data_dir()).unwrap();
+        let p: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &cfg.kafka.brokers)
+            .create()
+            .unwrap();
+        for i in 0..shifted as usize {
+            let s = LabeledSample {
+                id: format!("shifted-{i}"),
+                features: split.test.row(i).iter().map(|v| v * 255.0).collect(),
+                label: split.test.labels[i],
+                ..Default::default()
+            };
+            let payload = s.encode_to_vec();
+            p.send(
+                rdkafka::producer::BaseRecord::to(&cfg.kafka.input_topic)
+                    .key(&s.id)
+                    .payload(&payload),
+            )
+            .unwrap();
+            p.poll(Duration::ZERO);
+        }
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+    }
+    d.wait_for(
+        report.samples,
+        report.malformed + shifted,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        d.metrics
+            .invalid_samples
+            .with_label_values(&["input_shift"])
+            .get(),
+        shifted
+    );
+    let skipped = || {
+        d.metrics
+            .skipped_messages
+            .with_label_values(&["tombstone"])
+            .get()
+    };
+    let t_skip = Instant::now();
+    while skipped() < tombstones && t_skip.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(skipped(), tombstones, "every tombstone skipped and counted");
     let summary = d.stop(&rt);
 
     // The summary agrees with what was produced.
-    assert_eq!(summary.consumed, report.samples + report.malformed);
+    assert_eq!(
+        summary.consumed,
+        report.samples + report.malformed + tombstones + shifted
+    );
     assert_eq!(summary.verdicts, report.samples);
-    assert_eq!(summary.dead_letters, report.malformed);
+    assert_eq!(summary.dead_letters, report.malformed + shifted);
     assert_eq!(summary.model_version, 1, "bootstrapped version 1");
 
     // Verdicts against the truth: one per sample, none missing.
@@ -400,14 +470,41 @@ fn every_sample_gets_one_verdict_and_malformed_messages_are_dead_lettered() {
     assert_eq!(r.missing, 0);
     assert_eq!(r.duplicates, 0, "a clean run verdicts each sample once");
     assert_eq!(r.verdicts, report.samples);
-    assert_eq!(r.dead_letters, report.malformed);
+    assert_eq!(r.dead_letters, report.malformed + shifted);
 
     // Each verdict points back at its input message.
     let input: HashMap<String, Msg> = read_topic(&cfg.kafka.brokers, &cfg.kafka.input_topic)
         .into_iter()
         .map(|m| (m.key_str(), m))
         .collect();
-    assert_eq!(input.len() as u64, report.samples + report.malformed);
+    assert_eq!(
+        input.len() as u64,
+        report.samples + report.malformed + tombstones + shifted
+    );
+    // Every message, tombstones included, is behind the group's committed offsets.
+    {
+        let c = reader(&cfg.kafka.brokers, &cfg.kafka.group_id);
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions(&c, &cfg.kafka.input_topic) {
+            tpl.add_partition(&cfg.kafka.input_topic, p);
+        }
+        let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        for e in committed.elements() {
+            let (_, hi) = c
+                .fetch_watermarks(
+                    &cfg.kafka.input_topic,
+                    e.partition(),
+                    Duration::from_secs(10),
+                )
+                .unwrap();
+            assert_eq!(
+                e.offset(),
+                Offset::Offset(hi),
+                "partition {}",
+                e.partition()
+            );
+        }
+    }
     let vs = verdicts(&cfg);
     let noisy = vs.iter().filter(|v| v.noisy).count() as u64;
     assert_eq!(summary.noisy, noisy);
@@ -426,10 +523,17 @@ fn every_sample_gets_one_verdict_and_malformed_messages_are_dead_lettered() {
 
     // Dead letters: the original message with its reason and source coordinates.
     let dlq = read_topic(&cfg.kafka.brokers, &cfg.kafka.dlq());
-    assert_eq!(dlq.len() as u64, report.malformed);
+    assert_eq!(dlq.len() as u64, report.malformed + shifted);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for dl in &dlq {
         let id = dl.key_str();
+        if id.starts_with("shifted-") {
+            assert_eq!(dl.header(schema::DLQ_REASON_HEADER), "input_shift", "{id}");
+            assert!(dl
+                .header(schema::DLQ_DETAIL_HEADER)
+                .contains("outside the model's training range"));
+            continue;
+        }
         let i: usize = id.rsplit('-').next().unwrap().parse().unwrap();
         assert_eq!((i + 1) % every, 0, "{id} was not a malformed message");
         let reason = dl.header(schema::DLQ_REASON_HEADER);

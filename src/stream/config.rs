@@ -214,6 +214,12 @@ pub struct ScoringConfig {
     pub threshold: f64,
     /// Micro-batches queued between stages (bounded channels).
     pub queue_batches: usize,
+    /// Input-shift check (see [`crate::input_range`]): slack beyond each feature's training
+    /// range, in spans of that feature (at least the mean span); 0 turns the check off.
+    pub input_shift_tolerance: f64,
+    /// A sample is shifted (dead-lettered, `reason = "input_shift"`) when more than this
+    /// fraction of its features lie beyond the slack (at least one), in [0, 1).
+    pub input_shift_max_fraction: f64,
 }
 
 impl Default for ScoringConfig {
@@ -226,6 +232,8 @@ impl Default for ScoringConfig {
             features: PartitionFeatures::Summary,
             threshold: 0.5,
             queue_batches: 4,
+            input_shift_tolerance: 1.0,
+            input_shift_max_fraction: 0.01,
         }
     }
 }
@@ -547,6 +555,18 @@ impl DaemonConfig {
             p.push(format!(
                 "scoring.threshold = {}: must be in (0, 1)",
                 s.threshold
+            ));
+        }
+        if !(s.input_shift_tolerance.is_finite() && s.input_shift_tolerance >= 0.0) {
+            p.push(format!(
+                "scoring.input_shift_tolerance = {}: must be >= 0 (0 turns the check off)",
+                s.input_shift_tolerance
+            ));
+        }
+        if !(0.0..1.0).contains(&s.input_shift_max_fraction) {
+            p.push(format!(
+                "scoring.input_shift_max_fraction = {}: must be in [0, 1)",
+                s.input_shift_max_fraction
             ));
         }
         let x = &self.mixture;

@@ -203,7 +203,7 @@ pub fn warm_verdicter(
     let start = data.len().saturating_sub(cfg.mixture.warmup_samples);
     let recent = data.select(&(start..data.len()).collect::<Vec<_>>());
     let a = attribute_all(model, &recent, cfg.scoring.attribution)?;
-    Ok(Verdicter::warm_up(cfg, &a, &recent.labels)?)
+    Ok(Verdicter::warm_up_or_fallback(cfg, &a, &recent.labels)?)
 }
 
 /// Split the (shuffled) clean rows into (held out, fine-tune, eval-set name): the held-out
@@ -414,6 +414,15 @@ fn cycle_steps(
 
     // 5. Re-warm the mixture for the new model, then publish.
     let gmm = warm_verdicter(cfg, &candidate, data, Some(&input.gmm))?;
+    // The candidate has seen its parent's inputs and this snapshot's.
+    let mut input_range = crate::input_range::InputRange::of(data);
+    if let Some(parent) = store
+        .metadata(&cfg.model.name, input.version)
+        .ok()
+        .and_then(|m| m.input_range)
+    {
+        input_range = parent.union(&input_range);
+    }
     let meta = store.publish(
         &cfg.model.name,
         &candidate,
@@ -429,6 +438,7 @@ fn cycle_steps(
             estimated_noise_rate: Some(input.noisy_fraction),
             metrics_before: Some(before),
             metrics_after: Some(after),
+            input_range: Some(input_range),
         },
     )?;
     lap(rec, "publish");

@@ -39,7 +39,9 @@ use tokio::sync::{mpsc, watch};
 use crate::metrics::DaemonMetrics;
 use crate::store::ModelStore;
 use crate::stream::config::DaemonConfig;
-use crate::stream::engine::{Engine, EngineError, EngineEvent, EngineStatus, Incoming, Scored};
+use crate::stream::engine::{
+    Engine, EngineError, EngineEvent, EngineStatus, Incoming, Scored, SharedInputRange,
+};
 use crate::stream::offsets::OffsetTracker;
 use crate::stream::schema::{self, Expect, InvalidSample};
 use crate::stream::state;
@@ -113,6 +115,14 @@ enum SinkMsg {
         why: InvalidSample,
     },
     Event(EngineEvent),
+    /// A message that carries no sample and is not an error (a tombstone): acknowledged so its
+    /// offset can be committed, counted under `reason`, not dead-lettered.
+    Skipped {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        reason: &'static str,
+    },
 }
 
 struct Ctx {
@@ -255,6 +265,10 @@ pub async fn serve(
             poll_interval: Duration::from_secs(1),
             max_batch: cfg.api.max_batch,
         };
+        // The API serves the published versions through ONNX Runtime: a missing or too old
+        // library stops the daemon at start-up with one line, not 503s behind a green probe.
+        let rt = crate::onnx::runtime::loaded().map_err(|e| DaemonError::Api(e.to_string()))?;
+        tracing::info!(library = %rt.library.display(), version = %rt.version, build = %rt.build, "ONNX Runtime loaded");
         let handles = DaemonHandles {
             metrics: metrics.clone(),
             status: status.clone(),
@@ -349,6 +363,7 @@ pub async fn run(
     let (sink_tx, sink_rx) = mpsc::channel::<SinkMsg>(q * 2);
     let counters = Arc::new(Counters::default());
 
+    let input_range = engine.input_range();
     let scorer = {
         let (cfg, sink_tx, status) = (cfg.clone(), sink_tx.clone(), status.clone());
         std::thread::Builder::new()
@@ -374,6 +389,7 @@ pub async fn run(
         metrics,
         counters.clone(),
         shutdown,
+        input_range,
     )
     .await;
     // The source dropped its senders; the scorer drains and exits, then the sink.
@@ -422,11 +438,20 @@ async fn source_loop(
     metrics: DaemonMetrics,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
+    input_range: SharedInputRange,
 ) -> Result<(), DaemonError> {
     let expect = Expect {
         num_features: cfg.model.num_features,
         num_classes: cfg.model.num_classes,
         max_bytes: cfg.kafka.max_message_bytes,
+    };
+    let shift_tolerance = cfg.scoring.input_shift_tolerance as f32;
+    let shift_fraction = cfg.scoring.input_shift_max_fraction;
+    // tolerance 0 turns the check off.
+    let input_range = if shift_tolerance > 0.0 {
+        input_range
+    } else {
+        SharedInputRange::default()
     };
     let window = Duration::from_millis(cfg.scoring.batch_window_ms.max(1));
     let bs = cfg.scoring.batch_size;
@@ -476,8 +501,23 @@ async fn source_loop(
                     h.iter().any(|hd| hd.key.eq_ignore_ascii_case(schema::CONTENT_TYPE_HEADER)
                         && hd.value.is_some_and(|v| v.starts_with(b"application/json")))
                 });
-                let payload = msg.payload().unwrap_or_default();
-                match schema::decode(payload, json, &expect) {
+                let Some(payload) = msg.payload() else {
+                    // A tombstone (null value: a delete marker on a compacted topic) is not a
+                    // malformed sample: skip and count it, keep it out of the dead-letter alert.
+                    let skip = SinkMsg::Skipped { topic, partition, offset, reason: "tombstone" };
+                    if sink_tx.send(skip).await.is_err() { break; }
+                    continue;
+                };
+                let decoded = schema::decode(payload, json, &expect).and_then(|s| {
+                    // Far outside the current model's training inputs (a unit or scale change
+                    // upstream): dead-lettered before it reaches the verdict rule or a cycle.
+                    let range = input_range.read().expect("input range lock").clone();
+                    match range.and_then(|r| r.shifted(&s.features, shift_tolerance, shift_fraction)) {
+                        Some(o) => Err(InvalidSample { reason: "input_shift", detail: o.to_string() }),
+                        None => Ok(s),
+                    }
+                });
+                match decoded {
                     Ok(sample) => {
                         if batch.is_empty() {
                             deadline = Instant::now() + window;
@@ -812,6 +852,16 @@ async fn sink_loop(
                     .with_label_values(&[why.reason])
                     .inc();
                 counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+            }
+            SinkMsg::Skipped {
+                topic,
+                partition,
+                offset,
+                reason,
+            } => {
+                tracing::debug!(partition, offset, reason, "message skipped");
+                done(&topic, partition, offset);
+                metrics.skipped_messages.with_label_values(&[reason]).inc();
             }
             SinkMsg::Event(EngineEvent::Published(ev)) => {
                 let payload = ev.encode_to_vec();

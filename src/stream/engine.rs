@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attribution::Attributions;
 use crate::data::Dataset;
+use crate::input_range::InputRange;
 use crate::metrics::DaemonMetrics;
 use crate::model::{parse_device, Model, ModelError, ModelSpec};
 use crate::partition::{Estimator, PartitionError, PartitionFeatures};
@@ -182,7 +183,14 @@ pub struct Engine {
     warmup_trained: bool,
     /// The newest arrival number in the running cycle's snapshot.
     cycle_last_seq: u64,
+    /// The current version's training-input range (see [`SharedInputRange`]).
+    input_range: SharedInputRange,
 }
+
+/// The current model version's training-input range, shared with the source, which
+/// dead-letters samples far outside it before they are scored (`None`: no check, e.g. before
+/// the first model or for a version published without one).
+pub type SharedInputRange = Arc<std::sync::RwLock<Option<Arc<InputRange>>>>;
 
 impl Engine {
     /// Start: load the newest version from the store (or plan a bootstrap) and restore the
@@ -248,6 +256,7 @@ impl Engine {
             unseen_from_seq: 0,
             warmup_trained: false,
             cycle_last_seq: 0,
+            input_range: SharedInputRange::default(),
             cfg,
         };
         if let Some(v) = e.newest_version()? {
@@ -316,11 +325,30 @@ impl Engine {
     }
 
     fn set_version(&mut self, v: u64) {
+        let range = self
+            .store
+            .metadata(&self.cfg.model.name, v)
+            .ok()
+            .and_then(|m| m.input_range)
+            .map(Arc::new);
+        if range.is_none() {
+            tracing::info!(
+                version = v,
+                "this model version records no input range: no input-shift check"
+            );
+        }
+        *self.input_range.write().expect("input range lock") = range;
         self.version = v;
         self.metrics.model_version.set(v as i64);
         self.metrics
             .model_swapped_timestamp
             .set(crate::stream::unix_ms() as f64 / 1000.0);
+    }
+
+    /// A handle on the current version's training-input range (updated on every version
+    /// change), for the source's input-shift check.
+    pub fn input_range(&self) -> SharedInputRange {
+        self.input_range.clone()
     }
 
     /// The current model version (0 before the first).
@@ -469,6 +497,7 @@ impl Engine {
                     samples: data.len() as u64,
                     source: format!("first samples of topic {}", self.cfg.kafka.input_topic),
                 }),
+                input_range: Some(crate::input_range::InputRange::of(&data)),
                 ..Default::default()
             },
         )?;
@@ -563,7 +592,7 @@ impl Engine {
             Some(a) => a,
             None => attribute_all(model, &data, self.cfg.scoring.attribution)?,
         };
-        let v = Verdicter::warm_up(&self.cfg, &a, &data.labels)?;
+        let v = Verdicter::warm_up_or_fallback(&self.cfg, &a, &data.labels)?;
         tracing::info!(version = self.version, samples = held.len(), weights = ?v.weights_clean_noisy(), "verdict rule warmed up");
         self.gmm = Some(v);
         self.phase = Phase::Scoring;

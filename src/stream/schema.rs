@@ -40,7 +40,8 @@ pub const DLQ_OFFSET_HEADER: &str = "rlap-source-offset";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidSample {
     /// Stable label: `oversize`, `decode`, `empty_id`, `feature_count`, `shape_mismatch`,
-    /// `non_finite`, `feature_range`, `label_range`.
+    /// `non_finite`, `feature_range`, `label_range`, and `input_shift` (set by the daemon:
+    /// far outside the current model's training inputs, see [`crate::input_range`]).
     pub reason: &'static str,
     /// One line for a human.
     pub detail: String,
@@ -53,7 +54,7 @@ impl std::fmt::Display for InvalidSample {
 }
 
 /// Every reason label [`validate`] can return (bounded metric label set).
-pub const INVALID_REASONS: [&str; 8] = [
+pub const INVALID_REASONS: [&str; 9] = [
     "oversize",
     "decode",
     "empty_id",
@@ -62,10 +63,10 @@ pub const INVALID_REASONS: [&str; 8] = [
     "non_finite",
     "feature_range",
     "label_range",
+    "input_shift",
 ];
 
-/// Largest accepted feature magnitude: beyond it f32 activations can overflow to ±∞.
-pub const MAX_ABS_FEATURE: f32 = 1e6;
+pub use crate::data::MAX_ABS_FEATURE;
 
 fn invalid(reason: &'static str, detail: impl Into<String>) -> InvalidSample {
     InvalidSample {

@@ -76,6 +76,31 @@ impl Verdicter {
         }
     }
 
+    /// As [`Verdicter::warm_up`], but a mixture that cannot be fitted (zero spread: a
+    /// producer stuck on one sample, duplicates, one far outlier) falls back to the noise
+    /// model, which needs only finite class probabilities; the fallback is logged. Without it
+    /// the same fit fails on every restart and wedges the partition.
+    ///
+    /// # Errors
+    /// [`PartitionError`] when even the noise model cannot be fitted (no samples, non-finite
+    /// probabilities, a bad configuration).
+    pub fn warm_up_or_fallback(
+        cfg: &DaemonConfig,
+        a: &Attributions,
+        labels: &[u32],
+    ) -> Result<Self, PartitionError> {
+        match Self::warm_up(cfg, a, labels) {
+            Ok(v) => Ok(v),
+            Err(e) if cfg.scoring.estimator == crate::partition::Estimator::Mixture => {
+                tracing::warn!(error = %e, samples = labels.len(), "the mixture cannot be fitted on this window; the noise model gives the verdicts until the next model version");
+                let mut noise = cfg.clone();
+                noise.scoring.estimator = crate::partition::Estimator::NoiseModel;
+                Self::warm_up(&noise, a, labels)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// P(noisy) per sample of `a`, `[n]`, without updating.
     ///
     /// # Errors
@@ -168,6 +193,58 @@ impl Verdicter {
                 })
             }
             Self::Mixture(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` scored samples that are all the same one (a producer stuck on one message): the
+    /// same attribution, loss and class probabilities, the same label.
+    fn identical(n: usize, k: usize, hidden: usize) -> (Attributions, Vec<u32>) {
+        let mut probs = vec![0.02f32; n * k];
+        for row in probs.chunks_exact_mut(k) {
+            row[3] = 1.0 - 0.02 * (k - 1) as f32;
+        }
+        let a = Attributions {
+            n,
+            hidden,
+            values: vec![0.25; n * hidden],
+            activations: vec![0.5; n * hidden],
+            loss: vec![0.1; n],
+            predicted: vec![3; n],
+            probs,
+        };
+        (a, vec![3; n])
+    }
+
+    #[test]
+    fn identical_samples_never_stop_the_warm_up() {
+        let (a, labels) = identical(2000, 10, 16);
+        for estimator in [
+            crate::partition::Estimator::NoiseModel,
+            crate::partition::Estimator::Mixture,
+        ] {
+            let mut cfg = DaemonConfig::default();
+            cfg.scoring.estimator = estimator;
+            let v = Verdicter::warm_up_or_fallback(&cfg, &a, &labels)
+                .unwrap_or_else(|e| panic!("{estimator:?}: {e}"));
+            let post = v
+                .posterior(cfg.scoring.features, &a, &labels)
+                .unwrap_or_else(|e| panic!("{estimator:?}: {e}"));
+            assert!(
+                post.iter()
+                    .all(|p| p.is_finite() && (0.0..=1.0).contains(p)),
+                "{estimator:?}"
+            );
+            // Agreeing, confident samples are clean.
+            assert!(
+                post.iter().all(|&p| p < 0.5),
+                "{estimator:?}: {:?}",
+                &post[..3]
+            );
         }
     }
 }
