@@ -41,6 +41,12 @@ pub struct DaemonMetrics {
     /// `rlap_consumer_lag_messages{partition}`: high watermark − position, per assigned
     /// input partition.
     pub consumer_lag: IntGaugeVec,
+    /// `rlap_consumer_rebalances_total{kind="assign|revoke"}`: partitions assigned to or
+    /// revoked from this replica, one count per rebalance event.
+    pub consumer_rebalances: IntCounterVec,
+    /// `rlap_consumer_errors_total`: errors the consumer reported (among them MAXPOLL: the
+    /// poll loop stalled past `max.poll.interval.ms` and the replica left the group).
+    pub consumer_errors: IntCounter,
     /// `rlap_cycles_total{outcome="accepted|rejected|skipped|failed"}`.
     pub cycles: IntCounterVec,
     /// `rlap_cycle_stage_seconds{stage}`: attribution, regression, finetune, evaluate, publish.
@@ -174,6 +180,25 @@ impl DaemonMetrics {
                 )
                 .expect("valid"),
             ),
+            consumer_rebalances: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rlap_consumer_rebalances_total",
+                        "Rebalance events of this replica's consumer, by kind (assign, revoke).",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid"),
+            ),
+            consumer_errors: reg(
+                &r,
+                IntCounter::new(
+                    "rlap_consumer_errors_total",
+                    "Errors reported by the consumer (MAXPOLL among them: the poll loop stalled and the replica left the group).",
+                )
+                .expect("valid"),
+            ),
             cycles: reg(
                 &r,
                 IntCounterVec::new(
@@ -248,6 +273,9 @@ impl DaemonMetrics {
             .set(1);
         for o in ["clean", "noisy"] {
             m.verdicts.with_label_values(&[o]);
+        }
+        for k in ["assign", "revoke"] {
+            m.consumer_rebalances.with_label_values(&[k]);
         }
         for o in ["accepted", "rejected", "skipped", "failed"] {
             m.cycles.with_label_values(&[o]);

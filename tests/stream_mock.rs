@@ -1061,3 +1061,50 @@ fn no_cycle_while_the_noise_rate_stays_below_the_threshold() {
     assert_eq!(summary.model_version, 1);
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
 }
+
+/// 5. A bootstrap that trains longer than `max.poll.interval.ms` does not stall the poll loop:
+///    the source pauses its partitions while the scorer is busy and keeps polling, so the
+///    consumer never leaves the group (no MAXPOLL), nothing is re-delivered and every sample
+///    gets exactly one verdict. (Before: the source blocked on the full scorer queue, the
+///    consumer left the group after max.poll.interval.ms, and the re-delivered samples were
+///    verdicted twice.)
+#[test]
+fn a_long_bootstrap_does_not_stall_the_poll_loop() {
+    let _serial = serial();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, mut cfg) = setup(dir.path(), "long-bootstrap");
+    // librdkafka's floor: max.poll.interval.ms >= session.timeout.ms (6 s here). The bootstrap
+    // below trains for longer than that.
+    cfg.kafka
+        .consumer_properties
+        .insert("max.poll.interval.ms".into(), "6000".into());
+    cfg.bootstrap.samples = 3000;
+    cfg.bootstrap.epochs = 25;
+    let rt = runtime();
+    let d = Daemon::start(&rt, &cfg);
+    let report = rt.block_on(produce(ProduceArgs {
+        throttle: Some((d.metrics.samples_consumed.clone(), 2000)),
+        ..produce_args(&cfg, "label-symmetric:0.2", 0, 5000)
+    }));
+    d.wait_for(report.samples, 0, Duration::from_secs(300));
+    let (errors, revokes) = (
+        d.metrics.consumer_errors.get(),
+        d.metrics
+            .consumer_rebalances
+            .with_label_values(&["revoke"])
+            .get(),
+    );
+    let summary = d.stop(&rt);
+    let r = evaluate(&report.truth, &cfg);
+    eprintln!(
+        "bootstrap of {} samples x {} epochs; consumer errors {errors}, revokes {revokes}, duplicates {}",
+        cfg.bootstrap.samples, cfg.bootstrap.epochs, r.duplicates
+    );
+    assert_eq!(errors, 0, "the consumer reported errors (MAXPOLL?)");
+    assert_eq!(revokes, 0, "the replica lost its partitions mid-stream");
+    assert_eq!((r.missing, r.duplicates), (0, 0));
+    assert_eq!(summary.verdicts, report.samples);
+    eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+    drop(mock);
+}

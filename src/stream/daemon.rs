@@ -136,6 +136,10 @@ impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
         match r {
             Rebalance::Revoke(tpl) => {
+                self.metrics
+                    .consumer_rebalances
+                    .with_label_values(&["revoke"])
+                    .inc();
                 let mut t = self.tracker.lock().expect("tracker lock");
                 for e in tpl.elements() {
                     t.revoke(e.topic(), e.partition());
@@ -148,6 +152,10 @@ impl ConsumerContext for Ctx {
                 tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked");
             }
             Rebalance::Assign(tpl) => {
+                self.metrics
+                    .consumer_rebalances
+                    .with_label_values(&["assign"])
+                    .inc();
                 tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -460,11 +468,29 @@ async fn source_loop(
     let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
     let mut leader = None;
     let mut ticks = 0u64;
+    // Messages for the scorer that its full queue has not taken yet. While it is busy (the
+    // bootstrap's training, a slow batch) the source pauses the input partitions and keeps
+    // polling, so the consumer never exceeds max.poll.interval.ms and leaves the group; what
+    // librdkafka had fetched is dropped by the pause and fetched again after the resume.
+    let mut out: std::collections::VecDeque<ScorerMsg> = std::collections::VecDeque::new();
+    let mut paused: Option<rdkafka::TopicPartitionList> = None;
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
+            permit = score_tx.reserve(), if !out.is_empty() => {
+                let Ok(permit) = permit else { break };
+                permit.send(out.pop_front().expect("not empty"));
+                if out.is_empty() {
+                    if let Some(tpl) = paused.take() {
+                        match consumer.resume(&tpl) {
+                            Ok(()) => tracing::debug!("scorer caught up: input resumed"),
+                            Err(e) => tracing::warn!(error = %e, "resuming the input partitions failed"),
+                        }
+                    }
+                }
+            }
             _ = housekeeping.tick() => {
                 let is_leader = consumer
                     .assignment()
@@ -472,7 +498,7 @@ async fn source_loop(
                     .unwrap_or(false);
                 if leader != Some(is_leader) {
                     leader = Some(is_leader);
-                    if score_tx.send(ScorerMsg::Leader(is_leader)).await.is_err() { break; }
+                    out.push_back(ScorerMsg::Leader(is_leader));
                 }
                 if score_tx.try_send(ScorerMsg::Tick).is_err() && score_tx.is_closed() { break; }
                 ticks += 1;
@@ -483,12 +509,13 @@ async fn source_loop(
                 }
             }
             _ = tokio::time::sleep(wait), if !batch.is_empty() => {
-                if score_tx.send(ScorerMsg::Batch(std::mem::take(&mut batch))).await.is_err() { break; }
+                out.push_back(ScorerMsg::Batch(std::mem::take(&mut batch)));
             }
             msg = consumer.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
+                        metrics.consumer_errors.inc();
                         tracing::warn!(error = %e, "consumer error");
                         continue;
                     }
@@ -530,10 +557,8 @@ async fn source_loop(
                             payload: cfg.kafka.route_by_verdict.then(|| Arc::from(payload)),
                             received: Instant::now(),
                         });
-                        if batch.len() >= bs
-                            && score_tx.send(ScorerMsg::Batch(std::mem::replace(&mut batch, Vec::with_capacity(bs)))).await.is_err()
-                        {
-                            break;
+                        if batch.len() >= bs {
+                            out.push_back(ScorerMsg::Batch(std::mem::replace(&mut batch, Vec::with_capacity(bs))));
                         }
                     }
                     Err(why) => {
@@ -550,6 +575,24 @@ async fn source_loop(
                     }
                 }
             }
+        }
+        // More than one message waiting: the scorer is behind, stop fetching until it catches
+        // up (one waiting message is the normal hand-over at full speed).
+        if out.len() >= 2 && paused.is_none() {
+            if let Ok(tpl) = consumer.assignment() {
+                match consumer.pause(&tpl) {
+                    Ok(()) => {
+                        tracing::debug!(waiting = out.len(), "scorer busy: input paused");
+                        paused = Some(tpl);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pausing the input partitions failed"),
+                }
+            }
+        }
+    }
+    for m in out {
+        if score_tx.send(m).await.is_err() {
+            break;
         }
     }
     if !batch.is_empty() {
