@@ -47,6 +47,9 @@ pub struct DaemonMetrics {
     /// `rlap_consumer_errors_total`: errors the consumer reported (among them MAXPOLL: the
     /// poll loop stalled past `max.poll.interval.ms` and the replica left the group).
     pub consumer_errors: IntCounter,
+    /// `rlap_broker_reachable`: 1 when the last metadata request to the brokers (every 5 s)
+    /// succeeded, else 0; `/readyz` answers 503 while it is 0.
+    pub broker_reachable: IntGauge,
     /// `rlap_cycles_total{outcome="accepted|rejected|skipped|failed"}`.
     pub cycles: IntCounterVec,
     /// `rlap_cycle_stage_seconds{stage}`: attribution, regression, finetune, evaluate, publish.
@@ -196,6 +199,14 @@ impl DaemonMetrics {
                 IntCounter::new(
                     "rlap_consumer_errors_total",
                     "Errors reported by the consumer (MAXPOLL among them: the poll loop stalled and the replica left the group).",
+                )
+                .expect("valid"),
+            ),
+            broker_reachable: reg(
+                &r,
+                IntGauge::new(
+                    "rlap_broker_reachable",
+                    "1 when the last metadata request to the Kafka brokers succeeded (checked every 5 s), else 0.",
                 )
                 .expect("valid"),
             ),

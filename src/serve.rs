@@ -523,6 +523,14 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    // In `rlap serve` readiness also needs the brokers: a replica that cannot reach any is
+    // taken out of the Service rather than reported healthy.
+    if st.daemon.is_some() && st.metrics.broker_reachable.get() == 0 {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no Kafka broker reachable (rlap_broker_reachable = 0; checked every 5 s)",
+        );
+    }
     match st.current() {
         Some(s) => Json(
             serde_json::json!({ "ready": true, "model": s.meta.model, "version": s.meta.version }),

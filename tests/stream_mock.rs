@@ -1108,3 +1108,66 @@ fn a_long_bootstrap_does_not_stall_the_poll_loop() {
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
     drop(mock);
 }
+
+/// 6. `/readyz` of `rlap serve` means ready: 200 once a model is loaded and a broker answers,
+///    503 (naming the cause) within seconds of every broker going down, 200 again when one is
+///    back. (Before: 200 while all brokers were down.)
+#[test]
+fn readyz_is_false_while_no_broker_is_reachable() {
+    let _serial = serial();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, mut cfg) = setup(dir.path(), "readyz");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cfg.api.enabled = true;
+    cfg.api.listen = format!("127.0.0.1:{port}");
+    let rt = runtime();
+    let (stop, stop_rx) = watch::channel(false);
+    let task = rt.spawn(daemon::serve(Arc::new(cfg.clone()), stop_rx));
+    rt.block_on(produce(produce_args(&cfg, "label-symmetric:0.2", 0, 1500)));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let readyz = || -> (u16, String) {
+        match agent.get(&url).call() {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(e) => (0, e.to_string()),
+        }
+    };
+    let wait = |want: u16, timeout: Duration| -> (u16, String) {
+        let t = Instant::now();
+        loop {
+            let got = readyz();
+            if got.0 == want {
+                eprintln!("readyz {want} after {:.1} s", t.elapsed().as_secs_f64());
+                return got;
+            }
+            assert!(!task.is_finished(), "rlap serve stopped early");
+            assert!(t.elapsed() < timeout, "readyz never {want}: last {got:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait(200, Duration::from_secs(120));
+    mock.broker_down(1).unwrap();
+    let (_, body) = wait(503, Duration::from_secs(30));
+    assert!(body.contains("no Kafka broker reachable"), "{body}");
+    mock.broker_up(1).unwrap();
+    wait(200, Duration::from_secs(60));
+    stop.send(true).unwrap();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), task).await })
+        .expect("stops within 60 s")
+        .expect("task")
+        .expect("serve result");
+    eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+    drop(mock);
+}

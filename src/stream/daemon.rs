@@ -502,10 +502,16 @@ async fn source_loop(
                 }
                 if score_tx.try_send(ScorerMsg::Tick).is_err() && score_tx.is_closed() { break; }
                 ticks += 1;
-                if ticks.is_multiple_of(10) {
-                    // fetch_watermarks is a blocking broker round trip: off the runtime.
+                if ticks % 10 == 1 {
+                    // Blocking broker round trips (metadata, watermarks): off the runtime.
                     let (c, t, m) = (consumer.clone(), cfg.kafka.input_topic.clone(), metrics.clone());
-                    tokio::task::spawn_blocking(move || report_lag(&c, &t, &m));
+                    tokio::task::spawn_blocking(move || {
+                        let reachable = c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok();
+                        m.broker_reachable.set(i64::from(reachable));
+                        if reachable {
+                            report_lag(&c, &t, &m);
+                        }
+                    });
                 }
             }
             _ = tokio::time::sleep(wait), if !batch.is_empty() => {
