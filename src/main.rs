@@ -496,12 +496,25 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run_serve(a: ServeArgs) -> Result<()> {
     let cfg = rlap::stream::config::load(&a.config)?;
+    let bound = std::time::Duration::from_secs(cfg.kafka.shutdown_timeout_secs);
     let rt = runtime()?;
     let summary = rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             rlap::serve::shutdown_signal().await;
             let _ = tx.send(true);
+            // A bounded shutdown whatever the brokers do: a dead broker keeps produces retrying
+            // and the consumer's close waiting for the group coordinator. Past the bound the
+            // process exits without the final commit; at least once, the samples since the last
+            // commit are re-delivered to whoever owns their partitions next.
+            std::thread::spawn(move || {
+                std::thread::sleep(bound);
+                tracing::warn!(
+                    seconds = bound.as_secs(),
+                    "shutdown took longer than kafka.shutdown_timeout_secs: exiting without the final commit (uncommitted samples will be re-delivered)"
+                );
+                std::process::exit(0);
+            });
         });
         rlap::stream::daemon::serve(std::sync::Arc::new(cfg), rx).await
     })?;

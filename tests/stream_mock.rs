@@ -1171,3 +1171,89 @@ fn readyz_is_false_while_no_broker_is_reachable() {
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
     drop(mock);
 }
+
+/// 7. SIGTERM while every broker is down: `rlap serve` exits within
+///    `kafka.shutdown_timeout_secs` (3 s here) plus a little, status 0, although the consumer's
+///    close waits for a group coordinator that is gone (30 s session timeout here; 45 s by
+///    default: before the bound it took that long idle, and forever with verdicts in flight).
+#[test]
+fn sigterm_while_the_broker_is_down_exits_within_the_bound() {
+    let _serial = serial();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, cfg) = setup(dir.path(), "term-down");
+    let toml = format!(
+        r#"[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+input_topic = "{input}"
+create_topics = false
+topic_partitions = {PARTITIONS}
+shutdown_timeout_secs = 3
+[kafka.consumer_properties]
+"session.timeout.ms" = "30000"
+[model]
+store = {store:?}
+[bootstrap]
+samples = 1000
+epochs = 1
+[mixture]
+warmup_samples = 500
+[cycle]
+enabled = false
+[state]
+dir = {state:?}
+[api]
+enabled = false
+"#,
+        brokers = cfg.kafka.brokers,
+        group = cfg.kafka.group_id,
+        input = cfg.kafka.input_topic,
+        store = cfg.model.store.to_str().unwrap(),
+        state = cfg.state.dir.to_str().unwrap(),
+    );
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, toml).unwrap();
+    let log = dir.path().join("serve.log");
+    let mut c = ChildGuard(Some(spawn_serve(&config, &log)), log.clone());
+    let rt = runtime();
+    rt.block_on(produce(produce_args(&cfg, "label-symmetric:0.2", 0, 2000)));
+    let watch = reader(&cfg.kafka.brokers, "rlap-test-reader");
+    let t = Instant::now();
+    while count(&watch, &cfg.kafka.verdicts()) < 1500 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no verdicts:\n{}",
+            tail(&log, 40)
+        );
+        assert!(c.child().try_wait().unwrap().is_none(), "{}", tail(&log, 40));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(watch);
+    mock.broker_down(1).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = c.child().id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t_term = Instant::now();
+    let status = loop {
+        if let Some(st) = c.child().try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t_term.elapsed() < Duration::from_secs(15),
+            "rlap serve did not stop within 15 s of SIGTERM with the broker down:\n{}",
+            tail(&log, 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    c.0 = None;
+    eprintln!(
+        "stopped {:.1} s after SIGTERM with the broker down: {status}",
+        t_term.elapsed().as_secs_f64()
+    );
+    assert!(status.success(), "{status}:\n{}", tail(&log, 40));
+    mock.broker_up(1).unwrap();
+    eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+    drop(mock);
+}

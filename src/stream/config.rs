@@ -52,6 +52,10 @@ pub struct KafkaConfig {
     pub auto_offset_reset: String,
     /// Largest accepted input payload, bytes.
     pub max_message_bytes: usize,
+    /// Seconds `rlap serve` may take from SIGTERM/SIGINT to exit, whatever the brokers do
+    /// (under Kubernetes' 30 s grace period). Past it the process exits, giving up in-flight
+    /// produces and the final commit: at least once, the uncommitted samples are re-delivered.
+    pub shutdown_timeout_secs: u64,
     /// Extra librdkafka properties for every client: consumer, producer and admin
     /// (e.g. `"security.protocol" = "SASL_SSL"`, `"sasl.mechanism"`, `"ssl.ca.location"`).
     pub properties: BTreeMap<String, String>,
@@ -97,6 +101,7 @@ impl Default for KafkaConfig {
             commit_interval_ms: 1000,
             auto_offset_reset: "earliest".into(),
             max_message_bytes: 1_000_000,
+            shutdown_timeout_secs: 20,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
@@ -484,6 +489,12 @@ impl DaemonConfig {
         }
         if k.max_message_bytes < 64 {
             p.push("kafka.max_message_bytes must be >= 64".into());
+        }
+        if !(1..=3600).contains(&k.shutdown_timeout_secs) {
+            p.push(format!(
+                "kafka.shutdown_timeout_secs = {}: must be in [1, 3600]",
+                k.shutdown_timeout_secs
+            ));
         }
         // Routed copies of accepted messages must fit the producer's own limit.
         let producer_max = k
