@@ -261,4 +261,84 @@ mod tests {
             assert!(INVALID_REASONS.contains(&r));
         }
     }
+
+    /// Property-based fuzzing of decode + validate: no input panics, and every rejection
+    /// carries one of the documented reasons. CI runs `PROPTEST_CASES` cases per property
+    /// (proptest's default 256); `PROPTEST_CASES=2000000 cargo test --release --lib fuzz_`
+    /// is the long run (see the README's Tests section).
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn check(r: Result<LabeledSample, InvalidSample>) {
+            if let Err(e) = r {
+                assert!(INVALID_REASONS.contains(&e.reason), "{e}");
+                assert!(!e.detail.is_empty());
+            }
+        }
+
+        fn any_f32() -> impl Strategy<Value = f32> {
+            prop_oneof![
+                any::<f32>(),
+                Just(f32::NAN),
+                Just(f32::INFINITY),
+                Just(-1e30f32),
+                -2.0f32..2.0
+            ]
+        }
+
+        fn any_sample() -> impl Strategy<Value = LabeledSample> {
+            (
+                ".{0,8}",
+                proptest::collection::vec(any_f32(), 0..10),
+                proptest::collection::vec(any::<u32>(), 0..4),
+                prop_oneof![any::<u32>(), 0u32..4],
+                proptest::option::of(".{0,4}"),
+                proptest::option::of(any::<i64>()),
+            )
+                .prop_map(|(id, features, shape, label, source, event_time_ms)| {
+                    LabeledSample {
+                        id,
+                        features,
+                        shape,
+                        label,
+                        source,
+                        event_time_ms,
+                    }
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn fuzz_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048), json in any::<bool>()) {
+                check(decode(&bytes, json, &EXPECT));
+            }
+
+            #[test]
+            fn fuzz_arbitrary_samples_never_panic(s in any_sample()) {
+                check(decode(&s.encode_to_vec(), false, &EXPECT));
+                check(validate(&s, &EXPECT).map(|()| s.clone()));
+            }
+
+            #[test]
+            fn fuzz_arbitrary_json_never_panics(
+                id in proptest::option::of(".{0,6}"),
+                features in proptest::collection::vec(prop_oneof![any::<f64>().prop_map(|v| v.to_string()), Just("1e400".to_string()), Just("null".to_string()), Just("\"x\"".to_string())], 0..8),
+                label in prop_oneof![any::<i64>().prop_map(|v| v.to_string()), Just("-1".to_string()), Just("2.5".to_string())],
+                extra in proptest::option::of("[a-z]{1,5}"),
+            ) {
+                let mut fields = vec![];
+                if let Some(id) = id {
+                    fields.push(format!("{:?}:{}", "id", serde_json::to_string(&id).unwrap()));
+                }
+                fields.push(format!("\"features\":[{}]", features.join(",")));
+                fields.push(format!("\"label\":{label}"));
+                if let Some(k) = extra {
+                    fields.push(format!("\"{k}\":1"));
+                }
+                let doc = format!("{{{}}}", fields.join(","));
+                check(decode(doc.as_bytes(), true, &EXPECT));
+            }
+        }
+    }
 }
