@@ -705,6 +705,27 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Send SIGTERM to the child and wait for it to exit, at most `limit`; its status and how long
+/// it took.
+fn sigterm_and_wait(c: &mut ChildGuard, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let pid = c.child().id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t = Instant::now();
+    loop {
+        if let Some(st) = c.child().try_wait().unwrap() {
+            c.0 = None;
+            return (st, t.elapsed());
+        }
+        assert!(
+            t.elapsed() < limit,
+            "rlap serve did not stop within {limit:?} of SIGTERM:\n{}",
+            tail(&c.1, 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Kills the child on drop (a failed assertion must not leave a daemon running).
 struct ChildGuard(Option<Child>, PathBuf);
 
@@ -874,26 +895,11 @@ enabled = false
         t_restart.elapsed().as_secs_f64()
     );
 
-    let pid = c2.child().id() as libc::pid_t;
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let t_term = Instant::now();
-    let status = loop {
-        if let Some(st) = c2.child().try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t_term.elapsed() < Duration::from_secs(60),
-            "rlap serve did not stop within 60 s of SIGTERM:\n{}",
-            tail(&log2, 40)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    c2.0 = None;
+    let (status, took) = sigterm_and_wait(&mut c2, Duration::from_secs(60));
     let log = tail(&log2, 400);
     eprintln!(
         "run 2 stopped by SIGTERM in {:.1} s: {status}",
-        t_term.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
     assert!(status.success(), "exit status {status}:\n{log}");
 
@@ -1226,31 +1232,20 @@ enabled = false
             "no verdicts:\n{}",
             tail(&log, 40)
         );
-        assert!(c.child().try_wait().unwrap().is_none(), "{}", tail(&log, 40));
+        assert!(
+            c.child().try_wait().unwrap().is_none(),
+            "{}",
+            tail(&log, 40)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(watch);
     mock.broker_down(1).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let pid = c.child().id() as libc::pid_t;
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let t_term = Instant::now();
-    let status = loop {
-        if let Some(st) = c.child().try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t_term.elapsed() < Duration::from_secs(15),
-            "rlap serve did not stop within 15 s of SIGTERM with the broker down:\n{}",
-            tail(&log, 40)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    c.0 = None;
+    let (status, took) = sigterm_and_wait(&mut c, Duration::from_secs(15));
     eprintln!(
         "stopped {:.1} s after SIGTERM with the broker down: {status}",
-        t_term.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
     assert!(status.success(), "{status}:\n{}", tail(&log, 40));
     mock.broker_up(1).unwrap();
