@@ -273,3 +273,188 @@ fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() 
     assert!(store.join("mnist/1/model.onnx").is_file());
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
 }
+
+/// Scale-out: two replicas in one consumer group on a 4-partition topic share one model
+/// store; one is stopped mid-stream, samples keep arriving, and it restarts (a rebalance each
+/// way). Every sample gets a verdict; exactly one replica leads (owns partition 0) at the end;
+/// one first model is trained and published (by the leader: before, both replicas
+/// bootstrapped and published versions 1 and 2), and the other replica scores with it.
+#[test]
+fn real_broker_two_replicas_share_the_stream_and_one_model() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,rdkafka=warn")
+        .with_test_writer()
+        .try_init();
+    rlap::cpu::configure_threads();
+    let t0 = Instant::now();
+    let (brokers, _broker) = kafka_broker(39292..39392);
+    let dir = tempfile::tempdir().unwrap();
+    let run = format!(
+        "kafka-scale-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let mut base = DaemonConfig::default();
+    base.kafka.brokers = brokers.clone();
+    base.kafka.group_id = format!("{run}-group");
+    base.kafka.input_topic = format!("{run}.samples");
+    base.kafka.create_topics = true;
+    base.kafka.topic_partitions = 4;
+    base.kafka.commit_interval_ms = 500;
+    for (k, v) in [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "1000"),
+    ] {
+        base.kafka.consumer_properties.insert(k.into(), v.into());
+    }
+    base.model.store = dir.path().join("models");
+    base.bootstrap.samples = 1500;
+    base.bootstrap.epochs = 2;
+    base.mixture.warmup_samples = 500;
+    base.trigger.window = 1000;
+    base.trigger.min_samples = 500;
+    base.cycle.enabled = false;
+    base.api.enabled = false;
+    let replica = |name: &str| {
+        let mut c = base.clone();
+        c.state.dir = dir.path().join(name);
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        c
+    };
+    let (cfg_a, cfg_b) = (replica("state-a"), replica("state-b"));
+    let k = base.kafka.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // 6,000 samples now, 4,000 more while replica B is down.
+    let (first, second) = (6000, 4000);
+    let samples = first + second;
+    let produce = |skip: usize, limit: usize| {
+        rt.block_on(tools::produce(
+            &ProduceArgs {
+                brokers: brokers.clone(),
+                topic: k.input_topic.clone(),
+                dataset: DatasetSpec::Mnist,
+                data_dir: default_data_dir(),
+                corruption: "label-symmetric:0.3".parse().unwrap(),
+                seed: 2,
+                train_size: None,
+                rate: 0,
+                limit,
+                skip,
+                partitions: 4,
+                create_topic: true,
+                malformed_every: 0,
+                json: false,
+                throttle: None,
+            },
+            &Progress::hidden(),
+        ))
+        .unwrap()
+    };
+    let report = produce(0, first);
+
+    struct Replica {
+        metrics: DaemonMetrics,
+        stop: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<Result<daemon::DaemonSummary, daemon::DaemonError>>,
+    }
+    let start = |cfg: &DaemonConfig| {
+        let metrics = DaemonMetrics::new();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (_control, control_rx) = tokio::sync::mpsc::channel(1);
+        let task = rt.spawn(daemon::run(
+            Arc::new(cfg.clone()),
+            metrics.clone(),
+            stop_rx,
+            Arc::new(Mutex::new(None)),
+            control_rx,
+        ));
+        Replica {
+            metrics,
+            stop,
+            task,
+        }
+    };
+    let verdicts = |r: &Replica| {
+        r.metrics.verdicts.with_label_values(&["clean"]).get()
+            + r.metrics.verdicts.with_label_values(&["noisy"]).get()
+    };
+    let stop = |r: Replica| {
+        r.stop.send(true).unwrap();
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), r.task).await })
+            .expect("a replica stops within 60 s")
+            .unwrap()
+            .unwrap()
+    };
+    let a = start(&cfg_a);
+    let b = start(&cfg_b);
+    // Mid-stream: both have left the bootstrap and scored part of their share (samples a
+    // replica still holds when its partitions are revoked are re-delivered: at least once).
+    let t = Instant::now();
+    while verdicts(&a) < 1000 || verdicts(&b) < 1000 {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "a replica never scored"
+        );
+        assert!(!a.task.is_finished() && !b.task.is_finished());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b_first = stop(b);
+    eprintln!(
+        "B stopped after {} verdicts (model v{}); 4,000 more samples, then B restarts",
+        b_first.verdicts, b_first.model_version
+    );
+    let more = produce(first, second);
+    let b = start(&cfg_b);
+    let t = Instant::now();
+    loop {
+        let done = verdicts(&a) + b_first.verdicts + verdicts(&b);
+        if done >= samples as u64 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "{done}/{samples} verdicts"
+        );
+        assert!(!a.task.is_finished() && !b.task.is_finished());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let leadership settle after the last rebalance (housekeeping runs every 0.5 s).
+    std::thread::sleep(Duration::from_secs(2));
+    let leaders = [a.metrics.cycle_leader.get(), b.metrics.cycle_leader.get()];
+    let versions = [a.metrics.model_version.get(), b.metrics.model_version.get()];
+    let (sa, sb) = (stop(a), stop(b));
+    eprintln!(
+        "A: {} verdicts v{}; B: {} + {} verdicts v{}; leaders {leaders:?}",
+        sa.verdicts, sa.model_version, b_first.verdicts, sb.verdicts, sb.model_version
+    );
+    assert_eq!(
+        leaders.iter().sum::<i64>(),
+        1,
+        "exactly one leader: {leaders:?}"
+    );
+    let store = rlap::store::ModelStore::open(&base.model.store, 5).unwrap();
+    assert_eq!(
+        store.versions(&base.model.name).unwrap(),
+        vec![1],
+        "one first model for the whole group"
+    );
+    assert_eq!(versions, [1, 1], "both replicas score with version 1");
+    let r =
+        tools::evaluate_verdicts(&brokers, &k.input_topic, &k.verdicts(), None, 0, &[]).unwrap();
+    eprint!("{}", r.text());
+    assert_eq!(r.input_samples, report.samples + more.samples);
+    assert_eq!(r.missing, 0, "a sample lost its verdict");
+    assert!(
+        r.duplicates <= 200,
+        "{} duplicates after one graceful restart",
+        r.duplicates
+    );
+    eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}

@@ -664,11 +664,14 @@ fn scorer_loop(
         let idle = matches!(msg, ScorerMsg::Tick);
         let r = match msg {
             ScorerMsg::Batch(b) => engine.process(b, &mut out, &mut events),
+            // A leadership change or an idle tick can move a phase on with no new sample: a
+            // new leader bootstraps from what it holds, a follower that adopted the leader's
+            // first model warms up on its held samples.
             ScorerMsg::Leader(l) => {
                 engine.set_leader(l);
-                Ok(())
+                engine.process(vec![], &mut out, &mut events)
             }
-            ScorerMsg::Tick => engine.poll(&mut events),
+            ScorerMsg::Tick => engine.process(vec![], &mut out, &mut events),
         };
         if let Err(e) = r {
             tracing::error!(error = %e, "the scoring engine failed; stopping");

@@ -185,7 +185,13 @@ pub struct Engine {
     cycle_last_seq: u64,
     /// The current version's training-input range (see [`SharedInputRange`]).
     input_range: SharedInputRange,
+    /// A follower has logged that it waits for the leader's first model.
+    waiting_logged: bool,
 }
+
+/// A follower in bootstrap holds up to this many times `bootstrap.samples` waiting for the
+/// leader's first model before it trains one itself (bounds its memory if no leader publishes).
+pub const FOLLOWER_HOLD_FACTOR: usize = 4;
 
 /// The current model version's training-input range, shared with the source, which
 /// dead-letters samples far outside it before they are scored (`None`: no check, e.g. before
@@ -257,6 +263,7 @@ impl Engine {
             warmup_trained: false,
             cycle_last_seq: 0,
             input_range: SharedInputRange::default(),
+            waiting_logged: false,
             cfg,
         };
         if let Some(v) = e.newest_version()? {
@@ -427,9 +434,29 @@ impl Engine {
         match std::mem::replace(&mut self.phase, Phase::Scoring) {
             Phase::Bootstrap(mut held) => {
                 held.extend(batch);
-                if held.len() < self.cfg.bootstrap.samples {
+                let want = self.cfg.bootstrap.samples;
+                // Only the cycle leader trains and publishes the first model: a follower holds
+                // its samples until that version is in the store (`poll` adopts it and the held
+                // samples become its warm-up window). Two replicas bootstrapping at once
+                // published two "first" models. A follower that has held FOLLOWER_HOLD_FACTOR
+                // times the bootstrap size (no leader publishing) trains one itself.
+                let follower_waits = !self.leader && held.len() < FOLLOWER_HOLD_FACTOR * want;
+                if held.len() < want || follower_waits {
+                    if follower_waits && held.len() >= want && !self.waiting_logged {
+                        self.waiting_logged = true;
+                        tracing::info!(
+                            held = held.len(),
+                            "follower: waiting for the leader's first model in the store"
+                        );
+                    }
                     self.phase = Phase::Bootstrap(held);
                     return Ok(());
+                }
+                if !self.leader {
+                    tracing::warn!(
+                        held = held.len(),
+                        "no first model from the leader after holding {FOLLOWER_HOLD_FACTOR}x bootstrap.samples: training one on this replica"
+                    );
                 }
                 let scores = self.bootstrap(&held, events)?;
                 self.warmup_trained = true;
