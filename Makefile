@@ -3,7 +3,7 @@
 # the Apache Kafka broker jars, idempotently.
 CARGO ?= cargo
 
-.PHONY: setup setup-kafka setup-prometheus setup-peers demo experiment test bench bench-stream bench-quality bench-prune lint
+.PHONY: setup setup-kafka setup-prometheus setup-peers demo experiment test bench bench-stream bench-quality bench-prune bench-repair lint
 
 setup:
 	./scripts/setup-data.sh
@@ -62,6 +62,12 @@ bench-quality: setup setup-peers
 bench-prune: setup
 	$(CARGO) build --release
 	./scripts/prune-ablation.sh
+
+# Repair against the Oracle (README, "Does the repair work"): F-FT, Retrain, Relabel, Oracle.
+# The human-like rows need `make bench-quality` first (its matrices and the digits CSV).
+bench-repair: setup
+	$(CARGO) build --release
+	./scripts/repair-vs-oracle.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -749,6 +749,7 @@ fn sweep(
                 base.seed.wrapping_add(1),
                 progress,
             )?;
+            let relabel = experiment::relabel_row(base, &spec, &data, &s1, progress)?;
             let oracle = experiment::oracle_row(base, &spec, &data, progress)?;
             for (criterion, prune_fraction) in criteria {
                 let cfg = ExperimentConfig {
@@ -760,6 +761,7 @@ fn sweep(
                 let (mut rows, pruned, scoring) = (ft.rows, ft.pruned, ft.scoring_seconds);
                 rows.insert(0, s1.initial_row.clone());
                 rows.push(retrain.clone());
+                rows.push(relabel.clone());
                 rows.push(oracle.clone());
                 let total = t0.elapsed().as_secs_f64();
                 let mut report =
@@ -773,8 +775,8 @@ fn sweep(
     }
     println!("sweep summary (test accuracy; partition F1)");
     println!(
-        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "run", "Initial", "Pruned", "L-FT", "F-FT", "Retrain", "Oracle", "part.F1"
+        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "run", "Initial", "Pruned", "L-FT", "F-FT", "Retrain", "Relabel", "Oracle", "part.F1"
     );
     for r in &reports {
         let acc = |n: &str| r.row(n).map(|x| x.accuracy).unwrap_or(f64::NAN);
@@ -786,13 +788,14 @@ fn sweep(
             r.config.criterion.to_string()
         };
         println!(
-            "{:<22} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4}",
+            "{:<22} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4}",
             label,
             acc("Initial"),
             acc("Pruned"),
             acc("L-FT"),
             acc("F-FT"),
             acc("Retrain"),
+            acc("Relabel"),
             acc("Oracle"),
             r.partition.f1
         );

@@ -374,6 +374,22 @@ pub fn train(
     progress: &Progress,
     label: &str,
 ) -> Result<TrainStats, ModelError> {
+    train_with(model, data, cfg, progress, label, &mut |_| Ok(()))
+}
+
+/// As [`train`], calling `on_epoch(epoch)` (1-based) after each epoch, e.g. to evaluate a
+/// held-out set and keep the best weights (early stopping).
+///
+/// # Errors
+/// [`ModelError`] from training or from `on_epoch`.
+pub fn train_with(
+    model: &Model,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    progress: &Progress,
+    label: &str,
+    on_epoch: &mut dyn FnMut(usize) -> Result<(), ModelError>,
+) -> Result<TrainStats, ModelError> {
     let t0 = Instant::now();
     let device = model.device();
     let mut opt = OptimizerState::new(model, cfg.optimizer, cfg.scope)?;
@@ -429,6 +445,7 @@ pub fn train(
             loss = stats.final_loss,
             "epoch done"
         );
+        on_epoch(epoch + 1)?;
     }
     bar.finish_and_clear();
     stats.total_seconds = t0.elapsed().as_secs_f64();
