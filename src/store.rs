@@ -41,6 +41,10 @@ pub enum StoreError {
     /// The model has no version at all.
     #[error("model '{0}' has no published version")]
     Empty(String),
+    /// A publish asked to be the first version ([`PublishInfo::only_if_first`]), but another
+    /// publisher got there first: version `1` … `.1` exist.
+    #[error("model '{0}' already has version {1}: not publishing another first model")]
+    NotFirst(String, u64),
     /// `metadata.json` is unreadable.
     #[error("{path}: bad metadata: {reason}")]
     BadMetadata { path: PathBuf, reason: String },
@@ -85,6 +89,10 @@ pub struct PublishInfo {
     pub metrics_after: Option<Metrics>,
     /// The range of the inputs this model trained on (input-shift detection).
     pub input_range: Option<crate::input_range::InputRange>,
+    /// Publish only when the model has no version yet (a replica's first model: with several
+    /// replicas, the first to publish wins and the others adopt its version); checked under
+    /// the publish lock.
+    pub only_if_first: bool,
 }
 
 /// `metadata.json` of one version.
@@ -294,7 +302,11 @@ impl ModelStore {
         let lock = File::create(&lock_path).map_err(io(&lock_path))?;
         lock.lock().map_err(io(&lock_path))?;
         self.remove_stale_tmp(&model_dir)?;
-        let version = self.versions(name)?.last().map_or(1, |v| v + 1);
+        let latest = self.versions(name)?.last().copied();
+        if let (true, Some(v)) = (info.only_if_first, latest) {
+            return Err(StoreError::NotFirst(name.into(), v));
+        }
+        let version = latest.map_or(1, |v| v + 1);
         let tmp = model_dir.join(format!(".tmp-{version}-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
 

@@ -23,6 +23,14 @@ use rlap::stream::tools::{self, ProduceArgs};
 mod common;
 use common::{kafka_broker, partitions, reader};
 
+/// One test at a time: each may start its own broker on the first free port pair, and two
+/// starting at once would pick the same one.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Every `ModelPublished` event on `topic`, from the beginning to the current end.
 fn model_events(brokers: &str, topic: &str) -> Vec<ModelPublished> {
     let c = reader(brokers, "rlap-test-reader");
@@ -61,6 +69,7 @@ fn model_events(brokers: &str, topic: &str) -> Vec<ModelPublished> {
 /// is announced on `rlap.models`.
 #[test]
 fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() {
+    let _serial = serial();
     rlap::cpu::configure_threads();
     let t0 = Instant::now();
     let (brokers, _broker) = kafka_broker(39292..39392);
@@ -281,6 +290,7 @@ fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() 
 /// bootstrapped and published versions 1 and 2), and the other replica scores with it.
 #[test]
 fn real_broker_two_replicas_share_the_stream_and_one_model() {
+    let _serial = serial();
     let _ = tracing_subscriber::fmt()
         .with_env_filter("info,rdkafka=warn")
         .with_test_writer()
@@ -393,6 +403,9 @@ fn real_broker_two_replicas_share_the_stream_and_one_model() {
             .unwrap()
     };
     let a = start(&cfg_a);
+    // B joins a second later: A first owns every partition (and leads), then a rebalance
+    // splits them while the first model is collected or trained.
+    std::thread::sleep(Duration::from_secs(1));
     let b = start(&cfg_b);
     // Mid-stream: both have left the bootstrap and scored part of their share (samples a
     // replica still holds when its partitions are revoked are re-delivered: at least once).

@@ -439,6 +439,7 @@ fn cycle_steps(
             metrics_before: Some(before),
             metrics_after: Some(after),
             input_range: Some(input_range),
+            only_if_first: false,
         },
     )?;
     lap(rec, "publish");

@@ -372,11 +372,17 @@ pub async fn run(
     let counters = Arc::new(Counters::default());
 
     let input_range = engine.input_range();
+    // Whether this replica owns input partition 0 (0/1; 2 before the first assignment), written
+    // by the source, read by a scorer that waits for the leader's first model.
+    let leader_flag = Arc::new(std::sync::atomic::AtomicU8::new(2));
     let scorer = {
         let (cfg, sink_tx, status) = (cfg.clone(), sink_tx.clone(), status.clone());
+        let leader_flag = leader_flag.clone();
         std::thread::Builder::new()
             .name("rlap-scorer".into())
-            .spawn(move || scorer_loop(cfg, engine, score_rx, control, sink_tx, status))
+            .spawn(move || {
+                scorer_loop(cfg, engine, score_rx, control, sink_tx, status, leader_flag)
+            })
             .map_err(|e| DaemonError::Kafka(format!("spawning the scorer: {e}")))?
     };
     let sink = tokio::spawn(sink_loop(
@@ -398,6 +404,7 @@ pub async fn run(
         counters.clone(),
         shutdown,
         input_range,
+        leader_flag,
     )
     .await;
     // The source dropped its senders; the scorer drains and exits, then the sink.
@@ -447,6 +454,7 @@ async fn source_loop(
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
     input_range: SharedInputRange,
+    leader_flag: Arc<std::sync::atomic::AtomicU8>,
 ) -> Result<(), DaemonError> {
     let expect = Expect {
         num_features: cfg.model.num_features,
@@ -482,12 +490,12 @@ async fn source_loop(
             permit = score_tx.reserve(), if !out.is_empty() => {
                 let Ok(permit) = permit else { break };
                 permit.send(out.pop_front().expect("not empty"));
-                if out.is_empty() {
-                    if let Some(tpl) = paused.take() {
-                        match consumer.resume(&tpl) {
-                            Ok(()) => tracing::debug!("scorer caught up: input resumed"),
-                            Err(e) => tracing::warn!(error = %e, "resuming the input partitions failed"),
-                        }
+                if out.is_empty() && paused.take().is_some() {
+                    // The current assignment: partitions assigned while paused included.
+                    let tpl = consumer.assignment().unwrap_or_default();
+                    match consumer.resume(&tpl) {
+                        Ok(()) => tracing::debug!("scorer caught up: input resumed"),
+                        Err(e) => tracing::warn!(error = %e, "resuming the input partitions failed"),
                     }
                 }
             }
@@ -496,6 +504,7 @@ async fn source_loop(
                     .assignment()
                     .map(|a| a.elements_for_topic(&cfg.kafka.input_topic).iter().any(|e| e.partition() == 0))
                     .unwrap_or(false);
+                leader_flag.store(u8::from(is_leader), Ordering::Relaxed);
                 if leader != Some(is_leader) {
                     leader = Some(is_leader);
                     out.push_back(ScorerMsg::Leader(is_leader));
@@ -584,11 +593,15 @@ async fn source_loop(
         }
         // More than one message waiting: the scorer is behind, stop fetching until it catches
         // up (one waiting message is the normal hand-over at full speed).
-        if out.len() >= 2 && paused.is_none() {
+        // Re-paused on every pass while it lasts, so that partitions assigned meanwhile (a
+        // rebalance) are paused too (pausing a paused partition is a no-op).
+        if out.len() >= 2 {
             if let Ok(tpl) = consumer.assignment() {
                 match consumer.pause(&tpl) {
                     Ok(()) => {
-                        tracing::debug!(waiting = out.len(), "scorer busy: input paused");
+                        if paused.is_none() {
+                            tracing::debug!(waiting = out.len(), "scorer busy: input paused");
+                        }
                         paused = Some(tpl);
                     }
                     Err(e) => tracing::warn!(error = %e, "pausing the input partitions failed"),
@@ -632,6 +645,7 @@ fn scorer_loop(
     mut control: mpsc::Receiver<Control>,
     sink: mpsc::Sender<SinkMsg>,
     status: Arc<Mutex<Option<EngineStatus>>>,
+    leader_flag: Arc<std::sync::atomic::AtomicU8>,
 ) -> Result<(u64, Vec<crate::stream::cycle::CycleRecord>), DaemonError> {
     let interval = Duration::from_secs(cfg.state.checkpoint_interval_secs.max(1));
     let mut last_checkpoint = Instant::now();
@@ -657,7 +671,25 @@ fn scorer_loop(
     let mut result = Ok(());
     *status.lock().expect("status lock") = Some(engine.status());
     let mut last_status = Instant::now();
-    while let Some(msg) = rx.blocking_recv() {
+    loop {
+        // A follower holding its bootstrap window takes no more samples until the leader's
+        // first model is in the store: it ticks (store check, leadership from the source's
+        // flag) while its queue fills and the source pauses the input.
+        let msg = if engine.waiting_for_first_model() {
+            if rx.is_closed() {
+                break; // shutting down: the held samples are re-delivered after the restart
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            match leader_flag.load(Ordering::Relaxed) {
+                1 => ScorerMsg::Leader(true),
+                _ => ScorerMsg::Tick,
+            }
+        } else {
+            match rx.blocking_recv() {
+                Some(m) => m,
+                None => break,
+            }
+        };
         while let Ok(Control::Cycle) = control.try_recv() {
             engine.request_cycle();
         }

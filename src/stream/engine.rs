@@ -187,11 +187,14 @@ pub struct Engine {
     input_range: SharedInputRange,
     /// A follower has logged that it waits for the leader's first model.
     waiting_logged: bool,
+    /// Since when this replica has held `bootstrap.samples` without a first model.
+    follower_waiting_since: Option<Instant>,
 }
 
-/// A follower in bootstrap holds up to this many times `bootstrap.samples` waiting for the
-/// leader's first model before it trains one itself (bounds its memory if no leader publishes).
-pub const FOLLOWER_HOLD_FACTOR: usize = 4;
+/// How long a follower holding `bootstrap.samples` waits for the leader's first model before
+/// it trains one itself (a leader whose partitions are quiet may never collect its
+/// bootstrap). While it waits it takes no more samples (see [`Engine::waiting_for_first_model`]).
+pub const FOLLOWER_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The current model version's training-input range, shared with the source, which
 /// dead-letters samples far outside it before they are scored (`None`: no check, e.g. before
@@ -264,6 +267,7 @@ impl Engine {
             cycle_last_seq: 0,
             input_range: SharedInputRange::default(),
             waiting_logged: false,
+            follower_waiting_since: None,
             cfg,
         };
         if let Some(v) = e.newest_version()? {
@@ -350,6 +354,17 @@ impl Engine {
         self.metrics
             .model_swapped_timestamp
             .set(crate::stream::unix_ms() as f64 / 1000.0);
+    }
+
+    /// A follower holding its full bootstrap window, waiting for the leader's first model: the
+    /// scorer then takes no more samples (its queue fills and the source pauses the input), so
+    /// the held samples stay bounded by `bootstrap.samples` plus one queue.
+    pub fn waiting_for_first_model(&self) -> bool {
+        matches!(&self.phase, Phase::Bootstrap(h) if h.len() >= self.cfg.bootstrap.samples)
+            && !self.leader
+            && self
+                .follower_waiting_since
+                .is_some_and(|t| t.elapsed() < FOLLOWER_MAX_WAIT)
     }
 
     /// A handle on the current version's training-input range (updated on every version
@@ -440,9 +455,13 @@ impl Engine {
                 // samples become its warm-up window). Two replicas bootstrapping at once
                 // published two "first" models. A follower that has held FOLLOWER_HOLD_FACTOR
                 // times the bootstrap size (no leader publishing) trains one itself.
-                let follower_waits = !self.leader && held.len() < FOLLOWER_HOLD_FACTOR * want;
-                if held.len() < want || follower_waits {
-                    if follower_waits && held.len() >= want && !self.waiting_logged {
+                if held.len() < want {
+                    self.phase = Phase::Bootstrap(held);
+                    return Ok(());
+                }
+                let waited = self.follower_waiting_since.get_or_insert_with(Instant::now);
+                if !self.leader && waited.elapsed() < FOLLOWER_MAX_WAIT {
+                    if !self.waiting_logged {
                         self.waiting_logged = true;
                         tracing::info!(
                             held = held.len(),
@@ -452,13 +471,33 @@ impl Engine {
                     self.phase = Phase::Bootstrap(held);
                     return Ok(());
                 }
+                // The leader, or a follower done waiting: a first model published meanwhile
+                // (by another replica) is adopted rather than trained again.
+                if let Some(v) = self.newest_version()? {
+                    self.phase = Phase::Bootstrap(held);
+                    self.adopt_version(v)?;
+                    return self.process(vec![], out, events);
+                }
                 if !self.leader {
                     tracing::warn!(
                         held = held.len(),
-                        "no first model from the leader after holding {FOLLOWER_HOLD_FACTOR}x bootstrap.samples: training one on this replica"
+                        "no first model from the leader after {} s: training one on this replica",
+                        FOLLOWER_MAX_WAIT.as_secs()
                     );
                 }
-                let scores = self.bootstrap(&held, events)?;
+                let scores = match self.bootstrap(&held, events) {
+                    // Another replica published a first model while this one trained: adopt it.
+                    Err(EngineError::Store(StoreError::NotFirst(_, v))) => {
+                        tracing::info!(
+                            version = v,
+                            "another replica published the first model first: adopting it"
+                        );
+                        self.phase = Phase::Bootstrap(held);
+                        self.adopt_version(v)?;
+                        return self.process(vec![], out, events);
+                    }
+                    r => r?,
+                };
                 self.warmup_trained = true;
                 self.phase = Phase::Warming(vec![]);
                 self.warm(held, scores, out)
@@ -525,6 +564,7 @@ impl Engine {
                     source: format!("first samples of topic {}", self.cfg.kafka.input_topic),
                 }),
                 input_range: Some(crate::input_range::InputRange::of(&data)),
+                only_if_first: true,
                 ..Default::default()
             },
         )?;

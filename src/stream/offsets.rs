@@ -48,7 +48,11 @@ impl OffsetTracker {
     /// Returns the position to store (next offset to read) when it advanced, else `None`.
     pub fn ack(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
         let p = self.parts.get_mut(&(topic.to_string(), partition))?;
-        p.in_flight.remove(&offset);
+        // An acknowledgement of an offset not in flight (a late one from before a revoke and
+        // re-assignment) must not move the stored position past samples fetched again.
+        if !p.in_flight.remove(&offset) {
+            return None;
+        }
         p.max_acked = Some(p.max_acked.map_or(offset, |m| m.max(offset)));
         let pos = match p.in_flight.first() {
             Some(&first) => first,
@@ -94,5 +98,26 @@ mod tests {
         t.received("s", 1, 0);
         assert_eq!(t.ack("s", 1, 0), Some(1));
         assert_eq!(t.ack("s", 2, 0), None, "unknown partition");
+    }
+
+    #[test]
+    fn a_late_ack_from_before_a_revoke_does_not_skip_refetched_samples() {
+        let mut t = OffsetTracker::new();
+        for o in 0..3 {
+            t.received("s", 0, o);
+        }
+        t.revoke("s", 0);
+        // Re-assigned: fetched again from the committed offset 0; offset 2's old verdict is
+        // acknowledged late. Storing 3 would skip 0 and 1, whose new copies are in flight.
+        t.received("s", 0, 0);
+        assert_eq!(t.ack("s", 0, 2), None);
+        t.received("s", 0, 1);
+        assert_eq!(t.ack("s", 0, 0), Some(1), "1 is still in flight");
+        // Before: the late ack had set the highest acknowledged offset to 2, and this stored 3.
+        assert_eq!(
+            t.ack("s", 0, 1),
+            Some(2),
+            "2's new copy is not acknowledged yet"
+        );
     }
 }
