@@ -838,7 +838,7 @@ pub fn corrected_set(
         if p >= min_confidence {
             keep.push(i);
             labels.push(c as u32);
-            relabelled += 1;
+            relabelled += usize::from(c as u32 != noisy.labels[i]);
         }
     }
     let mut set = noisy.select(&keep);

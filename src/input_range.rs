@@ -130,10 +130,16 @@ impl InputRange {
         out
     }
 
-    /// Whether `features` are shifted: more than `max_fraction` of them outside (at least one).
+    /// Whether `features` are shifted: more than `max(1, max_fraction · D)` of them outside
+    /// (one heavy-tailed feature alone never is). A degenerate range (no feature varied in
+    /// training, e.g. a producer stuck on one sample) checks nothing: it would refuse every
+    /// different sample for good, and those never reach a cycle that could widen it.
     pub fn shifted(&self, features: &[f32], tolerance: f32, max_fraction: f64) -> Option<Outside> {
+        if self.mean_span.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return None;
+        }
         let o = self.outside(features, tolerance);
-        let allowed = (max_fraction * o.of as f64).floor() as usize;
+        let allowed = ((max_fraction * o.of as f64).floor() as usize).max(1);
         (o.count > allowed).then_some(o)
     }
 }
@@ -179,9 +185,17 @@ mod tests {
         assert_eq!(r.outside(&[0.5, 0.5, 0.5], 1.0).count, 0);
         let o = r.outside(&[2.0, 0.5, 0.5], 1.0);
         assert_eq!((o.count, o.worst), (1, Some((0, 2.0))));
-        // One of three features outside is more than 1 % of them.
-        assert!(r.shifted(&[2.0, 0.5, 0.5], 1.0, 0.01).is_some());
-        assert!(r.shifted(&[2.0, 0.5, 0.5], 1.0, 0.5).is_none());
+        // One feature outside never is a shift; two of three are more than 1 % of them.
+        assert!(r.shifted(&[2.0, 0.5, 0.5], 1.0, 0.01).is_none());
+        assert!(r.shifted(&[2.0, 3.0, 0.5], 1.0, 0.01).is_some());
+        assert!(r.shifted(&[2.0, 3.0, 0.5], 1.0, 0.7).is_none());
+    }
+
+    #[test]
+    fn a_range_from_identical_samples_checks_nothing() {
+        let r = InputRange::from_bounds(vec![0.5; 4], vec![0.5; 4]);
+        assert_eq!(r.mean_span, 0.0);
+        assert!(r.shifted(&[9.0, 9.0, 9.0, 9.0], 1.0, 0.01).is_none());
     }
 
     #[test]

@@ -223,7 +223,7 @@ pub struct ScoringConfig {
     /// range, in spans of that feature (at least the mean span); 0 turns the check off.
     pub input_shift_tolerance: f64,
     /// A sample is shifted (dead-lettered, `reason = "input_shift"`) when more than this
-    /// fraction of its features lie beyond the slack (at least one), in [0, 1).
+    /// fraction of its features (and more than one) lie beyond the slack, in [0, 1).
     pub input_shift_max_fraction: f64,
 }
 
