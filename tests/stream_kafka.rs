@@ -425,18 +425,22 @@ fn real_broker_two_replicas_share_the_stream_and_one_model() {
     );
     let more = produce(first, second);
     let b = start(&cfg_b);
+    // Until every sample has a verdict (counting distinct samples on the verdict topic: a
+    // rebalance re-delivers what a replica still held, so counters include duplicates).
     let t = Instant::now();
     loop {
-        let done = verdicts(&a) + b_first.verdicts + verdicts(&b);
-        if done >= samples as u64 {
+        let r = tools::evaluate_verdicts(&brokers, &k.input_topic, &k.verdicts(), None, 0, &[])
+            .unwrap();
+        if r.input_samples == samples as u64 && r.missing == 0 {
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(240),
-            "{done}/{samples} verdicts"
+            "{} of {samples} samples still without a verdict",
+            r.missing
         );
         assert!(!a.task.is_finished() && !b.task.is_finished());
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_secs(1));
     }
     // Let leadership settle after the last rebalance (housekeeping runs every 0.5 s).
     std::thread::sleep(Duration::from_secs(2));
@@ -464,9 +468,12 @@ fn real_broker_two_replicas_share_the_stream_and_one_model() {
     eprint!("{}", r.text());
     assert_eq!(r.input_samples, report.samples + more.samples);
     assert_eq!(r.missing, 0, "a sample lost its verdict");
+    // At least once: samples a replica held (bootstrap, warm-up, queues) when its partitions
+    // were revoked are verdicted again by their new owner. Never more than one extra verdict
+    // per rebalance for a sample; three rebalances here.
     assert!(
-        r.duplicates <= 200,
-        "{} duplicates after one graceful restart",
+        r.duplicates <= 3 * samples as u64 / 2,
+        "{} duplicates",
         r.duplicates
     );
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
