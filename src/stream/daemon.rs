@@ -152,13 +152,19 @@ impl ConsumerContext for Ctx {
                 tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked");
             }
             Rebalance::Assign(tpl) => {
-                self.metrics
-                    .consumer_rebalances
-                    .with_label_values(&["assign"])
-                    .inc();
                 tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
+        // Counted once the assignment is in effect: the source re-pauses when this moves.
+        if let Rebalance::Assign(_) = r {
+            self.metrics
+                .consumer_rebalances
+                .with_label_values(&["assign"])
+                .inc();
         }
     }
 }
@@ -481,7 +487,10 @@ async fn source_loop(
     // polling, so the consumer never exceeds max.poll.interval.ms and leaves the group; what
     // librdkafka had fetched is dropped by the pause and fetched again after the resume.
     let mut out: std::collections::VecDeque<ScorerMsg> = std::collections::VecDeque::new();
-    let mut paused: Option<rdkafka::TopicPartitionList> = None;
+    // While paused: the number of assignments seen when the input was last paused. A new
+    // assignment (a rebalance) while paused gets paused too; otherwise no per-message call.
+    let assignments = metrics.consumer_rebalances.with_label_values(&["assign"]);
+    let mut paused: Option<u64> = None;
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
         tokio::select! {
@@ -593,16 +602,18 @@ async fn source_loop(
         }
         // More than one message waiting: the scorer is behind, stop fetching until it catches
         // up (one waiting message is the normal hand-over at full speed).
-        // Re-paused on every pass while it lasts, so that partitions assigned meanwhile (a
-        // rebalance) are paused too (pausing a paused partition is a no-op).
-        if out.len() >= 2 {
+        // Paused again after a rebalance while it lasts, so that partitions assigned meanwhile
+        // are paused too (pausing a paused partition is a no-op).
+        let seen = assignments.get();
+        if out.len() >= 2 && paused != Some(seen) {
             if let Ok(tpl) = consumer.assignment() {
                 match consumer.pause(&tpl) {
                     Ok(()) => {
                         if paused.is_none() {
                             tracing::debug!(waiting = out.len(), "scorer busy: input paused");
                         }
-                        paused = Some(tpl);
+                        // Read before the assignment: one that lands in between re-pauses next pass.
+                        paused = Some(seen);
                     }
                     Err(e) => tracing::warn!(error = %e, "pausing the input partitions failed"),
                 }

@@ -453,8 +453,8 @@ impl Engine {
                 // Only the cycle leader trains and publishes the first model: a follower holds
                 // its samples until that version is in the store (`poll` adopts it and the held
                 // samples become its warm-up window). Two replicas bootstrapping at once
-                // published two "first" models. A follower that has held FOLLOWER_HOLD_FACTOR
-                // times the bootstrap size (no leader publishing) trains one itself.
+                // published two "first" models. A follower that has waited FOLLOWER_MAX_WAIT
+                // (no leader publishing) trains one itself.
                 if held.len() < want {
                     self.phase = Phase::Bootstrap(held);
                     return Ok(());
@@ -474,9 +474,7 @@ impl Engine {
                 // The leader, or a follower done waiting: a first model published meanwhile
                 // (by another replica) is adopted rather than trained again.
                 if let Some(v) = self.newest_version()? {
-                    self.phase = Phase::Bootstrap(held);
-                    self.adopt_version(v)?;
-                    return self.process(vec![], out, events);
+                    return self.adopt_instead_of_bootstrap(held, v, out, events);
                 }
                 if !self.leader {
                     tracing::warn!(
@@ -492,9 +490,7 @@ impl Engine {
                             version = v,
                             "another replica published the first model first: adopting it"
                         );
-                        self.phase = Phase::Bootstrap(held);
-                        self.adopt_version(v)?;
-                        return self.process(vec![], out, events);
+                        return self.adopt_instead_of_bootstrap(held, v, out, events);
                     }
                     r => r?,
                 };
@@ -872,6 +868,20 @@ impl Engine {
             self.maybe_start_cycle();
         }
         Ok(())
+    }
+
+    /// Another replica's first model `v` is in the store: adopt it (the `held` bootstrap
+    /// samples become its warm-up window) and move on with no new sample.
+    fn adopt_instead_of_bootstrap(
+        &mut self,
+        held: Vec<Incoming>,
+        v: u64,
+        out: &mut Vec<Scored>,
+        events: &mut Vec<EngineEvent>,
+    ) -> Result<(), EngineError> {
+        self.phase = Phase::Bootstrap(held);
+        self.adopt_version(v)?;
+        self.process(vec![], out, events)
     }
 
     fn adopt_version(&mut self, v: u64) -> Result<(), EngineError> {
