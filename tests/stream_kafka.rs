@@ -407,13 +407,13 @@ fn real_broker_two_replicas_share_the_stream_and_one_model() {
     // splits them while the first model is collected or trained.
     std::thread::sleep(Duration::from_secs(1));
     let b = start(&cfg_b);
-    // Mid-stream: both have left the bootstrap and scored part of their share (samples a
-    // replica still holds when its partitions are revoked are re-delivered: at least once).
+    // Mid-stream: the first 6,000 samples are scored (by whichever replica owned them when;
+    // on a loaded machine A may score them all before B joins), then B stops and more arrive.
     let t = Instant::now();
-    while verdicts(&a) < 1000 || verdicts(&b) < 1000 {
+    while verdicts(&a) + verdicts(&b) < first as u64 {
         assert!(
             t.elapsed() < Duration::from_secs(180),
-            "a replica never scored"
+            "the first samples were never scored"
         );
         assert!(!a.task.is_finished() && !b.task.is_finished());
         std::thread::sleep(Duration::from_millis(100));
