@@ -60,6 +60,9 @@ pub struct DaemonMetrics {
     pub model_swapped_timestamp: Gauge,
     /// `rlap_cycle_leader`: 1 when this replica runs cycles (owns input partition 0).
     pub cycle_leader: IntGauge,
+    /// `rlap_verdicts_provisional`: 1 while the configured mixture could not be fitted and the
+    /// noise model stands in (verdicts carry `provisional = true`; no cycle runs).
+    pub verdicts_provisional: IntGauge,
     /// `rlap_predict_requests_total{status}`: HTTP predict requests by status class.
     pub predict_requests: IntCounterVec,
     /// `rlap_predict_seconds`: HTTP predict handling time.
@@ -247,6 +250,14 @@ impl DaemonMetrics {
                 IntGauge::new(
                     "rlap_cycle_leader",
                     "1 when this replica runs model cycles (owns input partition 0).",
+                )
+                .expect("valid"),
+            ),
+            verdicts_provisional: reg(
+                &r,
+                IntGauge::new(
+                    "rlap_verdicts_provisional",
+                    "1 while the configured mixture cannot be fitted and the noise model gives provisional verdicts (no cycle runs).",
                 )
                 .expect("valid"),
             ),

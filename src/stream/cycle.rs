@@ -165,6 +165,30 @@ pub struct CycleRecord {
     pub evidence: Option<crate::stream::guard::Evidence>,
 }
 
+impl CycleRecord {
+    /// A record of a cycle from `parent_version` on `samples` samples, nothing done yet
+    /// (outcome `failed` until a step says otherwise).
+    pub fn new(cause: &str, parent_version: u64, samples: usize) -> Self {
+        Self {
+            outcome: CycleOutcome::Failed,
+            reason: String::new(),
+            cause: cause.into(),
+            parent_version,
+            new_version: None,
+            samples,
+            noisy: 0,
+            finetune_samples: 0,
+            eval_samples: 0,
+            eval_set: String::new(),
+            accuracy_before: None,
+            accuracy_after: None,
+            pruned_now: vec![],
+            stage_seconds: vec![],
+            evidence: None,
+        }
+    }
+}
+
 /// A finished cycle: its record and, when accepted, the new model and its warmed mixture.
 pub struct CycleResult {
     /// The record.
@@ -243,23 +267,7 @@ fn metrics(data: &Dataset, predicted: &[u32]) -> Metrics {
 
 /// Run one cycle (blocking; seconds to minutes). Publishes to `store` when accepted.
 pub fn run_cycle(cfg: &DaemonConfig, store: &ModelStore, input: CycleInput) -> CycleResult {
-    let mut record = CycleRecord {
-        outcome: CycleOutcome::Failed,
-        reason: String::new(),
-        cause: input.cause.clone(),
-        parent_version: input.version,
-        new_version: None,
-        samples: input.samples.len(),
-        noisy: 0,
-        finetune_samples: 0,
-        eval_samples: 0,
-        eval_set: String::new(),
-        accuracy_before: None,
-        accuracy_after: None,
-        pruned_now: vec![],
-        stage_seconds: vec![],
-        evidence: None,
-    };
+    let mut record = CycleRecord::new(&input.cause, input.version, input.samples.len());
     match cycle_steps(cfg, store, input, &mut record) {
         Ok(accepted) => CycleResult { record, accepted },
         Err(e) => {

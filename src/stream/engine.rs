@@ -152,6 +152,9 @@ pub struct EngineStatus {
     pub leader: bool,
     /// Samples in the replay buffer.
     pub replay_samples: usize,
+    /// The verdicts are provisional: the configured mixture could not be fitted and the
+    /// noise model stands in (no cycle runs).
+    pub verdicts_provisional: bool,
     /// The last cycles, newest last.
     pub cycles: Vec<CycleRecord>,
 }
@@ -422,6 +425,7 @@ impl Engine {
             cycle_running: self.cycle.is_some(),
             leader: self.leader,
             replay_samples: self.replay.len(),
+            verdicts_provisional: self.gmm.as_ref().is_some_and(Verdicter::provisional),
             cycles: self.cycles.clone(),
         }
     }
@@ -702,6 +706,7 @@ impl Engine {
             v.posterior(features, a, &labels)?
         };
         let state_id = format!("v{}-u{}", self.version, v.updates());
+        let provisional = v.provisional();
         let threshold = self.cfg.scoring.threshold;
         let scored_at = crate::stream::unix_ms();
         for (i, it) in batch.into_iter().enumerate() {
@@ -723,6 +728,7 @@ impl Engine {
                     source_offset: it.offset,
                     scored_at_ms: scored_at,
                     event_time_ms: it.sample.event_time_ms,
+                    provisional,
                 },
                 incoming: it,
             });
@@ -747,6 +753,9 @@ impl Engine {
         m.noisy_fraction
             .with_label_values(&["ewma"])
             .set(self.trigger.ewma_fraction());
+        m.verdicts_provisional.set(i64::from(
+            self.gmm.as_ref().is_some_and(Verdicter::provisional),
+        ));
         if let Some(g) = &self.gmm {
             let w = g.weights_clean_noisy();
             m.mixture_weight.with_label_values(&["clean"]).set(w[0]);
@@ -792,6 +801,26 @@ impl Engine {
         let (Some(model), Some(gmm)) = (&self.model, &self.gmm) else {
             return;
         };
+        let cause = if self.force_cycle { "api" } else { "trigger" };
+        self.force_cycle = false;
+        if gmm.provisional() {
+            // No cycle on provisional verdicts: the partition it would prune and fine-tune by
+            // comes from a stand-in rule. Recorded as skipped; the cool-down spaces the tries.
+            let mut record = CycleRecord::new(cause, self.version, self.replay.len());
+            record.outcome = CycleOutcome::Skipped;
+            record.reason = "the verdicts are provisional: the configured mixture could not be \
+                             fitted on this model's scores and the noise model stands in; the \
+                             next model version tries the mixture again"
+                .into();
+            self.finish_cycle(
+                CycleResult {
+                    record,
+                    accepted: None,
+                },
+                &mut Vec::new(),
+            );
+            return;
+        }
         let model = match model.deep_clone() {
             Ok(m) => m,
             Err(e) => {
@@ -799,8 +828,6 @@ impl Engine {
                 return;
             }
         };
-        let cause = if self.force_cycle { "api" } else { "trigger" };
-        self.force_cycle = false;
         let snap = self.replay.snapshot_with_seq(self.cfg.image_shape());
         self.cycle_last_seq = snap.seq.last().copied().unwrap_or(0);
         let input = CycleInput {

@@ -56,6 +56,19 @@ impl StepSize {
         }
     }
 
+    /// γ for update number `t` on a mini-batch of `n` samples when the schedule is meant
+    /// for mini-batches of `nominal` samples: `1 − (1 − γ_t)^(n / nominal)`, so that a batch
+    /// of one sample moves the statistics by about a `nominal`-th of a full step (a burst of
+    /// single-sample batches, or one poison sample alone in a batch, cannot pull the rule as
+    /// far as a whole mini-batch). `nominal` 0 means every update is a full step.
+    pub fn gamma_for_batch(&self, t: u64, n: usize, nominal: usize) -> f64 {
+        let g = self.gamma(t);
+        if nominal == 0 || n >= nominal {
+            return g;
+        }
+        1.0 - (1.0 - g).powf(n as f64 / nominal as f64)
+    }
+
     /// Check ranges.
     ///
     /// # Errors
@@ -98,6 +111,33 @@ fn default_min_noisy_loss() -> f64 {
     DEFAULT_MIN_NOISY_LOSS
 }
 
+/// Z-scores are clipped to ±this many warm-up standard deviations before the mixture sees
+/// them: one far outlier (a broken producer, a unit change) then moves the statistics by a
+/// bounded step instead of dragging a component thousands of standard deviations away.
+pub const Z_CLIP: f64 = 10.0;
+
+/// Floor on each component's variance in z-scored space (warm-up standard deviations²): a
+/// component fitted on near-identical samples would otherwise be so narrow that ordinary later
+/// variation falls outside it and into the other component.
+pub const MIN_COMPONENT_VAR: f64 = 1e-2;
+
+/// Relative floor on the warm-up's per-feature standard deviation: at least this fraction of
+/// the feature's root mean square (see [`OnlineGmm::warm_up`]).
+pub const REL_STD_FLOOR: f64 = 1e-2;
+
+/// Settings of a warm-up fit (see [`OnlineGmm::warm_up`]).
+#[derive(Clone, Copy, Debug)]
+pub struct WarmUpParams {
+    /// Covariance regularisation added to the diagonal (z-scored units²; > 0).
+    pub reg_covar: f64,
+    /// Floor on the warm-up's per-feature standard deviation (feature units).
+    pub min_std: f64,
+    /// Step-size schedule of the updates that follow.
+    pub step: StepSize,
+    /// Seed of linfa's k-means initialisation.
+    pub seed: u64,
+}
+
 /// The mixture's posteriors for a batch.
 #[derive(Clone, Debug)]
 pub struct BatchPosterior {
@@ -132,6 +172,11 @@ pub struct OnlineGmm {
     pub min_noisy_loss: f64,
     /// Step-size schedule.
     pub step: StepSize,
+    /// The mini-batch size the schedule is meant for (`scoring.batch_size`); smaller batches
+    /// take proportionally smaller steps ([`StepSize::gamma_for_batch`]). 0: every update is
+    /// a full step (checkpoints written before this field).
+    #[serde(default)]
+    pub nominal_batch: usize,
     /// Stepwise updates applied since the warm-up fit.
     pub updates: u64,
     /// Samples seen by updates since the warm-up fit.
@@ -149,7 +194,11 @@ struct Component {
 impl OnlineGmm {
     /// Initialise from a batch fit (linfa, k-means init, one run) on a warm-up window.
     /// `x` is `[n, d]` row-major (raw features, z-scored here); `loss` `[n]` the given-label
-    /// cross-entropy used to name the clean component.
+    /// cross-entropy used to name the clean component. `params.min_std` floors the warm-up's
+    /// per-feature standard deviation (feature units; the effective floor is
+    /// `max(min_std, REL_STD_FLOOR · RMS of the feature)`): a window of near-identical samples
+    /// (a producer stuck on one message) would otherwise make ordinary later variation
+    /// hundreds of standard deviations.
     ///
     /// # Errors
     /// [`PartitionError::Invalid`] for fewer than 4 samples or mismatched lengths;
@@ -159,10 +208,14 @@ impl OnlineGmm {
         n: usize,
         d: usize,
         loss: &[f32],
-        reg_covar: f64,
-        step: StepSize,
-        seed: u64,
+        params: &WarmUpParams,
     ) -> Result<Self, PartitionError> {
+        let WarmUpParams {
+            reg_covar,
+            min_std,
+            step,
+            seed,
+        } = *params;
         if n < 4 || x.len() != n * d || loss.len() != n || d == 0 {
             return Err(PartitionError::Invalid(format!(
                 "warm-up needs >= 4 samples with matching lengths: {} values, {} losses, n={n}, d={d}",
@@ -170,8 +223,17 @@ impl OnlineGmm {
                 loss.len()
             )));
         }
-        let zs = ZScore::fit(x, n, d);
-        let z = zs.transform(x, n);
+        let mut zs = ZScore::fit(x, n, d);
+        for (j, s) in zs.std.iter_mut().enumerate() {
+            let rms = (x
+                .chunks_exact(d)
+                .map(|r| (r[j] as f64).powi(2))
+                .sum::<f64>()
+                / n as f64)
+                .sqrt();
+            *s = s.max(min_std.max(0.0)).max(REL_STD_FLOOR * rms);
+        }
+        let z = zs.transform(x, n).mapv(|v| v.clamp(-Z_CLIP, Z_CLIP));
         let mut reg = reg_covar;
         let gmm = loop {
             let fit = GaussianMixtureModel::params_with_rng(2, Xoshiro256Plus::seed_from_u64(seed))
@@ -220,6 +282,7 @@ impl OnlineGmm {
             reg_covar: reg,
             min_noisy_loss: DEFAULT_MIN_NOISY_LOSS,
             step,
+            nominal_batch: 0,
             updates: 0,
             samples: 0,
         };
@@ -239,7 +302,7 @@ impl OnlineGmm {
         Array2::from_shape_fn((n, d), |(i, j)| {
             let s = self.zscore_std[j];
             if s > 1e-12 {
-                (x[i * d + j] as f64 - self.zscore_mean[j]) / s
+                ((x[i * d + j] as f64 - self.zscore_mean[j]) / s).clamp(-Z_CLIP, Z_CLIP)
             } else {
                 0.0
             }
@@ -256,6 +319,8 @@ impl OnlineGmm {
                 DMatrix::from_row_slice(d, d, &self.s2[k]) / s0 - &mean * mean.transpose();
             for i in 0..d {
                 cov[(i, i)] += self.reg_covar;
+                // Raising the diagonal keeps the matrix positive semi-definite.
+                cov[(i, i)] = cov[(i, i)].max(MIN_COMPONENT_VAR);
             }
             // Symmetrise against rounding before factorising.
             let cov = (&cov + cov.transpose()) * 0.5;
@@ -398,7 +463,9 @@ impl OnlineGmm {
         let r = self.responsibilities(&z)?;
         let posterior_noisy = self.noisy_posteriors(&r);
         let d = self.dim;
-        let gamma = self.step.gamma(self.updates);
+        let gamma = self
+            .step
+            .gamma_for_batch(self.updates, n, self.nominal_batch);
         let inv_n = 1.0 / n as f64;
         let mut b0 = [0.0; 2];
         let mut b1 = [vec![0.0; d], vec![0.0; d]];
@@ -444,6 +511,15 @@ mod tests {
     use rand::Rng;
     use rand_distr::StandardNormal;
 
+    fn params(step: StepSize) -> WarmUpParams {
+        WarmUpParams {
+            reg_covar: 1e-6,
+            min_std: 0.0,
+            step,
+            seed: 0,
+        }
+    }
+
     /// Two 2-d blobs: clean (loss low) at (0,0) weight 0.6, noisy (loss high) at (4,4).
     fn blobs(n: usize, seed: u64, shift: f32) -> (Vec<f32>, Vec<f32>, Vec<bool>) {
         let mut rng = Xoshiro256Plus::seed_from_u64(seed);
@@ -476,7 +552,7 @@ mod tests {
             n0: 10.0,
             alpha: 0.6,
         };
-        let g = OnlineGmm::warm_up(&x, 2000, 2, &loss, 1e-6, step, 0).unwrap();
+        let g = OnlineGmm::warm_up(&x, 2000, 2, &loss, &params(step)).unwrap();
         let w = g.weights_clean_noisy();
         assert!((w[1] - 0.4).abs() < 0.05, "noisy weight {w:?}");
         let (x2, _, t2) = blobs(1000, 2, 0.0);
@@ -489,7 +565,7 @@ mod tests {
     fn stepwise_updates_track_a_drifting_stream_and_stay_finite() {
         let (x, loss, _) = blobs(2000, 3, 0.0);
         let step = StepSize::Constant { gamma: 0.05 };
-        let mut g = OnlineGmm::warm_up(&x, 2000, 2, &loss, 1e-6, step, 0).unwrap();
+        let mut g = OnlineGmm::warm_up(&x, 2000, 2, &loss, &params(step)).unwrap();
         let before = g.means_clean_noisy();
         // The stream drifts by +1.5 in both dimensions; 200 batches of 64.
         for b in 0..200 {
@@ -541,7 +617,7 @@ mod tests {
             *l = if *l > 1.0 { 0.3 } else { 0.05 };
         }
         let step = StepSize::Constant { gamma: 0.1 };
-        let g = OnlineGmm::warm_up(&x, 1000, 2, &loss, 1e-6, step, 0).unwrap();
+        let g = OnlineGmm::warm_up(&x, 1000, 2, &loss, &params(step)).unwrap();
         assert!(!g.has_noisy_component(), "{:?}", g.mean_loss_clean_noisy());
         assert!(g
             .posterior(&x, 1000)
@@ -550,7 +626,7 @@ mod tests {
             .iter()
             .all(|&p| p == 0.0));
         let (x, loss, _) = blobs(1000, 5, 0.0);
-        let g = OnlineGmm::warm_up(&x, 1000, 2, &loss, 1e-6, step, 0).unwrap();
+        let g = OnlineGmm::warm_up(&x, 1000, 2, &loss, &params(step)).unwrap();
         assert!(g.has_noisy_component());
     }
 
@@ -562,9 +638,7 @@ mod tests {
             500,
             2,
             &loss,
-            1e-6,
-            StepSize::Constant { gamma: 0.1 },
-            0,
+            &params(StepSize::Constant { gamma: 0.1 }),
         )
         .unwrap();
         assert!(g.update(&[f32::NAN, 0.0], 1, &[0.1]).is_err());

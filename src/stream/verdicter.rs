@@ -17,7 +17,7 @@ use crate::attribution::Attributions;
 use crate::noise_model::NoiseModel;
 use crate::partition::{PartitionError, PartitionFeatures};
 use crate::stream::config::DaemonConfig;
-use crate::stream::online_gmm::{OnlineGmm, StepSize};
+use crate::stream::online_gmm::{OnlineGmm, StepSize, WarmUpParams};
 
 /// The verdict rule and its state (part of the checkpoint; a checkpoint written before the
 /// noise model existed holds a bare mixture and still loads).
@@ -30,6 +30,15 @@ pub enum Verdicter {
         noise_model: NoiseModel,
         /// The step-size schedule of its updates.
         step: StepSize,
+        /// The mini-batch size the schedule is meant for ([`StepSize::gamma_for_batch`]);
+        /// 0 in checkpoints written before it (every update a full step).
+        #[serde(default)]
+        nominal_batch: usize,
+        /// The configured rule is the mixture, which could not be fitted: this noise model
+        /// stands in ([`Verdicter::warm_up_or_fallback`]). Its verdicts are provisional and no
+        /// cycle runs on them; the next model version tries the mixture again.
+        #[serde(default)]
+        provisional: bool,
     },
     /// The online two-component mixture.
     Mixture(OnlineGmm),
@@ -52,6 +61,8 @@ impl Verdicter {
             crate::partition::Estimator::NoiseModel => Ok(Self::NoiseModel {
                 noise_model: NoiseModel::fit(&a.probs, labels, cfg.model.num_classes)?,
                 step,
+                nominal_batch: cfg.scoring.batch_size,
+                provisional: false,
             }),
             crate::partition::Estimator::Mixture => {
                 let (x, d) = crate::partition::partition_features(
@@ -66,11 +77,19 @@ impl Verdicter {
                     a.n,
                     d,
                     &a.loss,
-                    cfg.mixture.reg_covar,
-                    step,
-                    cfg.mixture.seed,
+                    &WarmUpParams {
+                        reg_covar: cfg.mixture.reg_covar,
+                        // Summary features are logarithms: 0.05 is a 5 % relative change.
+                        min_std: match cfg.scoring.features {
+                            PartitionFeatures::Summary => 0.05,
+                            PartitionFeatures::Attribution => 0.0,
+                        },
+                        step,
+                        seed: cfg.mixture.seed,
+                    },
                 )?;
                 gmm.min_noisy_loss = cfg.mixture.min_noisy_loss;
+                gmm.nominal_batch = cfg.scoring.batch_size;
                 Ok(Self::Mixture(gmm))
             }
         }
@@ -78,8 +97,9 @@ impl Verdicter {
 
     /// As [`Verdicter::warm_up`], but a mixture that cannot be fitted (zero spread: a
     /// producer stuck on one sample, duplicates, one far outlier) falls back to the noise
-    /// model, which needs only finite class probabilities; the fallback is logged. Without it
-    /// the same fit fails on every restart and wedges the partition.
+    /// model, which needs only finite class probabilities; the fallback is logged and the rule
+    /// is [`Verdicter::provisional`]. Without it the same fit fails on every restart and
+    /// wedges the partition.
     ///
     /// # Errors
     /// [`PartitionError`] when even the noise model cannot be fitted (no samples, non-finite
@@ -95,7 +115,11 @@ impl Verdicter {
                 tracing::warn!(error = %e, samples = labels.len(), "the mixture cannot be fitted on this window; the noise model gives the verdicts until the next model version");
                 let mut noise = cfg.clone();
                 noise.scoring.estimator = crate::partition::Estimator::NoiseModel;
-                Self::warm_up(&noise, a, labels)
+                let mut v = Self::warm_up(&noise, a, labels)?;
+                if let Self::NoiseModel { provisional, .. } = &mut v {
+                    *provisional = true;
+                }
+                Ok(v)
             }
             Err(e) => Err(e),
         }
@@ -136,9 +160,14 @@ impl Verdicter {
         labels: &[u32],
     ) -> Result<Vec<f64>, PartitionError> {
         match self {
-            Self::NoiseModel { noise_model, step } => {
+            Self::NoiseModel {
+                noise_model,
+                step,
+                nominal_batch,
+                ..
+            } => {
                 let post = noise_model.posterior(&noise_model.derive(), &a.probs, labels)?;
-                let gamma = step.gamma(noise_model.updates);
+                let gamma = step.gamma_for_batch(noise_model.updates, labels.len(), *nominal_batch);
                 noise_model.update(&a.probs, labels, gamma)?;
                 Ok(post)
             }
@@ -149,6 +178,18 @@ impl Verdicter {
                 Ok(g.update(&x, a.n, &a.loss)?.posterior_noisy)
             }
         }
+    }
+
+    /// Whether the verdicts are provisional: the configured mixture could not be fitted and
+    /// the noise model stands in. No cycle runs on provisional verdicts.
+    pub fn provisional(&self) -> bool {
+        matches!(
+            self,
+            Self::NoiseModel {
+                provisional: true,
+                ..
+            }
+        )
     }
 
     /// Stepwise updates since the fit (part of each verdict's `partition_state_id`).
@@ -181,15 +222,26 @@ impl Verdicter {
 
     /// The state to carry to a new model version without a re-fit (noise model: the same
     /// statistics with a restarted step schedule); None when the rule must be re-fitted (the
-    /// mixture).
+    /// mixture, and a provisional noise model standing in for it: the new model's scores may
+    /// let the mixture fit).
     pub fn for_new_model(&self) -> Option<Self> {
         match self {
-            Self::NoiseModel { noise_model, step } => {
+            Self::NoiseModel {
+                provisional: true, ..
+            } => None,
+            Self::NoiseModel {
+                noise_model,
+                step,
+                nominal_batch,
+                provisional: false,
+            } => {
                 let mut m = noise_model.clone();
                 m.updates = 0;
                 Some(Self::NoiseModel {
                     noise_model: m,
                     step: *step,
+                    nominal_batch: *nominal_batch,
+                    provisional: false,
                 })
             }
             Self::Mixture(_) => None,
@@ -245,6 +297,120 @@ mod tests {
                 "{estimator:?}: {:?}",
                 &post[..3]
             );
+            // A stand-in for the mixture says so, and is re-fitted for the next version.
+            let fell_back = estimator == crate::partition::Estimator::Mixture;
+            assert_eq!(v.provisional(), fell_back && v.mixture().is_none());
+            assert_eq!(v.for_new_model().is_none(), v.provisional() || fell_back);
+        }
+    }
+}
+
+#[cfg(test)]
+mod outlier_tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// `n` agreeing, confident samples of class 3 whose attributions and losses differ only
+    /// by a hair (`jitter` relative), `k` classes, `hidden` units.
+    fn near_identical(
+        n: usize,
+        k: usize,
+        hidden: usize,
+        jitter: f32,
+        rng: &mut rand_xoshiro::Xoshiro256Plus,
+    ) -> (Attributions, Vec<u32>) {
+        let mut probs = vec![0.02f32; n * k];
+        for row in probs.chunks_exact_mut(k) {
+            row[3] = 1.0 - 0.02 * (k - 1) as f32;
+        }
+        let values = (0..n * hidden)
+            .map(|_| 0.25 * (1.0 + jitter * rng.gen_range(-1.0f32..1.0)))
+            .collect();
+        let loss = (0..n)
+            .map(|_| 0.1 * (1.0 + jitter * rng.gen_range(-1.0f32..1.0)))
+            .collect();
+        let a = Attributions {
+            n,
+            hidden,
+            values,
+            activations: vec![0.5; n * hidden],
+            loss,
+            predicted: vec![3; n],
+            probs,
+        };
+        (a, vec![3; n])
+    }
+
+    /// A mixture that cannot be fitted (here: 3 samples, below its minimum of 4) leaves a
+    /// provisional noise model, which the next model version does not inherit.
+    #[test]
+    fn a_mixture_that_cannot_be_fitted_leaves_provisional_verdicts() {
+        let mut rng = rand_xoshiro::Xoshiro256Plus::seed_from_u64(1);
+        let (a, labels) = near_identical(3, 10, 16, 1e-2, &mut rng);
+        let mut cfg = DaemonConfig::default();
+        cfg.scoring.estimator = crate::partition::Estimator::Mixture;
+        assert!(Verdicter::warm_up(&cfg, &a, &labels).is_err());
+        let v = Verdicter::warm_up_or_fallback(&cfg, &a, &labels).unwrap();
+        assert!(v.provisional() && v.mixture().is_none());
+        assert!(v.for_new_model().is_none());
+        // A checkpoint round trip keeps the mark.
+        let back: Verdicter = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        assert!(back.provisional());
+        cfg.scoring.estimator = crate::partition::Estimator::NoiseModel;
+        let v = Verdicter::warm_up_or_fallback(&cfg, &a, &labels).unwrap();
+        assert!(!v.provisional() && v.for_new_model().is_some());
+    }
+
+    /// The case: a warm-up of near-identical samples, then one far outlier with a
+    /// wrong label, then more clean samples. Before the fix, the outlier sat at z ≈ 3905, the
+    /// noisy component followed it and 413 of 417 later clean samples were flagged.
+    #[test]
+    fn one_far_outlier_after_a_near_identical_warm_up_flags_no_clean_sample() {
+        let mut rng = rand_xoshiro::Xoshiro256Plus::seed_from_u64(7);
+        let (k, hidden) = (10, 16);
+        for estimator in [
+            crate::partition::Estimator::Mixture,
+            crate::partition::Estimator::NoiseModel,
+        ] {
+            let mut cfg = DaemonConfig::default();
+            cfg.scoring.estimator = estimator;
+            let features = cfg.scoring.features;
+            let (a, labels) = near_identical(400, k, hidden, 1e-4, &mut rng);
+            let mut v = Verdicter::warm_up_or_fallback(&cfg, &a, &labels)
+                .unwrap_or_else(|e| panic!("{estimator:?}: {e}"));
+            // The outlier: huge attribution, the model sure of class 3, labelled 7.
+            let mut probs = vec![0.001f32; k];
+            probs[3] = 1.0 - 0.001 * (k - 1) as f32;
+            let outlier = Attributions {
+                n: 1,
+                hidden,
+                values: vec![40.0; hidden],
+                activations: vec![0.5; hidden],
+                loss: vec![6.9],
+                predicted: vec![3],
+                probs,
+            };
+            let p = v
+                .update(features, &outlier, &[7])
+                .unwrap_or_else(|e| panic!("{estimator:?}: {e}"));
+            assert!(p[0].is_finite(), "{estimator:?}");
+            let mut flagged = 0;
+            let mut total = 0;
+            for _ in 0..13 {
+                // Later samples vary as real ones do (1 %, a hundred times the warm-up's).
+                let (a, labels) = near_identical(32, k, hidden, 1e-2, &mut rng);
+                let p = v
+                    .update(features, &a, &labels)
+                    .unwrap_or_else(|e| panic!("{estimator:?}: {e}"));
+                flagged += p.iter().filter(|&&p| p >= cfg.scoring.threshold).count();
+                total += p.len();
+            }
+            assert!(
+                flagged * 100 <= total,
+                "{estimator:?}: {flagged} of {total} clean samples flagged after one outlier"
+            );
+            let p = v.posterior(features, &outlier, &[7]).unwrap();
+            assert!(p[0].is_finite(), "{estimator:?}");
         }
     }
 }
