@@ -441,6 +441,10 @@ pub async fn run(
     })
 }
 
+/// Dead letters and skipped messages the source holds for a busy sink before it pauses the
+/// input (resumed below half of it). Each holds its payload (≤ `kafka.max_message_bytes`).
+const SOURCE_SINK_BACKLOG: usize = 256;
+
 #[derive(Default)]
 struct Counters {
     consumed: AtomicU64,
@@ -487,6 +491,8 @@ async fn source_loop(
     // polling, so the consumer never exceeds max.poll.interval.ms and leaves the group; what
     // librdkafka had fetched is dropped by the pause and fetched again after the resume.
     let mut out: std::collections::VecDeque<ScorerMsg> = std::collections::VecDeque::new();
+    // The same for dead letters and skipped messages on their way to the sink.
+    let mut sink_out: std::collections::VecDeque<SinkMsg> = std::collections::VecDeque::new();
     // While paused: the number of assignments seen when the input was last paused. A new
     // assignment (a rebalance) while paused gets paused too; otherwise no per-message call.
     let assignments = metrics.consumer_rebalances.with_label_values(&["assign"]);
@@ -499,14 +505,12 @@ async fn source_loop(
             permit = score_tx.reserve(), if !out.is_empty() => {
                 let Ok(permit) = permit else { break };
                 permit.send(out.pop_front().expect("not empty"));
-                if out.is_empty() && paused.take().is_some() {
-                    // The current assignment: partitions assigned while paused included.
-                    let tpl = consumer.assignment().unwrap_or_default();
-                    match consumer.resume(&tpl) {
-                        Ok(()) => tracing::debug!("scorer caught up: input resumed"),
-                        Err(e) => tracing::warn!(error = %e, "resuming the input partitions failed"),
-                    }
-                }
+            }
+            // Dead letters and skips wait here, not in an await, so a sink backed up by a slow
+            // broker does not stall polling either.
+            permit = sink_tx.reserve(), if !sink_out.is_empty() => {
+                let Ok(permit) = permit else { break };
+                permit.send(sink_out.pop_front().expect("not empty"));
             }
             _ = housekeeping.tick() => {
                 let is_leader = consumer
@@ -555,8 +559,7 @@ async fn source_loop(
                 let Some(payload) = msg.payload() else {
                     // A tombstone (null value: a delete marker on a compacted topic) is not a
                     // malformed sample: skip and count it, keep it out of the dead-letter alert.
-                    let skip = SinkMsg::Skipped { topic, partition, offset, reason: "tombstone" };
-                    if sink_tx.send(skip).await.is_err() { break; }
+                    sink_out.push_back(SinkMsg::Skipped { topic, partition, offset, reason: "tombstone" });
                     continue;
                 };
                 let decoded = schema::decode(payload, json, &expect).and_then(|s| {
@@ -587,15 +590,14 @@ async fn source_loop(
                     }
                     Err(why) => {
                         tracing::debug!(partition, offset, reason = why.reason, detail = %why.detail, "invalid sample: dead-lettered");
-                        let dl = SinkMsg::DeadLetter {
+                        sink_out.push_back(SinkMsg::DeadLetter {
                             topic,
                             partition,
                             offset,
                             key: msg.key().map(<[u8]>::to_vec),
                             payload: payload.to_vec(),
                             why,
-                        };
-                        if sink_tx.send(dl).await.is_err() { break; }
+                        });
                     }
                 }
             }
@@ -605,12 +607,27 @@ async fn source_loop(
         // Paused again after a rebalance while it lasts, so that partitions assigned meanwhile
         // are paused too (pausing a paused partition is a no-op).
         let seen = assignments.get();
-        if out.len() >= 2 && paused != Some(seen) {
+        // The sink behind on dead letters: the same, with its own bound.
+        let busy = out.len() >= 2 || sink_out.len() >= SOURCE_SINK_BACKLOG;
+        if paused.is_some() && out.is_empty() && sink_out.len() < SOURCE_SINK_BACKLOG / 2 {
+            paused = None;
+            // The current assignment: partitions assigned while paused included.
+            let tpl = consumer.assignment().unwrap_or_default();
+            match consumer.resume(&tpl) {
+                Ok(()) => tracing::debug!("scorer and sink caught up: input resumed"),
+                Err(e) => tracing::warn!(error = %e, "resuming the input partitions failed"),
+            }
+        }
+        if busy && paused != Some(seen) {
             if let Ok(tpl) = consumer.assignment() {
                 match consumer.pause(&tpl) {
                     Ok(()) => {
                         if paused.is_none() {
-                            tracing::debug!(waiting = out.len(), "scorer busy: input paused");
+                            tracing::debug!(
+                                waiting = out.len(),
+                                dead_letters_waiting = sink_out.len(),
+                                "scorer or sink busy: input paused"
+                            );
                         }
                         // Read before the assignment: one that lands in between re-pauses next pass.
                         paused = Some(seen);
@@ -622,6 +639,11 @@ async fn source_loop(
     }
     for m in out {
         if score_tx.send(m).await.is_err() {
+            break;
+        }
+    }
+    for m in sink_out {
+        if sink_tx.send(m).await.is_err() {
             break;
         }
     }
