@@ -30,10 +30,6 @@ pub enum Verdicter {
         noise_model: NoiseModel,
         /// The step-size schedule of its updates.
         step: StepSize,
-        /// The mini-batch size the schedule is meant for ([`StepSize::gamma_for_batch`]);
-        /// 0 in checkpoints written before it (every update a full step).
-        #[serde(default)]
-        nominal_batch: usize,
         /// The configured rule is the mixture, which could not be fitted: this noise model
         /// stands in ([`Verdicter::warm_up_or_fallback`]). Its verdicts are provisional and no
         /// cycle runs on them; the next model version tries the mixture again.
@@ -61,7 +57,6 @@ impl Verdicter {
             crate::partition::Estimator::NoiseModel => Ok(Self::NoiseModel {
                 noise_model: NoiseModel::fit(&a.probs, labels, cfg.model.num_classes)?,
                 step,
-                nominal_batch: cfg.scoring.batch_size,
                 provisional: false,
             }),
             crate::partition::Estimator::Mixture => {
@@ -161,13 +156,10 @@ impl Verdicter {
     ) -> Result<Vec<f64>, PartitionError> {
         match self {
             Self::NoiseModel {
-                noise_model,
-                step,
-                nominal_batch,
-                ..
+                noise_model, step, ..
             } => {
                 let post = noise_model.posterior(&noise_model.derive(), &a.probs, labels)?;
-                let gamma = step.gamma_for_batch(noise_model.updates, labels.len(), *nominal_batch);
+                let gamma = step.gamma(noise_model.updates);
                 noise_model.update(&a.probs, labels, gamma)?;
                 Ok(post)
             }
@@ -232,7 +224,6 @@ impl Verdicter {
             Self::NoiseModel {
                 noise_model,
                 step,
-                nominal_batch,
                 provisional: false,
             } => {
                 let mut m = noise_model.clone();
@@ -240,7 +231,6 @@ impl Verdicter {
                 Some(Self::NoiseModel {
                     noise_model: m,
                     step: *step,
-                    nominal_batch: *nominal_batch,
                     provisional: false,
                 })
             }
