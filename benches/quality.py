@@ -164,6 +164,26 @@ def cycles_table(out_dir):
     return "\n".join(lines)
 
 
+def served_table(out_dir):
+    """The model served after each streaming run against the demo's Oracle (the first model's
+    recipe on the same first samples, true labels): test-split accuracy of the first version,
+    of the last one (the one served at the end), and the gap to the Oracle."""
+    lines = ["| run | first version | served at the end | Oracle | served - Oracle (pt) |",
+             "|---|---|---|---|---|"]
+    for name in sorted(os.listdir(out_dir)):
+        if not name.endswith("-stream.json"):
+            continue
+        with open(os.path.join(out_dir, name)) as f:
+            d = json.load(f)
+        acc = d.get("version_accuracy", [])
+        o = d.get("oracle_accuracy")
+        if not acc or o is None:
+            continue
+        (v1, a1), (vn, an) = acc[0], acc[-1]
+        lines.append(f"| {name[:-12]} | v{v1} {a1:.4f} | v{vn} {an:.4f} | {o:.4f} | {100 * (an - o):+.1f} |")
+    return "\n".join(lines)
+
+
 def fmt(x):
     return "—" if x is None or x != x else f"{x:.3f}"
 
@@ -224,7 +244,7 @@ def main():
             secs = sh([a.rlap, "demo", "--dataset", spec, "--corruption", corruption,
                        "--seed", str(a.seed), "--limit", str(2 * m), "--malformed-every", "0",
                        "--quiet", "--out", os.path.join(a.out, f"demo-{tag}"),
-                       "--verdicts-csv", vcsv, "--json", vcsv[:-4] + ".json"] + size,
+                       "--verdicts-csv", vcsv, "--json", vcsv[:-4] + ".json", "--oracle"] + size,
                       env=env, log=vcsv[:-4] + ".log")
             v = read_verdicts(vcsv)
             assert len(v["order"]) == 2 * m, f"{tag}: {len(v['order'])} verdicts for {2 * m} samples"
@@ -267,9 +287,11 @@ def main():
     print("\n" + table)
     cycles = cycles_table(a.out)
     print("\nCycles during the streaming runs:\n" + cycles)
+    served = served_table(a.out)
+    print("\nServed model against the Oracle:\n" + served)
     print(f"\nquality benchmark: {len(results)} rows in {time.time() - t0:.0f} s")
     with open(os.path.join(a.out, "quality.md"), "w") as f:
-        f.write(table + "\n\n" + cycles + "\n")
+        f.write(table + "\n\n" + cycles + "\n\n" + served + "\n")
     with open(os.path.join(a.out, "quality.json"), "w") as f:
         json.dump(results, f, indent=1)
 

@@ -27,7 +27,9 @@ use crate::partition::{
 };
 use crate::progress::Progress;
 use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
-use crate::train::{predict, train, train_with, Optimizer, Scope, TrainConfig, TrainStats};
+use crate::train::{
+    predict, train, train_early_stopped, Optimizer, Scope, TrainConfig, TrainStats,
+};
 
 /// Any failure of an experiment, with the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -808,7 +810,8 @@ pub fn run(
 /// probabilities that flagged it put at least this much on one class; below it, it is dropped.
 pub const RELABEL_CONFIDENCE: f32 = 0.5;
 
-/// The label-corrected training set: the clean partition with its given labels, plus each
+/// The label-corrected training set: the samples not flagged (`flagged_noisy`, `[N]`) with
+/// their given labels, plus each
 /// noisy-partition sample whose out-of-sample class probabilities (`probs`, `[N, K]`, the
 /// cross-fitted scores the partition was made from) put at least `min_confidence` on one class,
 /// relabelled to that class. Returns the set and how many samples were relabelled. The label
@@ -816,7 +819,7 @@ pub const RELABEL_CONFIDENCE: f32 = 0.5;
 /// with Deep Neural Networks: A Survey", 2022, §4); not part of the RLAP paper.
 pub fn corrected_set(
     noisy: &Dataset,
-    partition: &Partition,
+    flagged_noisy: &[bool],
     probs: &[f32],
     min_confidence: f32,
 ) -> (Dataset, usize) {
@@ -824,7 +827,7 @@ pub fn corrected_set(
     let mut keep = Vec::with_capacity(noisy.len());
     let mut labels = Vec::with_capacity(noisy.len());
     let mut relabelled = 0;
-    for (i, &flagged) in partition.noisy.iter().enumerate() {
+    for (i, &flagged) in flagged_noisy.iter().enumerate() {
         if !flagged {
             keep.push(i);
             labels.push(noisy.labels[i]);
@@ -863,7 +866,7 @@ pub fn relabel_row(
 ) -> Result<Row, ExperimentError> {
     let (set, relabelled) = corrected_set(
         &data.noisy,
-        &s1.partition,
+        &s1.partition.noisy,
         &s1.scores.probs,
         RELABEL_CONFIDENCE,
     );
@@ -897,39 +900,22 @@ pub fn early_stopped(
     seed: u64,
     progress: &Progress,
 ) -> Result<Row, ExperimentError> {
-    let held_idx = set.stratified_indices((set.len() / 10).max(1), seed);
-    let mut is_held = vec![false; set.len()];
-    for &i in &held_idx {
-        is_held[i] = true;
-    }
-    let train_idx: Vec<usize> = (0..set.len()).filter(|&i| !is_held[i]).collect();
-    let (train_set, held) = (set.select(&train_idx), set.select(&held_idx));
     let m = Model::new(spec.clone(), &cfg.device, seed)?;
-    let mut best: Option<(f64, usize, Model)> = None;
-    let stats = train_with(
+    let es = train_early_stopped(
         &m,
-        &train_set,
+        set,
         &recipe(cfg, cfg.epochs, Scope::All, 0.0, seed),
+        0.1,
         progress,
         name,
-        &mut |epoch| {
-            let p = predict(&m, &held)?;
-            let acc = p.iter().zip(&held.labels).filter(|(a, b)| a == b).count() as f64
-                / held.len().max(1) as f64;
-            if best.as_ref().is_none_or(|(b, _, _)| acc > *b) {
-                best = Some((acc, epoch, m.deep_clone()?));
-            }
-            Ok(())
-        },
     )?;
-    let (held_accuracy, epoch, model) = best.expect("at least one epoch");
     tracing::info!(
         name,
-        epoch,
-        held_accuracy,
+        epoch = es.epoch,
+        held_accuracy = es.held_accuracy,
         "early stopping: kept the best held-out epoch"
     );
-    row(name, &model, test, &stats, epoch, train_set.len())
+    row(name, &es.model, test, &es.stats, es.epoch, es.trained_on)
 }
 
 /// The Oracle row: the same architecture and recipe as Initial, trained on the true data
@@ -1026,7 +1012,7 @@ mod tests {
             0.4, 0.3, 0.3, //
             0.1, 0.1, 0.8,
         ];
-        let (set, relabelled) = corrected_set(&noisy, &partition, &probs, 0.5);
+        let (set, relabelled) = corrected_set(&noisy, &partition.noisy, &probs, 0.5);
         assert_eq!(relabelled, 1);
         assert_eq!(set.features, vec![0.0, 1.0, 3.0]);
         assert_eq!(set.labels, vec![0, 2, 2]);

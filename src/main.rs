@@ -221,6 +221,10 @@ struct DemoCliArgs {
     /// `order,sample_id,given_label,corrupted,posterior_noisy,noisy,model_version`.
     #[arg(long)]
     verdicts_csv: Option<PathBuf>,
+    /// Also train the Oracle (the first model's recipe on the first samples streamed, with
+    /// their true labels) and print its test accuracy beside the served model's.
+    #[arg(long)]
+    oracle: bool,
     /// Write the summary as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -613,6 +617,7 @@ fn run_demo(a: DemoCliArgs, progress: &Progress) -> Result<()> {
         rate: a.rate,
         out_dir: a.out,
         verdicts_csv: a.verdicts_csv,
+        oracle: a.oracle,
     };
     let s = runtime()?.block_on(rlap::stream::demo::run(args, progress))?;
     print!("{}", s.text());

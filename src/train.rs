@@ -377,6 +377,72 @@ pub fn train(
     train_with(model, data, cfg, progress, label, &mut |_| Ok(()))
 }
 
+/// The result of [`train_early_stopped`].
+pub struct EarlyStopped {
+    /// A copy of the model at its best held-out epoch.
+    pub model: Model,
+    /// That epoch (1-based).
+    pub epoch: usize,
+    /// Its accuracy on the held-out slice.
+    pub held_accuracy: f64,
+    /// Samples trained on (the set minus the held-out slice).
+    pub trained_on: usize,
+    /// The whole run's statistics.
+    pub stats: TrainStats,
+}
+
+/// Train `model` on a stratified `1 − held_fraction` of `set` and keep a copy of the weights
+/// at the epoch with the best accuracy on the rest (early stopping; Arpit et al. 2017: a
+/// network fits the clean labels before it memorises the noisy ones). `model` itself ends at
+/// the last epoch.
+///
+/// # Errors
+/// [`ModelError`] from training or prediction.
+pub fn train_early_stopped(
+    model: &Model,
+    set: &Dataset,
+    cfg: &TrainConfig,
+    held_fraction: f64,
+    progress: &Progress,
+    label: &str,
+) -> Result<EarlyStopped, ModelError> {
+    let want = ((set.len() as f64 * held_fraction.clamp(0.0, 0.5)) as usize).max(1);
+    let held_idx = set.stratified_indices(want, cfg.seed);
+    let mut is_held = vec![false; set.len()];
+    for &i in &held_idx {
+        is_held[i] = true;
+    }
+    let train_idx: Vec<usize> = (0..set.len()).filter(|&i| !is_held[i]).collect();
+    let (train_set, held) = (set.select(&train_idx), set.select(&held_idx));
+    let mut best: Option<(f64, usize, Model)> = None;
+    let stats = train_with(model, &train_set, cfg, progress, label, &mut |epoch| {
+        let p = predict(model, &held)?;
+        let acc = p.iter().zip(&held.labels).filter(|(a, b)| a == b).count() as f64
+            / held.len().max(1) as f64;
+        if best.as_ref().is_none_or(|(b, _, _)| acc > *b) {
+            best = Some((acc, epoch, model.deep_clone()?));
+        }
+        Ok(())
+    })?;
+    let (held_accuracy, epoch, model) = match best {
+        Some(b) => b,
+        None => (0.0, 0, model.deep_clone()?),
+    };
+    tracing::debug!(
+        label,
+        epoch,
+        held_accuracy,
+        "early stopping: kept the best held-out epoch"
+    );
+    Ok(EarlyStopped {
+        model,
+        epoch,
+        held_accuracy,
+        trained_on: train_set.len(),
+        stats,
+    })
+}
+
 /// As [`train`], calling `on_epoch(epoch)` (1-based) after each epoch, e.g. to evaluate a
 /// held-out set and keep the best weights (early stopping).
 ///

@@ -49,6 +49,8 @@ pub struct DemoArgs {
     pub out_dir: PathBuf,
     /// Write every verdict, joined with the hidden truth, as CSV here.
     pub verdicts_csv: Option<PathBuf>,
+    /// Also train the Oracle ([`oracle_accuracy`]) and report its test accuracy.
+    pub oracle: bool,
 }
 
 /// The closing summary.
@@ -62,6 +64,9 @@ pub struct DemoSummary {
     pub verdicts: VerdictReport,
     /// Test-split accuracy of each published version.
     pub version_accuracy: Vec<(u64, f64)>,
+    /// Test-split accuracy of the Oracle (with `--oracle`): the first model's recipe on the
+    /// first `bootstrap.samples` samples streamed, with their true labels.
+    pub oracle_accuracy: Option<f64>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -112,6 +117,11 @@ impl DemoSummary {
             s.push_str(&format!(
                 "\naccuracy before (v{}) {:.4} -> after (v{}) {:.4}",
                 first.0, first.1, last.0, last.1
+            ));
+        }
+        if let Some(o) = self.oracle_accuracy {
+            s.push_str(&format!(
+                "\noracle (the first model's recipe on the same first samples, true labels) {o:.4}"
             ));
         }
         s.push_str(&format!("\ndone in {:.1} s\n", self.seconds));
@@ -278,11 +288,55 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
     .await
     .map_err(|e| ToolError::Invalid(e.to_string()))??;
     drop(mock);
+    let oracle_accuracy = if args.oracle {
+        let a = args.clone();
+        let c = cfg.clone();
+        Some(
+            tokio::task::spawn_blocking(move || oracle_accuracy(&a, &c))
+                .await
+                .map_err(|e| ToolError::Invalid(e.to_string()))??,
+        )
+    } else {
+        None
+    };
     Ok(DemoSummary {
         produced,
         daemon: summary,
         verdicts,
         version_accuracy,
+        oracle_accuracy,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The Oracle of a demo run: a model trained as the daemon's first model is
+/// (`bootstrap.epochs`, `bootstrap.seed`, the paper's recipe) on the first `bootstrap.samples`
+/// samples streamed, with their true labels; returns its test-split accuracy. The daemon's first model trains on the first
+/// samples it consumes, which are these up to the interleaving of the input partitions.
+///
+/// # Errors
+/// [`ToolError`] when the data cannot be loaded or training fails.
+pub fn oracle_accuracy(args: &DemoArgs, cfg: &DaemonConfig) -> Result<f64, ToolError> {
+    let p = crate::experiment::prepare(&crate::experiment::ExperimentConfig {
+        dataset: args.dataset.clone(),
+        data_dir: args.data_dir.clone(),
+        corruption: args.corruption.clone(),
+        seed: args.seed,
+        train_size: args.train_size,
+        ..Default::default()
+    })?;
+    let clean = p.truth.oracle_train_set();
+    let first: Vec<usize> = (0..cfg.bootstrap.samples.min(clean.len())).collect();
+    let set = clean.select(&first);
+    let spec = crate::model::ModelSpec::for_dataset(cfg.model.arch, cfg.model.hidden, &set);
+    let err = |e: crate::model::ModelError| ToolError::Invalid(format!("oracle: {e}"));
+    let device = candle_core::Device::Cpu;
+    let model = crate::model::Model::new(spec, &device, cfg.bootstrap.seed).map_err(err)?;
+    let recipe = crate::train::TrainConfig::paper(cfg.bootstrap.epochs, cfg.bootstrap.seed);
+    crate::train::train(&model, &set, &recipe, &Progress::hidden(), "oracle").map_err(err)?;
+    let pred = crate::train::predict(&model, &p.test).map_err(err)?;
+    Ok(
+        crate::evaluation::classification_report(&pred, &p.test.labels, p.test.num_classes)
+            .accuracy,
+    )
 }
