@@ -196,6 +196,8 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--noise", default="none,sym0.2,sym0.4,sym0.6,pair0.4,human0.4")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--reuse-offline", action="store_true",
+                    help="reuse the offline posteriors already in --out (to compare stream settings)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     t0 = time.time()
@@ -231,6 +233,9 @@ def main():
             offline = {}
             for epochs in (5, 30):
                 csv_path = os.path.join(a.out, f"{tag}-e{epochs}.csv")
+                if a.reuse_offline and os.path.exists(csv_path):
+                    offline[epochs] = (read_posteriors(csv_path), float("nan"))
+                    continue
                 secs = sh([a.rlap, "experiment", "--dataset", spec, "--corruption", corruption,
                            "--seed", str(a.seed), "--epochs", str(epochs), "--partition-only", "--quiet",
                            "--posteriors", csv_path, "--json", csv_path[:-4] + ".json"] + size,

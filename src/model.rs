@@ -416,6 +416,64 @@ impl Model {
         self.apply_mask()
     }
 
+    /// Bring pruned neurons `indices` back (regrowth, as in dynamic sparse training, e.g.
+    /// Evci et al. 2020, "Rigging the Lottery"; not part of the RLAP paper): their incoming
+    /// weights and bias in `fc` are re-drawn from the default U(−1/√F, 1/√F), their outgoing
+    /// column of `fc2` is set to 0, so the model's logits are unchanged until training gives
+    /// them a use. Indices that are not pruned are ignored. A cycle regrows the neurons its
+    /// parent pruned before pruning anew, so the pruned share stays at `prune_fraction`
+    /// however many cycles run.
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`].
+    pub fn regrow(&mut self, indices: &[usize], seed: u64) -> Result<(), ModelError> {
+        let back: Vec<usize> = indices
+            .iter()
+            .copied()
+            .filter(|j| self.pruned.contains(j))
+            .collect();
+        if back.is_empty() {
+            return Ok(());
+        }
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let f = self.spec.body_width()?;
+        let bound = 1.0 / (f as f32).sqrt();
+        for p in &self.params {
+            let t = p.var.as_tensor();
+            let shape = t.dims().to_vec();
+            let mut v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            match p.name.as_str() {
+                "fc.weight" => {
+                    for &j in &back {
+                        for x in &mut v[j * f..(j + 1) * f] {
+                            *x = rng.gen_range(-bound..bound);
+                        }
+                    }
+                }
+                "fc.bias" => {
+                    for &j in &back {
+                        v[j] = rng.gen_range(-bound..bound);
+                    }
+                }
+                "fc2.weight" => {
+                    let h = shape[1];
+                    for row in v.chunks_exact_mut(h) {
+                        for &j in &back {
+                            row[j] = 0.0;
+                        }
+                    }
+                }
+                _ => continue,
+            }
+            p.var
+                .set(&Tensor::from_vec(v, shape.as_slice(), t.device())?)?;
+        }
+        for j in &back {
+            self.pruned.remove(j);
+        }
+        Ok(())
+    }
+
     /// The keep-mask over the H neurons: `[H]` f32, 0 for pruned, 1 otherwise.
     ///
     /// # Errors
@@ -741,6 +799,36 @@ pub(crate) mod tests {
                 .to_scalar::<f32>()
                 .unwrap();
             assert!(diff < 1e-5, "{diff}");
+        }
+    }
+
+    #[test]
+    fn regrowth_keeps_logits_and_revives_the_neurons() {
+        for arch in [Arch::Mlp, Arch::Cnn] {
+            let mut m = Model::new(mnist_spec(arch, 20), &Device::Cpu, 3).unwrap();
+            m.prune(&[0, 7, 19]).unwrap();
+            let x = batch(8);
+            let before = m.forward(&x).unwrap();
+            m.regrow(&[7, 19, 4], 11).unwrap();
+            assert_eq!(m.pruned(), vec![0], "4 was never pruned: ignored");
+            let diff = (before - m.forward(&x).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-6, "{arch:?}: logits moved by {diff}");
+            let w = m.param("fc.weight").to_vec2::<f32>().unwrap();
+            assert!(w[7].iter().any(|&v| v != 0.0) && w[19].iter().any(|&v| v != 0.0));
+            assert!(w[0].iter().all(|&v| v == 0.0), "0 stays pruned");
+            let out = m.param("fc2.weight").to_vec2::<f32>().unwrap();
+            assert!(out.iter().all(|row| row[7] == 0.0 && row[19] == 0.0));
+            // The mask no longer zeroes them.
+            m.apply_mask().unwrap();
+            let w = m.param("fc.weight").to_vec2::<f32>().unwrap();
+            assert!(w[7].iter().any(|&v| v != 0.0));
         }
     }
 

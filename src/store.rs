@@ -74,6 +74,29 @@ pub struct SampleWindow {
     pub source: String,
 }
 
+/// Why a cycle's candidate was published: what the acceptance guard saw
+/// (`crate::stream::guard`), kept in the version's `metadata.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AcceptanceEvidence {
+    /// The guard's reason, in words.
+    pub reason: String,
+    /// `holdout` (clean samples the parent had not trained on), `holdout-all` or `validation`
+    /// (the trusted set).
+    pub eval_set: String,
+    /// Evaluation samples.
+    pub eval_samples: usize,
+    /// Accuracy of the parent on them, in [0, 1].
+    pub accuracy_before: f64,
+    /// Accuracy of this version on them.
+    pub accuracy_after: f64,
+    /// Two-sided interval of the paired accuracy difference (after − before).
+    pub difference_interval: (f64, f64),
+    /// Recall per class `[K]` of the parent on the evaluation set (None: no sample of it).
+    pub recall_before: Vec<Option<f64>>,
+    /// Recall per class `[K]` of this version.
+    pub recall_after: Vec<Option<f64>>,
+}
+
 /// What the publisher knows about a new version.
 #[derive(Clone, Debug, Default)]
 pub struct PublishInfo {
@@ -89,6 +112,8 @@ pub struct PublishInfo {
     pub metrics_after: Option<Metrics>,
     /// The range of the inputs this model trained on (input-shift detection).
     pub input_range: Option<crate::input_range::InputRange>,
+    /// A cycle's acceptance evidence.
+    pub acceptance: Option<AcceptanceEvidence>,
     /// Publish only when the model has no version yet (a replica's first model: with several
     /// replicas, the first to publish wins and the others adopt its version); checked under
     /// the publish lock.
@@ -131,6 +156,9 @@ pub struct VersionMetadata {
     /// See [`PublishInfo`]; absent in versions published before it existed (no shift check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_range: Option<crate::input_range::InputRange>,
+    /// See [`PublishInfo`]; absent for first models and versions published before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<AcceptanceEvidence>,
 }
 
 /// File names inside a version folder.
@@ -334,6 +362,7 @@ impl ModelStore {
             metrics_before: info.metrics_before,
             metrics_after: info.metrics_after,
             input_range: info.input_range,
+            acceptance: info.acceptance,
             pruned_neurons: model.pruned(),
             arch: spec.arch.to_string(),
             input_dim: spec.input_dim,

@@ -1008,7 +1008,7 @@ const CYCLE_SAMPLES: usize = 3500;
 fn a_cycle_fires_when_the_noise_rate_crosses_the_threshold() {
     let _serial = serial();
     let t0 = Instant::now();
-    let (_cfg, summary, status, r) =
+    let (cfg, summary, status, r) =
         run_with_cycles("cycle-noisy", "label-symmetric:0.4", CYCLE_SAMPLES);
     eprintln!(
         "40 % noise: flagged {:.3} of verdicts, window {:.3}; {} cycle(s); final model v{}",
@@ -1026,6 +1026,20 @@ fn a_cycle_fires_when_the_noise_rate_crosses_the_threshold() {
     assert_eq!(c.cause, "trigger");
     assert_eq!(c.parent_version, 1);
     assert!(c.samples >= 1000, "cycle on {} samples", c.samples);
+    // An accepted cycle's evidence is in its version's metadata.json.
+    let store = rlap::store::ModelStore::open(&cfg.model.store, usize::MAX).unwrap();
+    for c in &summary.cycles {
+        let Some(v) = c.new_version else { continue };
+        let meta = store.metadata(&cfg.model.name, v).unwrap();
+        let a = meta
+            .acceptance
+            .expect("an accepted cycle's evidence in metadata.json");
+        assert_eq!(a.eval_samples, c.eval_samples);
+        assert_eq!(a.eval_set, c.eval_set);
+        assert_eq!(a.recall_before.len(), cfg.model.num_classes);
+        assert_eq!(a.recall_after.len(), cfg.model.num_classes);
+        assert!(a.accuracy_after > a.accuracy_before, "{a:?}");
+    }
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
 }
 

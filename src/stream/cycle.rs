@@ -16,9 +16,12 @@
 //! noisy ones included, and the pruned candidate partly forgets them. The acceptance guard
 //! ([`crate::stream::guard`]) skips a cycle whose evaluation set is too small to judge, and
 //! accepts a candidate only when it is better with statistical confidence and no class
-//! collapses. Already-pruned neurons stay pruned; a cycle prunes at most
-//! `prune_fraction·H` more, and never beyond `MAX_PRUNED_FRACTION·H` in all (later cycles
-//! then only fine-tune).
+//! collapses. With `cycle.regrow` (default) a cycle first regrows the neurons its parent had
+//! pruned (fresh incoming weights, zero outgoing: the logits do not change) and then prunes
+//! `prune_fraction·H` anew, so the pruned share stays bounded and capacity does not erode
+//! over many cycles; without it, pruned neurons stay pruned, a cycle prunes at most
+//! `prune_fraction·H` more and never beyond `MAX_PRUNED_FRACTION·H` in all (later cycles then
+//! only fine-tune).
 
 use std::time::Instant;
 
@@ -36,7 +39,7 @@ use crate::progress::Progress;
 use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
 use crate::store::{Metrics, ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
 use crate::stream::config::{DaemonConfig, Finetune};
-use crate::stream::guard::{judge, Decision};
+use crate::stream::guard::{judge, Decision, HoldoutScope};
 use crate::stream::verdicter::Verdicter;
 use crate::train::{predict, train, Optimizer, Scope, TrainConfig};
 
@@ -146,7 +149,8 @@ pub struct CycleRecord {
     pub finetune_samples: usize,
     /// Samples the two models were compared on.
     pub eval_samples: usize,
-    /// `holdout` (clean samples the current model has not trained on), `holdout-all` (the
+    /// `holdout` (clean samples the current model has not trained on), `holdout-unseen` (any
+    /// samples it has not trained on, `cycle.guard.holdout = "unseen"`), `holdout-all` (the
     /// fallback: any clean samples, see [`MIN_UNSEEN_HOLDOUT`]) or `validation` (trusted set).
     pub eval_set: String,
     /// Accuracy of the current model on the evaluation samples (None when the cycle ended
@@ -156,6 +160,9 @@ pub struct CycleRecord {
     pub accuracy_after: Option<f64>,
     /// Neurons pruned by this cycle (indices into H).
     pub pruned_now: Vec<usize>,
+    /// Neurons the parent had pruned that this cycle regrew (`cycle.regrow`).
+    #[serde(default)]
+    pub regrown: Vec<usize>,
     /// Seconds per stage: attribution, regression, fine-tune, evaluate, publish.
     pub stage_seconds: Vec<(String, f64)>,
     /// What the acceptance guard saw: evaluation size, accuracies, the confidence interval of
@@ -183,6 +190,7 @@ impl CycleRecord {
             accuracy_before: None,
             accuracy_after: None,
             pruned_now: vec![],
+            regrown: vec![],
             stage_seconds: vec![],
             evidence: None,
         }
@@ -316,9 +324,16 @@ fn cycle_steps(
     // 2. Regression sensitivity (§3.3) and pruning, within the overall cap.
     let h = a.hidden;
     let already = input.model.pruned();
-    let budget = ((MAX_PRUNED_FRACTION * h as f64).floor() as usize).saturating_sub(already.len());
-    let k = prune_count(cfg.cycle.prune_fraction, h)?.min(budget);
     let mut candidate = input.model.deep_clone()?;
+    let still_pruned = if cfg.cycle.regrow && !already.is_empty() {
+        candidate.regrow(&already, cfg.cycle.seed ^ input.version)?;
+        rec.regrown = already.clone();
+        0
+    } else {
+        already.len()
+    };
+    let budget = ((MAX_PRUNED_FRACTION * h as f64).floor() as usize).saturating_sub(still_pruned);
+    let k = prune_count(cfg.cycle.prune_fraction, h)?.min(budget);
     if k > 0 {
         let scores = neuron_scores(
             Criterion::Rlap,
@@ -344,6 +359,29 @@ fn cycle_steps(
     ));
     let (eval, eval_set, tune_idx) = match &input.validation {
         Some(v) => (v.clone(), "validation", clean),
+        None if cfg.cycle.guard.holdout == HoldoutScope::Unseen => {
+            // Every unseen sample, flagged or not; the fine-tuning set stays the clean rest.
+            let mut all: Vec<usize> = (0..a.n).collect();
+            all.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(
+                cfg.cycle.seed ^ input.version ^ 0x5eed,
+            ));
+            let (held, _, set) =
+                split_holdout(&all, input.holdout_from, cfg.cycle.holdout_fraction);
+            let mut is_held = vec![false; a.n];
+            for &i in &held {
+                is_held[i] = true;
+            }
+            let tune = clean.into_iter().filter(|&i| !is_held[i]).collect();
+            (
+                data.select(&held),
+                if set == "holdout" {
+                    "holdout-unseen"
+                } else {
+                    set
+                },
+                tune,
+            )
+        }
         None => {
             let (held, tune, set) =
                 split_holdout(&clean, input.holdout_from, cfg.cycle.holdout_fraction);
@@ -447,6 +485,19 @@ fn cycle_steps(
             metrics_before: Some(before),
             metrics_after: Some(after),
             input_range: Some(input_range),
+            acceptance: rec
+                .evidence
+                .as_ref()
+                .map(|e| crate::store::AcceptanceEvidence {
+                    reason: verdict.clone(),
+                    eval_set: rec.eval_set.clone(),
+                    eval_samples: e.eval_samples,
+                    accuracy_before: e.accuracy_before,
+                    accuracy_after: e.accuracy_after,
+                    difference_interval: e.difference_interval,
+                    recall_before: e.classes.iter().map(|c| c.recall_before).collect(),
+                    recall_after: e.classes.iter().map(|c| c.recall_after).collect(),
+                }),
             only_if_first: false,
         },
     )?;

@@ -18,6 +18,23 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Which snapshot samples the held-out slice is drawn from when no trusted validation set is
+/// configured (always among those the current model has not trained on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HoldoutScope {
+    /// Samples the verdicts call clean. Their labels are mostly right, but they are the
+    /// samples the current model agrees with (the verdict rule flags disagreement), so the
+    /// comparison favours the current model, the more so the higher the noise rate.
+    Clean,
+    /// Every sample, flagged or not, compared by its given label. Under class-conditional
+    /// noise whose diagonal dominates each row, agreement with noisy labels ranks two models
+    /// as their true accuracies do (the difference shrinks by about 1 − ρ − ρ/(K−1) under
+    /// symmetric noise ρ), and the partition's mistakes cannot bias it. Default.
+    #[default]
+    Unseen,
+}
+
 /// Settings of the guard (validated with the daemon's config).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -39,6 +56,8 @@ pub struct GuardParams {
     /// Classes the current model predicts at least this often on the snapshot must still be
     /// predicted at least half as often.
     pub min_class_predictions: usize,
+    /// Where the held-out slice comes from ([`HoldoutScope`]).
+    pub holdout: HoldoutScope,
 }
 
 impl Default for GuardParams {
@@ -50,6 +69,7 @@ impl Default for GuardParams {
             min_class_samples: 20,
             max_recall_drop: 0.30,
             min_class_predictions: 3,
+            holdout: HoldoutScope::Unseen,
         }
     }
 }
