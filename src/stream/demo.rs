@@ -310,7 +310,8 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
 }
 
 /// The Oracle of a demo run: a model trained as the daemon's first model is
-/// (`bootstrap.epochs`, `bootstrap.seed`, the paper's recipe) on the first `bootstrap.samples`
+/// (`bootstrap.epochs`, `bootstrap.seed`, the paper's recipe, then with
+/// `bootstrap.finetune_clean` `cycle.epochs` of fine-tuning) on the first `bootstrap.samples`
 /// samples streamed, with their true labels; returns its test-split accuracy. The daemon's first model trains on the first
 /// samples it consumes, which are these up to the interleaving of the input partitions.
 ///
@@ -334,6 +335,24 @@ pub fn oracle_accuracy(args: &DemoArgs, cfg: &DaemonConfig) -> Result<f64, ToolE
     let model = crate::model::Model::new(spec, &device, cfg.bootstrap.seed).map_err(err)?;
     let recipe = crate::train::TrainConfig::paper(cfg.bootstrap.epochs, cfg.bootstrap.seed);
     crate::train::train(&model, &set, &recipe, &Progress::hidden(), "oracle").map_err(err)?;
+    if cfg.bootstrap.finetune_clean && cfg.bootstrap.crossfit_folds >= 2 {
+        // The first model's fine-tune on its clean partition: with true labels, every sample.
+        let (scope, weight_decay) = match cfg.cycle.finetune {
+            crate::stream::config::Finetune::Lft => (crate::train::Scope::Head, 1e-5),
+            crate::stream::config::Finetune::Fft => (crate::train::Scope::All, 0.0),
+        };
+        let ft = crate::train::TrainConfig {
+            epochs: cfg.cycle.epochs,
+            optimizer: crate::train::Optimizer::Adam {
+                lr: 1e-3,
+                weight_decay,
+            },
+            scope,
+            ..recipe
+        };
+        crate::train::train(&model, &set, &ft, &Progress::hidden(), "oracle fine-tune")
+            .map_err(err)?;
+    }
     let pred = crate::train::predict(&model, &p.test).map_err(err)?;
     Ok(
         crate::evaluation::classification_report(&pred, &p.test.labels, p.test.num_classes)

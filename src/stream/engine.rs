@@ -532,6 +532,10 @@ impl Engine {
 
     /// Train and publish the first model on `held`; returns the held samples' out-of-sample
     /// scores from `bootstrap.crossfit_folds` fold models (None without cross-fitting).
+    ///
+    /// With cross-fitting and `bootstrap.finetune_clean`, the first model is then fine-tuned
+    /// on the samples the cross-fitted verdicts call clean (as a cycle's F-FT does, §3.4),
+    /// before it is published (off by default; see the option's measurements).
     fn bootstrap(
         &mut self,
         held: &[Incoming],
@@ -547,13 +551,82 @@ impl Engine {
             "training the first model on the stream's first samples"
         );
         let t = Instant::now();
-        train(
-            &model,
-            &data,
-            &TrainConfig::paper(self.cfg.bootstrap.epochs, self.cfg.bootstrap.seed),
-            &Progress::hidden(),
-            "bootstrap",
-        )?;
+        let recipe = TrainConfig::paper(self.cfg.bootstrap.epochs, self.cfg.bootstrap.seed);
+        train(&model, &data, &recipe, &Progress::hidden(), "bootstrap")?;
+        let folds = self.cfg.bootstrap.crossfit_folds;
+        let scores = if folds >= 2 && data.len() >= folds {
+            let tc = Instant::now();
+            let plan = crate::experiment::CrossFitPlan {
+                folds,
+                recipe: recipe.clone(),
+                attribution: self.cfg.scoring.attribution,
+                attribution_batch: 256,
+            };
+            let scores = crate::experiment::crossfit(
+                &data,
+                model.spec(),
+                &plan,
+                &self.device,
+                &Progress::hidden(),
+            )
+            .map_err(|e| match e {
+                crate::experiment::ExperimentError::Model(m) => EngineError::Model(m),
+                other => EngineError::Mismatch(other.to_string()),
+            })?;
+            tracing::info!(
+                folds,
+                seconds = tc.elapsed().as_secs_f64(),
+                "bootstrap samples scored out of sample (cross-fitted)"
+            );
+            Some(scores)
+        } else {
+            None
+        };
+        let mut source = format!("first samples of topic {}", self.cfg.kafka.input_topic);
+        if let Some(a) = scores
+            .as_ref()
+            .filter(|_| self.cfg.bootstrap.finetune_clean)
+        {
+            let v = Verdicter::warm_up_or_fallback(&self.cfg, a, &data.labels)?;
+            let post = v.posterior(self.cfg.scoring.features, a, &data.labels)?;
+            let clean: Vec<usize> = (0..data.len())
+                .filter(|&i| post[i] < self.cfg.scoring.threshold)
+                .collect();
+            // Provisional verdicts (a stand-in rule) do not decide what the model learns.
+            if !v.provisional() && clean.len() >= 64 && clean.len() < data.len() {
+                let (scope, weight_decay) = match self.cfg.cycle.finetune {
+                    crate::stream::config::Finetune::Lft => (crate::train::Scope::Head, 1e-5),
+                    crate::stream::config::Finetune::Fft => (crate::train::Scope::All, 0.0),
+                };
+                let ft = TrainConfig {
+                    epochs: self.cfg.cycle.epochs,
+                    optimizer: crate::train::Optimizer::Adam {
+                        lr: 1e-3,
+                        weight_decay,
+                    },
+                    scope,
+                    ..recipe.clone()
+                };
+                train(
+                    &model,
+                    &data.select(&clean),
+                    &ft,
+                    &Progress::hidden(),
+                    "bootstrap fine-tune",
+                )?;
+                tracing::info!(
+                    clean = clean.len(),
+                    flagged = data.len() - clean.len(),
+                    epochs = self.cfg.cycle.epochs,
+                    "first model fine-tuned on the samples the cross-fitted verdicts call clean"
+                );
+                source.push_str(&format!(
+                    " (then fine-tuned on the {} of {} its cross-fitted verdicts call clean)",
+                    clean.len(),
+                    data.len()
+                ));
+            }
+        }
         let meta = self.store.publish(
             &self.cfg.model.name,
             &model,
@@ -561,7 +634,7 @@ impl Engine {
                 parent_version: None,
                 sample_window: Some(SampleWindow {
                     samples: data.len() as u64,
-                    source: format!("first samples of topic {}", self.cfg.kafka.input_topic),
+                    source,
                 }),
                 input_range: Some(crate::input_range::InputRange::of(&data)),
                 only_if_first: true,
@@ -576,30 +649,7 @@ impl Engine {
         events.push(EngineEvent::Published(self.announcement(&meta, &[])));
         self.model = Some(model);
         self.set_version(meta.version);
-        let folds = self.cfg.bootstrap.crossfit_folds;
-        if folds < 2 || data.len() < folds {
-            return Ok(None);
-        }
-        let t = Instant::now();
-        let spec = self.model.as_ref().expect("just set").spec().clone();
-        let plan = crate::experiment::CrossFitPlan {
-            folds,
-            recipe: TrainConfig::paper(self.cfg.bootstrap.epochs, self.cfg.bootstrap.seed),
-            attribution: self.cfg.scoring.attribution,
-            attribution_batch: 256,
-        };
-        let scores =
-            crate::experiment::crossfit(&data, &spec, &plan, &self.device, &Progress::hidden())
-                .map_err(|e| match e {
-                    crate::experiment::ExperimentError::Model(m) => EngineError::Model(m),
-                    other => EngineError::Mismatch(other.to_string()),
-                })?;
-        tracing::info!(
-            folds,
-            seconds = t.elapsed().as_secs_f64(),
-            "bootstrap samples scored out of sample (cross-fitted)"
-        );
-        Ok(Some(scores))
+        Ok(scores)
     }
 
     /// The `ModelPublished` event of a version.
