@@ -498,6 +498,45 @@ async fn source_loop(
     let assignments = metrics.consumer_rebalances.with_label_values(&["assign"]);
     let mut paused: Option<u64> = None;
     loop {
+        // Before every pass (also after a `continue`):
+        // More than one message waiting: the scorer is behind, stop fetching until it catches
+        // up (one waiting message is the normal hand-over at full speed).
+        // Paused again after a rebalance while it lasts, so that partitions assigned meanwhile
+        // are paused too (pausing a paused partition is a no-op).
+        let seen = assignments.get();
+        // The sink behind on dead letters: the same, with its own bound.
+        let busy = out.len() >= 2 || sink_out.len() >= SOURCE_SINK_BACKLOG;
+        if paused.is_some() && out.is_empty() && sink_out.len() < SOURCE_SINK_BACKLOG / 2 {
+            // The current assignment: partitions assigned while paused included. Still
+            // paused (tried again next pass) when that fails.
+            match consumer.assignment().map(|tpl| consumer.resume(&tpl)) {
+                Ok(Ok(())) => {
+                    paused = None;
+                    tracing::debug!("scorer and sink caught up: input resumed");
+                }
+                Ok(Err(e)) | Err(e) => {
+                    tracing::warn!(error = %e, "resuming the input partitions failed")
+                }
+            }
+        }
+        if busy && paused != Some(seen) {
+            if let Ok(tpl) = consumer.assignment() {
+                match consumer.pause(&tpl) {
+                    Ok(()) => {
+                        if paused.is_none() {
+                            tracing::debug!(
+                                waiting = out.len(),
+                                dead_letters_waiting = sink_out.len(),
+                                "scorer or sink busy: input paused"
+                            );
+                        }
+                        // Read before the assignment: one that lands in between re-pauses next pass.
+                        paused = Some(seen);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pausing the input partitions failed"),
+                }
+            }
+        }
         let wait = deadline.saturating_duration_since(Instant::now());
         tokio::select! {
             biased;
@@ -599,40 +638,6 @@ async fn source_loop(
                             why,
                         });
                     }
-                }
-            }
-        }
-        // More than one message waiting: the scorer is behind, stop fetching until it catches
-        // up (one waiting message is the normal hand-over at full speed).
-        // Paused again after a rebalance while it lasts, so that partitions assigned meanwhile
-        // are paused too (pausing a paused partition is a no-op).
-        let seen = assignments.get();
-        // The sink behind on dead letters: the same, with its own bound.
-        let busy = out.len() >= 2 || sink_out.len() >= SOURCE_SINK_BACKLOG;
-        if paused.is_some() && out.is_empty() && sink_out.len() < SOURCE_SINK_BACKLOG / 2 {
-            paused = None;
-            // The current assignment: partitions assigned while paused included.
-            let tpl = consumer.assignment().unwrap_or_default();
-            match consumer.resume(&tpl) {
-                Ok(()) => tracing::debug!("scorer and sink caught up: input resumed"),
-                Err(e) => tracing::warn!(error = %e, "resuming the input partitions failed"),
-            }
-        }
-        if busy && paused != Some(seen) {
-            if let Ok(tpl) = consumer.assignment() {
-                match consumer.pause(&tpl) {
-                    Ok(()) => {
-                        if paused.is_none() {
-                            tracing::debug!(
-                                waiting = out.len(),
-                                dead_letters_waiting = sink_out.len(),
-                                "scorer or sink busy: input paused"
-                            );
-                        }
-                        // Read before the assignment: one that lands in between re-pauses next pass.
-                        paused = Some(seen);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "pausing the input partitions failed"),
                 }
             }
         }

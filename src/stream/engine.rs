@@ -35,7 +35,7 @@ use crate::data::Dataset;
 use crate::input_range::InputRange;
 use crate::metrics::DaemonMetrics;
 use crate::model::{parse_device, Model, ModelError, ModelSpec};
-use crate::partition::{Estimator, PartitionError, PartitionFeatures};
+use crate::partition::{PartitionError, PartitionFeatures};
 use crate::progress::Progress;
 use crate::store::{ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
 use crate::stream::config::DaemonConfig;
@@ -192,6 +192,8 @@ pub struct Engine {
     waiting_logged: bool,
     /// Since when this replica has held `bootstrap.samples` without a first model.
     follower_waiting_since: Option<Instant>,
+    /// A skipped cycle has been recorded for the current spell of provisional verdicts.
+    provisional_skip_recorded: bool,
 }
 
 /// How long a follower holding `bootstrap.samples` waits for the leader's first model before
@@ -271,6 +273,7 @@ impl Engine {
             input_range: SharedInputRange::default(),
             waiting_logged: false,
             follower_waiting_since: None,
+            provisional_skip_recorded: false,
             cfg,
         };
         if let Some(v) = e.newest_version()? {
@@ -283,14 +286,9 @@ impl Engine {
                     e.trigger = cp.trigger;
                     e.trigger.params = e.cfg.trigger.clone();
                     e.trigger.restarted();
-                    // A checkpoint of the other rule (the config changed) warms up anew.
-                    if let Some(g) = cp.gmm.filter(|g| {
-                        matches!(
-                            (g, e.cfg.scoring.estimator),
-                            (Verdicter::NoiseModel { .. }, Estimator::NoiseModel)
-                                | (Verdicter::Mixture(_), Estimator::Mixture)
-                        )
-                    }) {
+                    // A checkpoint of the other rule (the config changed), or of a provisional
+                    // stand-in for the mixture, warms up anew.
+                    if let Some(g) = cp.gmm.and_then(|g| g.restored_as(e.cfg.scoring.estimator)) {
                         e.gmm = Some(g);
                         e.phase = Phase::Scoring;
                         tracing::info!(
@@ -339,6 +337,7 @@ impl Engine {
     }
 
     fn set_version(&mut self, v: u64) {
+        self.provisional_skip_recorded = false;
         let range = self
             .store
             .metadata(&self.cfg.model.name, v)
@@ -554,31 +553,11 @@ impl Engine {
         let recipe = TrainConfig::paper(self.cfg.bootstrap.epochs, self.cfg.bootstrap.seed);
         train(&model, &data, &recipe, &Progress::hidden(), "bootstrap")?;
         let folds = self.cfg.bootstrap.crossfit_folds;
-        let scores = if folds >= 2 && data.len() >= folds {
-            let tc = Instant::now();
-            let plan = crate::experiment::CrossFitPlan {
-                folds,
-                recipe: recipe.clone(),
-                attribution: self.cfg.scoring.attribution,
-                attribution_batch: 256,
-            };
-            let scores = crate::experiment::crossfit(
-                &data,
-                model.spec(),
-                &plan,
-                &self.device,
-                &Progress::hidden(),
-            )
-            .map_err(|e| match e {
-                crate::experiment::ExperimentError::Model(m) => EngineError::Model(m),
-                other => EngineError::Mismatch(other.to_string()),
-            })?;
-            tracing::info!(
-                folds,
-                seconds = tc.elapsed().as_secs_f64(),
-                "bootstrap samples scored out of sample (cross-fitted)"
-            );
-            Some(scores)
+        let can_crossfit = folds >= 2 && data.len() >= folds;
+        // Cross-fitted before publishing only when the fine-tune needs the verdicts: otherwise
+        // the first model goes out first (followers wait for it).
+        let mut scores = if can_crossfit && self.cfg.bootstrap.finetune_clean {
+            Some(self.crossfit_scores(&data, model.spec(), &recipe)?)
         } else {
             None
         };
@@ -647,8 +626,41 @@ impl Engine {
             "first model trained and published"
         );
         events.push(EngineEvent::Published(self.announcement(&meta, &[])));
+        if can_crossfit && scores.is_none() {
+            scores = Some(self.crossfit_scores(&data, model.spec(), &recipe)?);
+        }
         self.model = Some(model);
         self.set_version(meta.version);
+        Ok(scores)
+    }
+
+    /// The bootstrap samples `data` scored out of sample by `bootstrap.crossfit_folds` fold
+    /// models of `spec` trained with `recipe`.
+    fn crossfit_scores(
+        &self,
+        data: &crate::data::Dataset,
+        spec: &ModelSpec,
+        recipe: &TrainConfig,
+    ) -> Result<Attributions, EngineError> {
+        let t = Instant::now();
+        let folds = self.cfg.bootstrap.crossfit_folds;
+        let plan = crate::experiment::CrossFitPlan {
+            folds,
+            recipe: recipe.clone(),
+            attribution: self.cfg.scoring.attribution,
+            attribution_batch: 256,
+        };
+        let scores =
+            crate::experiment::crossfit(data, spec, &plan, &self.device, &Progress::hidden())
+                .map_err(|e| match e {
+                    crate::experiment::ExperimentError::Model(m) => EngineError::Model(m),
+                    other => EngineError::Mismatch(other.to_string()),
+                })?;
+        tracing::info!(
+            folds,
+            seconds = t.elapsed().as_secs_f64(),
+            "bootstrap samples scored out of sample (cross-fitted)"
+        );
         Ok(scores)
     }
 
@@ -855,12 +867,45 @@ impl Engine {
         self.force_cycle = false;
         if gmm.provisional() {
             // No cycle on provisional verdicts: the partition it would prune and fine-tune by
-            // comes from a stand-in rule. Recorded as skipped; the cool-down spaces the tries.
+            // comes from a stand-in rule. First try the mixture again on the replay buffer
+            // (the input may have moved on from the duplicates that defeated it).
+            let refit = warm_verdicter(
+                &self.cfg,
+                model,
+                &self.replay.snapshot(self.cfg.image_shape()),
+                None,
+            );
+            let now = self.clock.elapsed().as_secs_f64();
+            match refit {
+                Ok(v) if !v.provisional() => {
+                    tracing::info!(
+                        samples = self.replay.len(),
+                        "the mixture fits on the replay buffer now: verdicts are no longer provisional"
+                    );
+                    self.gmm = Some(v);
+                    self.trigger.cycle_ended(now, false);
+                    self.provisional_skip_recorded = false;
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-fitting the verdict rule on the replay buffer failed")
+                }
+            }
+            // Recorded as skipped once per provisional spell (not at every cool-down, which
+            // would fill the cycle history and the CyclesFailing alert); the cool-down spaces
+            // the tries.
+            if std::mem::replace(&mut self.provisional_skip_recorded, true) {
+                tracing::debug!("cycle due, verdicts still provisional");
+                self.trigger.cycle_ended(now, false);
+                return;
+            }
             let mut record = CycleRecord::new(cause, self.version, self.replay.len());
             record.outcome = CycleOutcome::Skipped;
             record.reason = "the verdicts are provisional: the configured mixture could not be \
                              fitted on this model's scores and the noise model stands in; the \
-                             next model version tries the mixture again"
+                             mixture is tried again on the replay buffer whenever a cycle falls \
+                             due, and with each new model version"
                 .into();
             self.finish_cycle(
                 CycleResult {

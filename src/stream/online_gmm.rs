@@ -48,21 +48,26 @@ pub enum StepSize {
 impl StepSize {
     /// γ for update number `t` (0-based).
     pub fn gamma(&self, t: u64) -> f64 {
+        self.gamma_at(t as f64)
+    }
+
+    /// γ at schedule position `t` (fractional: see [`StepSize::gamma_for_batch`]).
+    pub fn gamma_at(&self, t: f64) -> f64 {
         match *self {
-            StepSize::Decaying { gamma0, n0, alpha } => {
-                (gamma0 * (t as f64 + n0).powf(-alpha)).min(1.0)
-            }
+            StepSize::Decaying { gamma0, n0, alpha } => (gamma0 * (t + n0).powf(-alpha)).min(1.0),
             StepSize::Constant { gamma } => gamma,
         }
     }
 
-    /// γ for update number `t` on a mini-batch of `n` samples when the schedule is meant
+    /// γ at schedule position `t` for a mini-batch of `n` samples when the schedule is meant
     /// for mini-batches of `nominal` samples: `1 − (1 − γ_t)^(n / nominal)`, so that a batch
     /// of one sample moves the statistics by about a `nominal`-th of a full step (a burst of
     /// single-sample batches, or one poison sample alone in a batch, cannot pull the rule as
-    /// far as a whole mini-batch). `nominal` 0 means every update is a full step.
-    pub fn gamma_for_batch(&self, t: u64, n: usize, nominal: usize) -> f64 {
-        let g = self.gamma(t);
+    /// far as a whole mini-batch). The caller advances `t` by `n / nominal` (at most 1), so a
+    /// slow stream of small batches follows the same schedule per sample as a fast one.
+    /// `nominal` 0 means every update is a full step.
+    pub fn gamma_for_batch(&self, t: f64, n: usize, nominal: usize) -> f64 {
+        let g = self.gamma_at(t);
         if nominal == 0 || n >= nominal {
             return g;
         }
@@ -177,6 +182,10 @@ pub struct OnlineGmm {
     /// a full step (checkpoints written before this field).
     #[serde(default)]
     pub nominal_batch: usize,
+    /// Position in the step schedule when `nominal_batch` > 0: advanced by
+    /// `min(1, n / nominal_batch)` per update of `n` samples (else `updates` is the position).
+    #[serde(default)]
+    pub schedule_t: f64,
     /// Stepwise updates applied since the warm-up fit.
     pub updates: u64,
     /// Samples seen by updates since the warm-up fit.
@@ -283,6 +292,7 @@ impl OnlineGmm {
             min_noisy_loss: DEFAULT_MIN_NOISY_LOSS,
             step,
             nominal_batch: 0,
+            schedule_t: 0.0,
             updates: 0,
             samples: 0,
         };
@@ -463,9 +473,12 @@ impl OnlineGmm {
         let r = self.responsibilities(&z)?;
         let posterior_noisy = self.noisy_posteriors(&r);
         let d = self.dim;
-        let gamma = self
-            .step
-            .gamma_for_batch(self.updates, n, self.nominal_batch);
+        let t = if self.nominal_batch == 0 {
+            self.updates as f64
+        } else {
+            self.schedule_t
+        };
+        let gamma = self.step.gamma_for_batch(t, n, self.nominal_batch);
         let inv_n = 1.0 / n as f64;
         let mut b0 = [0.0; 2];
         let mut b1 = [vec![0.0; d], vec![0.0; d]];
@@ -497,6 +510,9 @@ impl OnlineGmm {
             blend(&self.s2[k], &b2[k], &mut next.s2[k]);
         }
         next.updates += 1;
+        if self.nominal_batch > 0 {
+            next.schedule_t += (n as f64 / self.nominal_batch as f64).min(1.0);
+        }
         next.samples += n as u64;
         // Keep the previous state if the M-step would leave a degenerate covariance.
         next.components()?;
