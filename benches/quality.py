@@ -234,7 +234,7 @@ def main():
             for epochs in (5, 30):
                 csv_path = os.path.join(a.out, f"{tag}-e{epochs}.csv")
                 if a.reuse_offline and os.path.exists(csv_path):
-                    offline[epochs] = (read_posteriors(csv_path), float("nan"))
+                    offline[epochs] = (read_posteriors(csv_path), None)
                     continue
                 secs = sh([a.rlap, "experiment", "--dataset", spec, "--corruption", corruption,
                            "--seed", str(a.seed), "--epochs", str(epochs), "--partition-only", "--quiet",

@@ -80,8 +80,9 @@ pub struct SampleWindow {
 pub struct AcceptanceEvidence {
     /// The guard's reason, in words.
     pub reason: String,
-    /// `holdout` (clean samples the parent had not trained on), `holdout-all` or `validation`
-    /// (the trusted set).
+    /// `holdout-unseen` (samples the parent had not trained on), `holdout` (the clean ones
+    /// among them), `holdout-all` (the fallback when too few are unseen) or `validation` (the
+    /// trusted set); see `crate::stream::cycle::CycleRecord::eval_set`.
     pub eval_set: String,
     /// Evaluation samples.
     pub eval_samples: usize,
@@ -448,11 +449,22 @@ mod tests {
                     &m,
                     PublishInfo {
                         parent_version: v.checked_sub(1).filter(|&p| p > 0),
+                        acceptance: (v == 3).then(|| AcceptanceEvidence {
+                            reason: "holdout-unseen: better".into(),
+                            eval_set: "holdout-unseen".into(),
+                            eval_samples: 600,
+                            accuracy_before: 0.8,
+                            accuracy_after: 0.85,
+                            difference_interval: (0.02, 0.08),
+                            recall_before: vec![Some(0.9), None],
+                            recall_after: vec![Some(0.92), None],
+                        }),
                         ..Default::default()
                     },
                 )
                 .unwrap();
             assert_eq!(meta.version, v);
+            assert_eq!(meta.acceptance.is_some(), v == 3);
         }
         assert_eq!(
             store.versions("digits").unwrap(),
@@ -463,6 +475,8 @@ mod tests {
         let meta = store.metadata("digits", 3).unwrap();
         assert_eq!(meta.pruned_neurons, vec![2, 3]);
         assert_eq!(meta.parent_version, Some(2));
+        let a = meta.acceptance.as_ref().expect("the evidence round-trips");
+        assert_eq!((a.eval_samples, a.recall_after[0]), (600, Some(0.92)));
         let onnx = std::fs::read(store.version_dir("digits", 3).unwrap().join(ONNX_FILE)).unwrap();
         assert_eq!(
             meta.sha256[ONNX_FILE],

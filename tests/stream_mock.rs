@@ -1026,7 +1026,8 @@ fn a_cycle_fires_when_the_noise_rate_crosses_the_threshold() {
     assert_eq!(c.cause, "trigger");
     assert_eq!(c.parent_version, 1);
     assert!(c.samples >= 1000, "cycle on {} samples", c.samples);
-    // An accepted cycle's evidence is in its version's metadata.json.
+    // An accepted cycle's evidence is in its version's metadata.json (checked when this run
+    // accepted one; `store::tests` checks the round trip either way).
     let store = rlap::store::ModelStore::open(&cfg.model.store, usize::MAX).unwrap();
     for c in &summary.cycles {
         let Some(v) = c.new_version else { continue };

@@ -358,9 +358,9 @@ pub struct CycleConfig {
     /// `prune_fraction` of H is pruned however many cycles run; `false`: pruning accumulates
     /// over cycles up to half of H, after which cycles only fine-tune.
     pub regrow: bool,
-    /// Fraction of the buffered clean samples held out to compare the models, drawn from
-    /// those the current model has not trained on and at most half of them
-    /// ([`crate::stream::cycle`]).
+    /// Fraction of the buffered samples (`cycle.guard.holdout = "unseen"`; of the clean ones
+    /// with `"clean"`) held out to compare the models, drawn from those the current model has
+    /// not trained on and at most half of them ([`crate::stream::cycle`]).
     pub holdout_fraction: f64,
     /// The acceptance guard (`[cycle.guard]`, [`crate::stream::guard`]).
     pub guard: crate::stream::guard::GuardParams,
@@ -486,6 +486,12 @@ impl DaemonConfig {
         }
         if k.group_id.is_empty() {
             p.push("kafka.group_id is empty".into());
+        }
+        if self.bootstrap.finetune_clean && self.bootstrap.crossfit_folds < 2 {
+            p.push(format!(
+                "bootstrap.finetune_clean needs the cross-fitted verdicts: set bootstrap.crossfit_folds >= 2 (now {})",
+                self.bootstrap.crossfit_folds
+            ));
         }
         if k.input_topic.is_empty() {
             p.push("kafka.input_topic is empty".into());

@@ -7,11 +7,14 @@
 //! replay buffer; their clean/noisy split comes from the verdicts they got on arrival, from a
 //! model that had not trained on them (never from any ground truth, and never from a re-score
 //! by the current model, which has memorised the noisy labels it fine-tuned on). The held-out
-//! slice — `holdout_fraction` of the clean samples, drawn after a seeded shuffle from those
-//! the current model has not trained on (they arrived after its training data; see
-//! [`CycleInput::holdout_from`]), but never more than half of those, so the candidate also
-//! fine-tunes on new samples — is excluded from fine-tuning and compares the current and
-//! candidate models unless a trusted validation set is configured. Drawing it from the
+//! slice — `holdout_fraction` of the samples (`cycle.guard.holdout = "unseen"`, default,
+//! compared by their given labels) or of the clean ones (`"clean"`), drawn after a seeded
+//! shuffle from those the current model has not trained on (they arrived after its training
+//! data; see [`CycleInput::holdout_from`]), but never more than half of those, so the candidate
+//! also fine-tunes on new samples — is excluded from fine-tuning and compares the current and
+//! candidate models unless a trusted validation set is configured. Only clean samples are
+//! fine-tuned on. Drawing the slice from the clean samples alone favours the current model:
+//! they are the ones it agrees with. Drawing it from the
 //! current model's own training samples would favour that model: it has fitted their labels,
 //! noisy ones included, and the pruned candidate partly forgets them. The acceptance guard
 //! ([`crate::stream::guard`]) skips a cycle whose evaluation set is too small to judge, and
