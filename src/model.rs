@@ -779,6 +779,18 @@ pub(crate) mod tests {
         ));
     }
 
+    /// Largest absolute elementwise difference of two same-shape tensors.
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn structural_removal_keeps_logits() {
         for arch in [Arch::Mlp, Arch::Cnn] {
@@ -788,16 +800,7 @@ pub(crate) mod tests {
             assert_eq!(small.spec().hidden, 17);
             assert_eq!(small.param("fc2.weight").dims(), &[10, 17]);
             let x = batch(8);
-            let a = m.forward(&x).unwrap();
-            let b = small.forward(&x).unwrap();
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&m.forward(&x).unwrap(), &small.forward(&x).unwrap());
             assert!(diff < 1e-5, "{diff}");
         }
     }
@@ -811,14 +814,7 @@ pub(crate) mod tests {
             let before = m.forward(&x).unwrap();
             m.regrow(&[7, 19, 4], 11).unwrap();
             assert_eq!(m.pruned(), vec![0], "4 was never pruned: ignored");
-            let diff = (before - m.forward(&x).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&before, &m.forward(&x).unwrap());
             assert!(diff < 1e-6, "{arch:?}: logits moved by {diff}");
             let w = m.param("fc.weight").to_vec2::<f32>().unwrap();
             assert!(w[7].iter().any(|&v| v != 0.0) && w[19].iter().any(|&v| v != 0.0));
