@@ -497,6 +497,8 @@ async fn source_loop(
     // assignment (a rebalance) while paused gets paused too; otherwise no per-message call.
     let assignments = metrics.consumer_rebalances.with_label_values(&["assign"]);
     let mut paused: Option<u64> = None;
+    // The number of assignments seen when the input was last resumed while not paused.
+    let mut resumed_for = 0u64;
     loop {
         // Before every pass (also after a `continue`):
         // More than one message waiting: the scorer is behind, stop fetching until it catches
@@ -535,6 +537,15 @@ async fn source_loop(
                     }
                     Err(e) => tracing::warn!(error = %e, "pausing the input partitions failed"),
                 }
+            }
+        }
+        // Not paused: partitions (re)assigned since the last pass are resumed explicitly. A
+        // resume that raced a rebalance (run between its revoke and its assign, on an empty
+        // assignment) would otherwise leave partitions librdkafka still marks paused from
+        // before the revoke stopped for good. Resuming an unpaused partition is a no-op.
+        if paused.is_none() && resumed_for != seen {
+            if let Ok(Ok(())) = consumer.assignment().map(|tpl| consumer.resume(&tpl)) {
+                resumed_for = seen;
             }
         }
         let wait = deadline.saturating_duration_since(Instant::now());
