@@ -687,6 +687,9 @@ pub fn parse_device(name: &str) -> Result<Device, ModelError> {
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
     Device::new_cuda(ordinal).map_err(|e| {
+        // candle's error carries a multi-line backtrace: one line is enough here.
+        let e = e.to_string();
+        let e = e.lines().next().unwrap_or_default();
         ModelError::Device(format!(
             "cannot open GPU cuda:{ordinal} ({e}); is a GPU visible (nvidia-smi)?"
         ))
