@@ -208,6 +208,26 @@ pub struct CycleResult {
     pub accepted: Option<(Model, VersionMetadata, Verdicter)>,
 }
 
+/// A cycle's fine-tuning recipe (§3.4): `cycle.epochs` of Adam (lr 1e-3, batch 64) over every
+/// parameter (F-FT) or the head only with weight decay 1e-5 (L-FT), per `cycle.finetune`,
+/// shuffled with `seed`. The bootstrap's optional fine-tune and the demo's Oracle use it too.
+pub fn finetune_recipe(cfg: &DaemonConfig, seed: u64) -> TrainConfig {
+    let (scope, weight_decay) = match cfg.cycle.finetune {
+        Finetune::Lft => (Scope::Head, 1e-5),
+        Finetune::Fft => (Scope::All, 0.0),
+    };
+    TrainConfig {
+        epochs: cfg.cycle.epochs,
+        batch_size: 64,
+        optimizer: Optimizer::Adam {
+            lr: 1e-3,
+            weight_decay,
+        },
+        scope,
+        seed,
+    }
+}
+
 /// Attribute `data` with `model` (batches of 256, no progress bar).
 ///
 /// # Errors
@@ -406,23 +426,10 @@ fn cycle_steps(
         return Ok(None);
     }
     let tune = data.select(&tune_idx);
-    let (scope, weight_decay) = match cfg.cycle.finetune {
-        Finetune::Lft => (Scope::Head, 1e-5),
-        Finetune::Fft => (Scope::All, 0.0),
-    };
     train(
         &candidate,
         &tune,
-        &TrainConfig {
-            epochs: cfg.cycle.epochs,
-            batch_size: 64,
-            optimizer: Optimizer::Adam {
-                lr: 1e-3,
-                weight_decay,
-            },
-            scope,
-            seed: cfg.cycle.seed.wrapping_add(input.version),
-        },
+        &finetune_recipe(cfg, cfg.cycle.seed.wrapping_add(input.version)),
         &Progress::hidden(),
         "cycle fine-tune",
     )?;

@@ -337,19 +337,7 @@ pub fn oracle_accuracy(args: &DemoArgs, cfg: &DaemonConfig) -> Result<f64, ToolE
     crate::train::train(&model, &set, &recipe, &Progress::hidden(), "oracle").map_err(err)?;
     if cfg.bootstrap.finetune_clean && cfg.bootstrap.crossfit_folds >= 2 {
         // The first model's fine-tune on its clean partition: with true labels, every sample.
-        let (scope, weight_decay) = match cfg.cycle.finetune {
-            crate::stream::config::Finetune::Lft => (crate::train::Scope::Head, 1e-5),
-            crate::stream::config::Finetune::Fft => (crate::train::Scope::All, 0.0),
-        };
-        let ft = crate::train::TrainConfig {
-            epochs: cfg.cycle.epochs,
-            optimizer: crate::train::Optimizer::Adam {
-                lr: 1e-3,
-                weight_decay,
-            },
-            scope,
-            ..recipe
-        };
+        let ft = crate::stream::cycle::finetune_recipe(cfg, cfg.bootstrap.seed);
         crate::train::train(&model, &set, &ft, &Progress::hidden(), "oracle fine-tune")
             .map_err(err)?;
     }

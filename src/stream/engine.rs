@@ -573,19 +573,7 @@ impl Engine {
                 .collect();
             // Provisional verdicts (a stand-in rule) do not decide what the model learns.
             if !v.provisional() && clean.len() >= 64 && clean.len() < data.len() {
-                let (scope, weight_decay) = match self.cfg.cycle.finetune {
-                    crate::stream::config::Finetune::Lft => (crate::train::Scope::Head, 1e-5),
-                    crate::stream::config::Finetune::Fft => (crate::train::Scope::All, 0.0),
-                };
-                let ft = TrainConfig {
-                    epochs: self.cfg.cycle.epochs,
-                    optimizer: crate::train::Optimizer::Adam {
-                        lr: 1e-3,
-                        weight_decay,
-                    },
-                    scope,
-                    ..recipe.clone()
-                };
+                let ft = crate::stream::cycle::finetune_recipe(&self.cfg, self.cfg.bootstrap.seed);
                 train(
                     &model,
                     &data.select(&clean),
