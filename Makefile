@@ -3,7 +3,7 @@
 # the Apache Kafka broker jars, idempotently.
 CARGO ?= cargo
 
-.PHONY: setup setup-kafka setup-prometheus setup-peers demo experiment test bench bench-stream bench-quality bench-prune bench-repair bench-cycles lint
+.PHONY: setup setup-kafka setup-prometheus setup-peers setup-torch bench-peer demo experiment test bench bench-stream bench-quality bench-prune bench-repair bench-cycles lint
 
 setup:
 	./scripts/setup-data.sh
@@ -50,6 +50,20 @@ setup-peers:
 	test -x $(PEERS_PY) || python3 -m venv .cache/peers
 	$(PEERS_PY) -c 'import cleanlab, sklearn' 2>/dev/null || \
 	  $(PEERS_PY) -m pip install --quiet scikit-learn==1.9.1 cleanlab==2.9.0
+
+# PyTorch (CPU wheels from PyPI; the Linux wheel pulls its CUDA libraries too, ~5 GB) as the
+# speed peer of `rlap bench`, in its own project-local venv.
+TORCH_PY := .cache/torch/bin/python
+setup-torch:
+	test -x $(TORCH_PY) || python3 -m venv .cache/torch
+	$(TORCH_PY) -c 'import torch, numpy' 2>/dev/null || \
+	  $(TORCH_PY) -m pip install --quiet torch==2.15.0 numpy
+
+# rlap beside PyTorch on this CPU: same models, batches and work, interleaved rounds, medians
+# and ratios (README, "Speed"). About 5 min on 2 cores.
+bench-peer: setup setup-torch
+	$(CARGO) build --release
+	$(TORCH_PY) benches/torch_peer.py --json out/bench-peer.json
 
 # Verdict quality against cleanlab and the small-loss GMM on the same labels (README,
 # "Verdict quality"): Fashion-MNIST (20,000-sample subsample) and the UCI digits table, six

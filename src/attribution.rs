@@ -124,11 +124,22 @@ pub struct Attributions {
     pub probs: Vec<f32>,
 }
 
-/// Attribute every sample of `data` in batches of `batch_size`.
+/// Attribute every sample of `data` in batches of `batch_size`, on a worker of the
+/// matrix-product pool ([`crate::cpu::compute`]).
 ///
 /// # Errors
 /// [`ModelError`] from the forward or backward pass.
 pub fn attribute(
+    model: &Model,
+    data: &Dataset,
+    mode: AttributionMode,
+    batch_size: usize,
+    progress: &Progress,
+) -> Result<Attributions, ModelError> {
+    crate::cpu::compute(|| attribute_on_this_thread(model, data, mode, batch_size, progress))
+}
+
+fn attribute_on_this_thread(
     model: &Model,
     data: &Dataset,
     mode: AttributionMode,

@@ -89,11 +89,15 @@ pub fn bench_attribution(
     let mut secs = Vec::new();
     for _ in 0..repeats {
         let t = Instant::now();
-        for (x, y) in &inputs {
-            let a = attribute_batch(model, x, y, mode)?;
-            // Bring the result to the host, as the experiment does.
-            a.attributions.flatten_all()?.to_vec1::<f32>()?;
-        }
+        // On a pool worker, as `attribution::attribute` runs in the experiment and the daemon.
+        crate::cpu::compute(|| -> Result<(), ModelError> {
+            for (x, y) in &inputs {
+                let a = attribute_batch(model, x, y, mode)?;
+                // Bring the result to the host, as the experiment does.
+                a.attributions.flatten_all()?.to_vec1::<f32>()?;
+            }
+            Ok(())
+        })?;
         secs.push(t.elapsed().as_secs_f64());
     }
     let passes = match mode {
@@ -156,8 +160,11 @@ pub struct StepBreakdown {
     pub batch: usize,
     /// Median milliseconds of the forward pass and loss.
     pub forward_ms: f64,
-    /// Median milliseconds of `backward()`.
+    /// Median milliseconds of candle's autograd `backward()`.
     pub backward_ms: f64,
+    /// Median milliseconds of forward, loss and gradients as training computes them
+    /// ([`crate::train::loss_and_grads`]: hand-written for the MLP, autograd for the CNN's body).
+    pub training_grads_ms: f64,
     /// Median milliseconds of rlap's fused Adam step.
     pub fused_adam_ms: f64,
     /// Median milliseconds of candle-nn's AdamW step on the same model.
@@ -169,6 +176,16 @@ pub struct StepBreakdown {
 /// # Errors
 /// [`ModelError`].
 pub fn step_breakdown(
+    spec: &ModelSpec,
+    data: &Dataset,
+    batch: usize,
+    steps: usize,
+) -> Result<StepBreakdown, ModelError> {
+    // On a pool worker, as training runs.
+    crate::cpu::compute(|| step_breakdown_on_this_thread(spec, data, batch, steps))
+}
+
+fn step_breakdown_on_this_thread(
     spec: &ModelSpec,
     data: &Dataset,
     batch: usize,
@@ -194,7 +211,7 @@ pub fn step_breakdown(
             ..Default::default()
         },
     )?;
-    let (mut f, mut b, mut o, mut c) = (vec![], vec![], vec![], vec![]);
+    let (mut f, mut b, mut o, mut c, mut tg) = (vec![], vec![], vec![], vec![], vec![]);
     for s in 0..steps {
         let idx: Vec<usize> = (s * batch..(s + 1) * batch)
             .map(|i| i % data.len())
@@ -206,6 +223,11 @@ pub fn step_breakdown(
         let t = Instant::now();
         let grads = loss.backward()?;
         b.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let (_, grads_hand) =
+            crate::train::loss_and_grads(&model, &x, &y, crate::train::Scope::All)?;
+        tg.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(grads_hand);
         let t = Instant::now();
         ours.step(&grads)?;
         o.push(t.elapsed().as_secs_f64() * 1e3);
@@ -219,6 +241,7 @@ pub fn step_breakdown(
         batch,
         forward_ms: median(f),
         backward_ms: median(b),
+        training_grads_ms: median(tg),
         fused_adam_ms: median(o),
         candle_adamw_ms: median(c),
     })

@@ -387,9 +387,9 @@ struct BenchArgs {
     /// mlp | cnn
     #[arg(long, default_value = "mlp")]
     model: Arch,
-    /// Attribution batch size.
-    #[arg(long, default_value_t = 256)]
-    batch: usize,
+    /// Attribution batch sizes, comma-separated (each is measured).
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    batch: Vec<usize>,
     /// Training batch size.
     #[arg(long, default_value_t = 64)]
     train_batch: usize,
@@ -809,7 +809,12 @@ fn sweep(
 }
 
 fn run_bench(a: BenchArgs) -> Result<()> {
-    if a.epoch_samples == 0 || a.batch == 0 || a.train_batch == 0 || a.repeats == 0 {
+    if a.epoch_samples == 0
+        || a.batch.is_empty()
+        || a.batch.contains(&0)
+        || a.train_batch == 0
+        || a.repeats == 0
+    {
         bail!("--epoch-samples, --batch, --train-batch and --repeats must be > 0");
     }
     let device = parse_device(&a.device)?;
@@ -828,10 +833,12 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         rayon::current_num_threads()
     );
     let mut results = Vec::new();
-    for mode in [AttributionMode::LabelGradient, AttributionMode::MaxClass] {
-        results.push(bench::bench_attribution(
-            &model, &data, mode, a.batch, 40, a.repeats,
-        )?);
+    for &batch in &a.batch {
+        for mode in [AttributionMode::LabelGradient, AttributionMode::MaxClass] {
+            results.push(bench::bench_attribution(
+                &model, &data, mode, batch, 40, a.repeats,
+            )?);
+        }
     }
     results.push(bench::bench_epoch(
         &model,
@@ -852,8 +859,8 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let breakdown = if device.is_cpu() {
         let b = bench::step_breakdown(&spec, &data, a.train_batch, 50)?;
         println!(
-            "training step at batch {} (median ms): forward {:.2}, backward {:.2}, fused Adam {:.2}, candle-nn AdamW {:.2}",
-            b.batch, b.forward_ms, b.backward_ms, b.fused_adam_ms, b.candle_adamw_ms
+            "training step at batch {} (median ms): forward {:.2}, autograd backward {:.2}, forward+backward as trained {:.2}, fused Adam {:.2}, candle-nn AdamW {:.2}",
+            b.batch, b.forward_ms, b.backward_ms, b.training_grads_ms, b.fused_adam_ms, b.candle_adamw_ms
         );
         Some(b)
     } else {
