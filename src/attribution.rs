@@ -78,7 +78,7 @@ pub fn attribute_batch(
     mode: AttributionMode,
 ) -> Result<BatchAttribution, ModelError> {
     // The body and fc are not differentiated: h becomes a leaf.
-    let h = model.fc(&model.body(x)?.detach())?.detach();
+    let h = model.fc(&model.body_detached(x)?)?.detach();
     let h_var = Var::from_tensor(&h)?;
     let logits = model.head(h_var.as_tensor())?;
     let loss = per_sample_cross_entropy(&logits, y)?;

@@ -26,10 +26,12 @@
 //! - [`metrics`]: Prometheus metrics of the daemon and the API.
 //! - [`bench`]: throughput of attribution and training with FLOP counts.
 //! - [`progress`]: indicatif progress bars, silenced by `--quiet`.
-//! - [`cpu`]: candle CPU threading defaults (set once by the binary).
+//! - [`cnn_cpu`]: the CNN body's forward and backward on the CPU (im2col + GEMM), written out.
+//! - [`cpu`]: CPU threading: the matrix-product pool sized once, the compute run on it.
 
 pub mod attribution;
 pub mod bench;
+pub mod cnn_cpu;
 pub mod corruption;
 pub mod cpu;
 pub mod data;

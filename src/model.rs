@@ -166,6 +166,48 @@ pub struct Param {
     pub group: Group,
 }
 
+thread_local! {
+    /// Buffers of the CNN's CPU kernels, reused across batches on each thread.
+    static CNN_WORKSPACE: std::cell::RefCell<crate::cnn_cpu::Workspace> =
+        std::cell::RefCell::new(crate::cnn_cpu::Workspace::default());
+}
+
+/// The CNN body's parameters copied to the host (small: ~13k floats).
+struct HostConvWeights {
+    image: (usize, usize, usize),
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+}
+
+impl HostConvWeights {
+    fn view(&self) -> crate::cnn_cpu::Weights<'_> {
+        crate::cnn_cpu::Weights {
+            image: self.image,
+            conv1: (&self.w1, &self.b1),
+            conv2: (&self.w2, &self.b2),
+        }
+    }
+}
+
+/// 2×2, stride-2 max-pooling of `x` `[B, C, H, W]` (odd edges dropped, as `max_pool2d`),
+/// written as two `max` reductions: candle 0.11's `max_pool2d` backward scales a unique
+/// maximum's gradient by 1/4, a reduction's backward does not.
+///
+/// # Errors
+/// [`ModelError::Candle`] on a shape mismatch.
+pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor, ModelError> {
+    let (b, c, h, w) = x.dims4()?;
+    let (h2, w2) = (h / 2, w / 2);
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?
+    } else {
+        x.clone()
+    };
+    Ok(x.reshape((b, c, h2, 2, w2, 2))?.max(5)?.max(3)?)
+}
+
 /// A classifier with the RLAP head and a persistent prune mask.
 ///
 /// Shapes: input `[B, D]` (images flattened, reshaped inside for the CNN); `h = fc(body(x))`
@@ -339,11 +381,95 @@ impl Model {
                     let y = x.conv2d(wt, 0, 1, 1, 1)?;
                     Ok(y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?)
                 };
-                let x = conv(&x, "conv1")?.relu()?.max_pool2d(2)?;
-                let x = conv(&x, "conv2")?.relu()?.max_pool2d(2)?;
+                let x = max_pool_2x2(&conv(&x, "conv1")?.relu()?)?;
+                let x = max_pool_2x2(&conv(&x, "conv2")?.relu()?)?;
                 Ok(x.flatten_from(1)?)
             }
         }
+    }
+
+    /// The body's output like [`Model::body`], detached from the graph (no gradient flows to
+    /// the body's parameters through it). For the CNN on the CPU it runs the hand-written
+    /// kernels of [`crate::cnn_cpu`] (im2col + GEMM, buffers reused per thread); same values
+    /// as `body` up to float summation order.
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`] on a shape mismatch.
+    pub fn body_detached(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        if let Some(wt) = self.cnn_cpu_weights(x)? {
+            let n = x.dim(0)?;
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let z = CNN_WORKSPACE
+                .with(|ws| crate::cnn_cpu::forward(&wt.view(), &xs, n, &mut ws.borrow_mut()));
+            return Ok(Tensor::from_vec(
+                z,
+                (n, self.spec.body_width()?),
+                &self.device,
+            )?);
+        }
+        Ok(self.body(x)?.detach())
+    }
+
+    /// The CNN body's weights on the host when the CPU kernels apply (CNN, CPU, f32 input).
+    fn cnn_cpu_weights(&self, x: &Tensor) -> Result<Option<HostConvWeights>, ModelError> {
+        if self.spec.arch != Arch::Cnn || !self.device.is_cpu() || x.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let host = |name: &str| -> Result<Vec<f32>, ModelError> {
+            Ok(self.param(name).flatten_all()?.to_vec1::<f32>()?)
+        };
+        Ok(Some(HostConvWeights {
+            image: self.spec.image_shape.unwrap_or((1, 0, 0)),
+            w1: host("conv1.weight")?,
+            b1: host("conv1.bias")?,
+            w2: host("conv2.weight")?,
+            b2: host("conv2.bias")?,
+        }))
+    }
+
+    /// One training step's gradients for the CNN body on the CPU: the body's output `z`
+    /// `[B, F]` for inputs `x` `[B, D]` goes to `head`, which returns the loss's gradient at
+    /// `z`; then [`crate::cnn_cpu::backward`] gives the body's parameter gradients (named).
+    /// `None` where the kernels do not apply (then use candle's autograd).
+    ///
+    /// # Errors
+    /// [`ModelError::Candle`] on a shape mismatch; `head`'s errors.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn cnn_cpu_body_grads(
+        &self,
+        x: &Tensor,
+        head: impl FnOnce(&Tensor) -> Result<Tensor, ModelError>,
+    ) -> Result<Option<[(String, Tensor); 4]>, ModelError> {
+        let Some(wt) = self.cnn_cpu_weights(x)? else {
+            return Ok(None);
+        };
+        let n = x.dim(0)?;
+        let f = self.spec.body_width()?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let g = CNN_WORKSPACE.with(|ws| -> Result<_, ModelError> {
+            let mut ws = ws.borrow_mut();
+            let z = crate::cnn_cpu::forward(&wt.view(), &xs, n, &mut ws);
+            let dz = head(&Tensor::from_vec(z, (n, f), &self.device)?)?;
+            let dz = dz.flatten_all()?.to_vec1::<f32>()?;
+            Ok(crate::cnn_cpu::backward(
+                &wt.view(),
+                &xs,
+                &dz,
+                n,
+                &mut ws,
+                true,
+            ))
+        })?;
+        let t = |name: &str, v: Vec<f32>| -> Result<(String, Tensor), ModelError> {
+            let shape = self.param(name).dims().to_vec();
+            Ok((name.to_string(), Tensor::from_vec(v, shape, &self.device)?))
+        };
+        Ok(Some([
+            t("conv1.weight", g.conv1_weight)?,
+            t("conv1.bias", g.conv1_bias)?,
+            t("conv2.weight", g.conv2_weight)?,
+            t("conv2.bias", g.conv2_bias)?,
+        ]))
     }
 
     /// The target layer: `[B, F]` → `h`, `[B, H]`, pre-ReLU (§3.2.1).
@@ -393,7 +519,7 @@ impl Model {
                 (end - start, d),
                 &self.device,
             )?;
-            let logits = self.forward(&x)?;
+            let logits = self.head(&self.fc(&self.body_detached(&x)?)?)?;
             out.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
         }
         Ok(out)
@@ -708,6 +834,49 @@ fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
 pub(crate) mod tests {
     use super::*;
     use crate::data::tests::mnist;
+
+    /// The CNN's CPU kernels give candle's body output on real images, for a batch that
+    /// spans several chunks and one that does not, and the 2×2 pool equals `max_pool2d`.
+    #[test]
+    fn cnn_cpu_body_matches_candle() {
+        let split = mnist();
+        let m = Model::new(mnist_spec(Arch::Cnn, 16), &Device::Cpu, 4).unwrap();
+        for n in [3, crate::cnn_cpu::CHUNK * 2 + 5] {
+            let idx: Vec<usize> = (0..n).collect();
+            let (x, _) = crate::train::batch_tensors(&split.train, &idx, &Device::Cpu).unwrap();
+            let want = m
+                .body(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let got = m.body_detached(&x).unwrap();
+            assert_eq!(got.dims(), &[n, m.spec().body_width().unwrap()]);
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            assert!(diff <= 1e-5 * scale, "n {n}: {diff} of {scale}");
+        }
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 7, 6), &Device::Cpu).unwrap();
+        let a = max_pool_2x2(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = x
+            .max_pool2d(2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b);
+    }
 
     pub(crate) fn mnist_spec(arch: Arch, hidden: usize) -> ModelSpec {
         ModelSpec {

@@ -380,8 +380,9 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, ModelEr
 /// MLP, All:  δu = (δh · fc.w) ⊙ 1[u ≥ 0] with z = relu(u), u = body.0(x)
 ///            ∂body.0.w = δuᵀ · x, ∂body.0.b = Σ_b δu           [512, D], [512]
 /// ```
-/// The CNN's body keeps candle's autograd. The test
-/// `hand_written_gradients_match_autograd` checks both paths against `loss.backward()`.
+/// The CNN's body uses the CPU kernels of [`crate::cnn_cpu`] on the CPU and candle's autograd
+/// elsewhere. The test `hand_written_gradients_match_autograd` checks every path against
+/// `loss.backward()`.
 ///
 /// # Errors
 /// [`ModelError::Candle`] on a shape mismatch or device error.
@@ -391,25 +392,64 @@ pub fn loss_and_grads(
     labels: &Tensor,
     scope: Scope,
 ) -> Result<(Tensor, GradStore), ModelError> {
-    let relu_backward = |d: &Tensor, pre: &Tensor| -> Result<Tensor, ModelError> {
-        // 1[pre ≥ 0], as candle's autograd (PyTorch uses > 0): a pruned neuron, whose
-        // pre-activation is exactly 0, keeps the gradient it had (the optimizer masks it).
-        Ok((d * pre.ge(0.0)?.to_dtype(d.dtype())?)?)
-    };
-    let (x, z, u) = match (model.spec().arch, scope) {
-        (_, Scope::Head) => (None, input.clone(), None),
+    let mut grads = GradStore::default();
+    match (model.spec().arch, scope) {
+        (_, Scope::Head) => {
+            let (loss, _) = head_grads(model, input, labels, &mut grads, false)?;
+            Ok((loss, grads))
+        }
         (Arch::Mlp, Scope::All) => {
             let u = input
                 .matmul(&model.param("body.0.weight").t()?)?
                 .broadcast_add(model.param("body.0.bias"))?;
-            (Some(input), u.relu()?, Some(u))
+            let (loss, dz) = head_grads(model, &u.relu()?, labels, &mut grads, true)?;
+            let dz = dz.expect("asked for");
+            let du = relu_backward(&dz, &u)?;
+            grads.insert(model.param("body.0.weight"), du.t()?.matmul(input)?);
+            grads.insert(model.param("body.0.bias"), du.sum(0)?);
+            Ok((loss, grads))
         }
         (Arch::Cnn, Scope::All) => {
-            let loss = cross_entropy(&model.forward(input)?, labels)?;
-            let grads = loss.backward()?;
-            return Ok((loss, grads));
+            let mut loss = None;
+            let body = model.cnn_cpu_body_grads(input, |z| {
+                let (l, dz) = head_grads(model, z, labels, &mut grads, true)?;
+                loss = Some(l);
+                Ok(dz.expect("asked for"))
+            })?;
+            match (body, loss) {
+                (Some(body), Some(loss)) => {
+                    for (name, g) in body {
+                        grads.insert(model.param(&name), g);
+                    }
+                    Ok((loss, grads))
+                }
+                _ => {
+                    let loss = cross_entropy(&model.forward(input)?, labels)?;
+                    let grads = loss.backward()?;
+                    Ok((loss, grads))
+                }
+            }
         }
-    };
+    }
+}
+
+/// `d ⊙ 1[pre ≥ 0]`: ReLU's backward as candle's autograd has it (PyTorch uses `> 0`): a
+/// pruned neuron, whose pre-activation is exactly 0, keeps the gradient it had (the
+/// optimizer masks it).
+fn relu_backward(d: &Tensor, pre: &Tensor) -> Result<Tensor, ModelError> {
+    Ok((d * pre.ge(0.0)?.to_dtype(d.dtype())?)?)
+}
+
+/// The head's part of [`loss_and_grads`]: from the body's output `z` `[B, F]`, the mean
+/// cross-entropy, the gradients of `fc` and `fc2` (into `grads`) and, when `want_dz`, the
+/// gradient at `z` `[B, F]`.
+fn head_grads(
+    model: &Model,
+    z: &Tensor,
+    labels: &Tensor,
+    grads: &mut GradStore,
+    want_dz: bool,
+) -> Result<(Tensor, Option<Tensor>), ModelError> {
     let (w1, b1) = (model.param("fc.weight"), model.param("fc.bias"));
     let (w2, b2) = (model.param("fc2.weight"), model.param("fc2.bias"));
     let h = z.matmul(&w1.t()?)?.broadcast_add(b1)?;
@@ -424,18 +464,13 @@ pub fn loss_and_grads(
     let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let loss = ((&log_p * &onehot)?.sum_all()? * (-1.0 / b as f64))?;
     let g = ((log_p.exp()? - &onehot)? * (1.0 / b as f64))?;
-    let mut grads = GradStore::default();
     grads.insert(w2, g.t()?.matmul(&r)?);
     grads.insert(b2, g.sum(0)?);
     let dh = relu_backward(&g.matmul(w2)?, &h)?;
-    grads.insert(w1, dh.t()?.matmul(&z)?);
+    grads.insert(w1, dh.t()?.matmul(z)?);
     grads.insert(b1, dh.sum(0)?);
-    if let (Some(x), Some(u)) = (x, u) {
-        let du = relu_backward(&dh.matmul(w1)?, &u)?;
-        grads.insert(model.param("body.0.weight"), du.t()?.matmul(x)?);
-        grads.insert(model.param("body.0.bias"), du.sum(0)?);
-    }
-    Ok((loss, grads))
+    let dz = if want_dz { Some(dh.matmul(w1)?) } else { None };
+    Ok((loss, dz))
 }
 
 /// Train `model` on `data` with `cfg`, reporting each epoch on `progress`.
@@ -605,7 +640,7 @@ pub fn body_outputs(
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(batch_size) {
         let (x, _) = batch_tensors(data, chunk, model.device())?;
-        parts.push(model.body(&x)?.detach());
+        parts.push(model.body_detached(&x)?);
     }
     Ok(Tensor::cat(&parts, 0)?)
 }
@@ -651,6 +686,14 @@ mod tests {
         let data = &split.train;
         let idx: Vec<usize> = (0..96).collect();
         let (x, y) = batch_tensors(data, &idx, &Device::Cpu).unwrap();
+        // MNIST's blank background makes whole pooling windows tie exactly; the reference's
+        // `max` sends a tie's gradient to every tied position, the CPU kernels (as PyTorch) to
+        // the first. A small deterministic jitter breaks the ties so both must agree.
+        let jitter: Vec<f32> = (0..x.elem_count())
+            .map(|i| ((i * 7919 % 1000) as f32) * 1e-5)
+            .collect();
+        let jitter = Tensor::from_vec(jitter, x.dims(), &Device::Cpu).unwrap();
+        let x = (x + jitter).unwrap();
         for arch in [Arch::Mlp, Arch::Cnn] {
             let mut m = Model::new(mnist_spec(arch, 32), &Device::Cpu, 3).unwrap();
             let cfg = TrainConfig {
