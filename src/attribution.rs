@@ -1,26 +1,26 @@
 //! Gradient attribution at the target layer (§3.2.1): one H-dimensional vector per sample.
 //!
 //! This module owns both attribution modes, always batched (never one backward pass per
-//! sample): `label-gradient` takes one backward pass per batch; `max-class` is the closed form
-//! of the K per-class gradients, one matrix expression per batch:
-//! - `max-class`: `a(x) = | max_c (∂y_c/∂h ⊙ h) |` (the paper's notebooks; label-free);
+//! sample), each a closed form of the forward quantities, one matrix expression per batch:
+//! - `max-class`: `a(x) = | max_c (∂y_c/∂h ⊙ h) |` (the paper's notebooks; label-free)
+//!   `= | relu(h) ⊙ max_c W2[c, :] |`;
 //! - `label-gradient`: `a(x) = | ∂ℓ(f(x), y_given)/∂h ⊙ h |`, ℓ = cross-entropy (project
-//!   decision; label-aware, needed for label noise).
+//!   decision; label-aware, needed for label noise) `= | ((softmax − onehot(y))·W2) ⊙ relu(h) |`.
 //!
-//! `h` is the pre-ReLU output of `fc`. The gradient of a batch-summed quantity w.r.t. the leaf
-//! `h` gives every sample its own row. The same pass also returns `h` (the regressors of §3.3)
-//! and the per-sample cross-entropy (the clean-component rule of §3.2.2).
+//! `h` is the pre-ReLU output of `fc`. No autograd graph is built; the tests hold both forms to
+//! the definitions computed literally by autograd. The same pass also returns `h` (the
+//! regressors of §3.3) and the per-sample cross-entropy (the clean-component rule of §3.2.2).
 
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{Tensor, Var, D};
+use candle_core::{Tensor, D};
 use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::model::{Model, ModelError};
 use crate::progress::Progress;
-use crate::train::{batch_tensors, per_sample_cross_entropy};
+use crate::train::batch_tensors;
 
 /// Attribution mode (the `--attribution` option).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -77,31 +77,39 @@ pub fn attribute_batch(
     y: &Tensor,
     mode: AttributionMode,
 ) -> Result<BatchAttribution, ModelError> {
-    // The body and fc are not differentiated: h becomes a leaf.
+    // Nothing here is differentiated by autograd: both modes are closed forms of the forward
+    // quantities, one matrix expression per batch.
     let h = model.fc(&model.body_detached(x)?)?.detach();
-    let h_var = Var::from_tensor(&h)?;
-    let logits = model.head(h_var.as_tensor())?;
-    let loss = per_sample_cross_entropy(&logits, y)?;
+    let logits = model.head(&h)?.detach();
+    let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let loss = log_p.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    let w2 = model.param("fc2.weight").detach();
     let attributions = match mode {
         AttributionMode::LabelGradient => {
-            let grads = loss.sum_all()?.backward()?;
-            let g = grads
-                .get(&h_var)
-                .ok_or_else(|| ModelError::Invalid("no gradient reached h".into()))?;
-            (g * &h)?.abs()?
+            // ∂CE/∂h = ((softmax − onehot(y)) · W2) ⊙ 1[h > 0], and 1[h > 0] ⊙ h = relu(h):
+            // a = |((p − onehot(y)) · W2) ⊙ relu(h)| (the test below holds it to autograd's
+            // definition, computed literally).
+            let k = logits.dim(1)?;
+            let classes = Tensor::arange(0u32, k as u32, logits.device())?.unsqueeze(0)?;
+            let onehot = y
+                .unsqueeze(1)?
+                .broadcast_eq(&classes)?
+                .to_dtype(logits.dtype())?;
+            let g = (log_p.exp()? - onehot)?.matmul(&w2)?;
+            (g * h.relu()?)?.abs()?
         }
         AttributionMode::MaxClass => {
             // ∂y_c/∂h_j = W2[c, j]·1[h_j > 0], so max_c(∂y_c/∂h ⊙ h)_j = relu(h_j)·max_c W2[c, j]
             // (h_j > 0 there): one matrix expression for the batch instead of K backward passes.
-            let w2_max = model.param("fc2.weight").max_keepdim(0)?; // [1, H]
+            let w2_max = w2.max_keepdim(0)?; // [1, H]
             h.relu()?.broadcast_mul(&w2_max)?.abs()?
         }
     };
     Ok(BatchAttribution {
         attributions,
         activations: h,
-        loss: loss.detach(),
-        logits: logits.detach(),
+        loss,
+        logits,
     })
 }
 
@@ -186,7 +194,9 @@ mod tests {
     use crate::data::tests::mnist;
     use crate::model::tests::mnist_spec;
     use crate::model::Arch;
+    use crate::train::per_sample_cross_entropy;
     use candle_core::Device;
+    use candle_core::Var;
 
     /// The paper's definition computed literally: one backward pass per class, elementwise max.
     fn max_class_by_autograd(m: &Model, x: &Tensor) -> Tensor {
@@ -209,6 +219,41 @@ mod tests {
             });
         }
         best.unwrap().abs().unwrap()
+    }
+
+    /// label-gradient against its definition computed literally by autograd: the gradient of
+    /// the batch-summed per-sample cross-entropy w.r.t. the leaf h, times h.
+    #[test]
+    fn label_gradient_equals_autograd() {
+        for arch in [Arch::Mlp, Arch::Cnn] {
+            let m = Model::new(mnist_spec(arch, 24), &Device::Cpu, 9).unwrap();
+            let d = &mnist().train;
+            let idx: Vec<usize> = (100..164).collect();
+            let (x, y) = batch_tensors(d, &idx, &Device::Cpu).unwrap();
+            let h = m.fc(&m.body(&x).unwrap()).unwrap().detach();
+            let hv = Var::from_tensor(&h).unwrap();
+            let loss = per_sample_cross_entropy(&m.head(hv.as_tensor()).unwrap(), &y).unwrap();
+            let g = loss.sum_all().unwrap().backward().unwrap();
+            let want = (g.get(&hv).unwrap() * &h).unwrap().abs().unwrap();
+            let got = attribute_batch(&m, &x, &y, AttributionMode::LabelGradient).unwrap();
+            let (want, got) = (
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                got.attributions
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            );
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            assert!(
+                scale > 0.0 && diff <= 1e-5 * scale,
+                "{arch}: {diff} of {scale}"
+            );
+        }
     }
 
     /// Closed forms on a tiny model: with p = softmax(logits), r = 1[h > 0],

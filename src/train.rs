@@ -259,6 +259,9 @@ impl OptimizerState {
 
 /// The fused CPU optimizer step: reads the gradient once and updates parameter and moments in
 /// place, then zeroes the pruned neurons' rows (weights, moments).
+/// Elements per task when a large parameter's Adam update is split over the thread pool.
+const ADAM_CHUNK: usize = 32 * 1024;
+
 struct FusedStep<'a> {
     kind: Optimizer,
     step: u64,
@@ -298,12 +301,26 @@ impl candle_core::InplaceOp2 for FusedStep<'_> {
                 let step_size = (lr / bc1) as f32;
                 let bc2_sqrt = bc2.sqrt() as f32;
                 let wd = weight_decay as f32;
-                for (((pi, &gi), mi), vi) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
-                {
-                    let gi = gi + wd * *pi;
-                    *mi = b1 * *mi + (1.0 - b1) * gi;
-                    *vi = b2 * *vi + (1.0 - b2) * gi * gi;
-                    *pi -= step_size * *mi / (vi.sqrt() / bc2_sqrt + eps);
+                let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+                    for (((pi, &gi), mi), vi) in
+                        p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                    {
+                        let gi = gi + wd * *pi;
+                        *mi = b1 * *mi + (1.0 - b1) * gi;
+                        *vi = b2 * *vi + (1.0 - b2) * gi * gi;
+                        *pi -= step_size * *mi / (vi.sqrt() / bc2_sqrt + eps);
+                    }
+                };
+                // Element-wise and memory-bound: large tensors are split over the pool.
+                if p.len() >= 2 * ADAM_CHUNK && rayon::current_num_threads() > 1 {
+                    use rayon::prelude::*;
+                    p.par_chunks_mut(ADAM_CHUNK)
+                        .zip(g.par_chunks(ADAM_CHUNK))
+                        .zip(m.par_chunks_mut(ADAM_CHUNK))
+                        .zip(v.par_chunks_mut(ADAM_CHUNK))
+                        .for_each(|(((p, g), m), v)| update(p, g, m, v));
+                } else {
+                    update(p, g, m, v);
                 }
             }
             Optimizer::Sgd {
