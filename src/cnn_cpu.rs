@@ -24,6 +24,48 @@
 /// Samples per chunk of the forward and backward passes.
 pub const CHUNK: usize = 64;
 
+/// Fewest samples per part when a batch is split over the pool's threads.
+const MIN_PART: usize = 8;
+
+thread_local! {
+    /// Set while a thread runs one part of a batch split over the pool: its matrix products
+    /// then run on that thread alone (the parts already keep every thread busy).
+    static IN_PART: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Split `0..n` into at most `rayon::current_num_threads()` contiguous parts of at least
+/// [`MIN_PART`] samples (one part when `n` is small).
+fn parts(n: usize) -> Vec<std::ops::Range<usize>> {
+    let p = rayon::current_num_threads().min(n / MIN_PART).max(1);
+    (0..p).map(|i| i * n / p..(i + 1) * n / p).collect()
+}
+
+/// Run `work` once per part, in parallel when there are several, each with its own
+/// workspace; results in part order.
+fn run_parts<R: Send>(
+    ranges: &[std::ops::Range<usize>],
+    ws: &mut Workspaces,
+    work: impl Fn(std::ops::Range<usize>, &mut Workspace) -> R + Sync,
+) -> Vec<R> {
+    if ws.0.len() < ranges.len() {
+        ws.0.resize_with(ranges.len(), Workspace::default);
+    }
+    if ranges.len() == 1 {
+        return vec![work(ranges[0].clone(), &mut ws.0[0])];
+    }
+    use rayon::prelude::*;
+    ranges
+        .par_iter()
+        .zip(ws.0.par_iter_mut())
+        .map(|(r, w)| {
+            IN_PART.set(true);
+            let out = work(r.clone(), w);
+            IN_PART.set(false);
+            out
+        })
+        .collect()
+}
+
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, each operand given by its row and column
 /// strides in elements (so transposed views cost nothing).
 #[allow(clippy::too_many_arguments)]
@@ -55,7 +97,11 @@ fn matmul(
             "gemm: rhs too small"
         );
     }
-    let threads = rayon::current_num_threads();
+    let threads = if IN_PART.get() {
+        1
+    } else {
+        rayon::current_num_threads()
+    };
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -360,25 +406,35 @@ impl HwcWeights {
     }
 }
 
-/// The body's output `[n, F]` for `x` `[n, C·H·W]`, chunk by chunk.
-pub fn forward(wt: &Weights, x: &[f32], n: usize, ws: &mut Workspace) -> Vec<f32> {
+/// One workspace per part of a batch split over the pool's threads.
+#[derive(Default)]
+pub struct Workspaces(Vec<Workspace>);
+
+/// The body's output `[n, F]` for `x` `[n, C·H·W]`: the batch is split into one part per
+/// pool thread (data parallel), each part run chunk by chunk.
+pub fn forward(wt: &Weights, x: &[f32], n: usize, ws: &mut Workspaces) -> Vec<f32> {
     let (c, h, w) = wt.image;
     let d = c * h * w;
     let f = wt.out_width();
-    let mut z = vec![0.0; n * f];
     let hwc = HwcWeights::new(wt);
-    for start in (0..n).step_by(CHUNK) {
-        let m = CHUNK.min(n - start);
-        forward_chunk(
-            wt,
-            &hwc,
-            &x[start * d..(start + m) * d],
-            m,
-            ws,
-            &mut z[start * f..(start + m) * f],
-        );
-    }
-    z
+    let ranges = parts(n);
+    let zs = run_parts(&ranges, ws, |r, ws| {
+        let mut z = vec![0.0; r.len() * f];
+        for start in (r.start..r.end).step_by(CHUNK) {
+            let m = CHUNK.min(r.end - start);
+            let at = start - r.start;
+            forward_chunk(
+                wt,
+                &hwc,
+                &x[start * d..(start + m) * d],
+                m,
+                ws,
+                &mut z[at * f..(at + m) * f],
+            );
+        }
+        z
+    });
+    zs.concat()
 }
 
 /// Gradients of the body's four parameters, accumulated over a batch.
@@ -401,8 +457,52 @@ pub fn backward(
     x: &[f32],
     dz: &[f32],
     n: usize,
-    ws: &mut Workspace,
+    ws: &mut Workspaces,
     forward_in_ws: bool,
+) -> Grads {
+    let (c1, c2) = wt.convs();
+    let hwc = HwcWeights::new(wt);
+    let ranges = parts(n);
+    // The forward pass left each part's intermediates in its workspace when every part fitted
+    // in one chunk (the same split: `parts` depends on n and the pool only).
+    let reuse = forward_in_ws && ranges.iter().all(|r| r.len() <= CHUNK);
+    let per_part = run_parts(&ranges, ws, |r, ws| {
+        backward_part(wt, &hwc, x, dz, r, ws, reuse)
+    });
+    let mut g = Grads {
+        conv1_weight: vec![0.0; c1.co * c1.kk()],
+        conv1_bias: vec![0.0; c1.co],
+        conv2_weight: vec![0.0; c2.co * c2.kk()],
+        conv2_bias: vec![0.0; c2.co],
+    };
+    for p in per_part {
+        for (sum, part) in [
+            (&mut g.conv1_weight, p.conv1_weight),
+            (&mut g.conv1_bias, p.conv1_bias),
+            (&mut g.conv2_weight, p.conv2_weight),
+            (&mut g.conv2_bias, p.conv2_bias),
+        ] {
+            for (s, v) in sum.iter_mut().zip(part) {
+                *s += v;
+            }
+        }
+    }
+    // The weight gradients were built in the columns' order; back to candle's layout.
+    g.conv1_weight = c1.permute(&g.conv1_weight, false);
+    g.conv2_weight = c2.permute(&g.conv2_weight, false);
+    g
+}
+
+/// [`backward`] for the samples `r` of the batch, on one workspace; gradients in the
+/// columns' order.
+fn backward_part(
+    wt: &Weights,
+    hwc: &HwcWeights,
+    x: &[f32],
+    dz: &[f32],
+    r: std::ops::Range<usize>,
+    ws: &mut Workspace,
+    reuse: bool,
 ) -> Grads {
     let (c1, c2) = wt.convs();
     let (c, h, w) = wt.image;
@@ -414,15 +514,14 @@ pub fn backward(
         conv2_weight: vec![0.0; c2.co * c2.kk()],
         conv2_bias: vec![0.0; c2.co],
     };
-    let mut z = vec![0.0; CHUNK.min(n) * f];
-    let hwc = HwcWeights::new(wt);
+    let mut z = vec![0.0; CHUNK.min(r.len()) * f];
     let (h4, w4) = (c2.ho() / 2, c2.wo() / 2);
-    for start in (0..n).step_by(CHUNK) {
-        let m = CHUNK.min(n - start);
-        if !(forward_in_ws && n <= CHUNK) {
+    for start in (r.start..r.end).step_by(CHUNK) {
+        let m = CHUNK.min(r.end - start);
+        if !reuse {
             forward_chunk(
                 wt,
-                &hwc,
+                hwc,
                 &x[start * d..(start + m) * d],
                 m,
                 ws,
@@ -503,9 +602,6 @@ pub fn backward(
             }
         }
     }
-    // The weight gradients were built in the columns' order; back to candle's layout.
-    g.conv1_weight = c1.permute(&g.conv1_weight, false);
-    g.conv2_weight = c2.permute(&g.conv2_weight, false);
     g
 }
 

@@ -168,8 +168,8 @@ pub struct Param {
 
 thread_local! {
     /// Buffers of the CNN's CPU kernels, reused across batches on each thread.
-    static CNN_WORKSPACE: std::cell::RefCell<crate::cnn_cpu::Workspace> =
-        std::cell::RefCell::new(crate::cnn_cpu::Workspace::default());
+    static CNN_WORKSPACE: std::cell::RefCell<crate::cnn_cpu::Workspaces> =
+        std::cell::RefCell::new(crate::cnn_cpu::Workspaces::default());
 }
 
 /// The CNN body's parameters copied to the host (small: ~13k floats).
