@@ -565,6 +565,131 @@ fn every_sample_gets_one_verdict_and_malformed_messages_are_dead_lettered() {
     drop(mock);
 }
 
+/// The formats producers send reach a verdict: schema-registry framed protobuf (short and
+/// long message-index path) and JSON (no content-type header), canonical proto3 JSON as
+/// Python's `MessageToJson` writes it (camelCase, int64 as a string, an unknown field); a
+/// framed message naming another message type is dead-lettered as `decode`; with
+/// `kafka.verdict_format = "json"` every verdict is proto3 JSON with its content type.
+#[test]
+fn registry_framing_and_proto3_json_in_json_verdicts_out() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (_mock, mut cfg) = setup(dir.path(), "formats");
+    cfg.kafka.verdict_format = rlap::stream::config::VerdictFormat::Json;
+    let rt = runtime();
+    let d = Daemon::start(&rt, &cfg);
+    let report = rt.block_on(produce(produce_args(&cfg, "label-symmetric:0.2", 0, 1500)));
+    d.wait_for(report.samples, 0, Duration::from_secs(120));
+
+    let split = rlap::data::load(&DatasetSpec::Mnist, &default_data_dir()).unwrap();
+    let sample = |i: usize| LabeledSample {
+        id: format!("fmt-{i}"),
+        features: split.test.row(i).to_vec(),
+        label: split.test.labels[i],
+        event_time_ms: Some(1_700_000_000_000 + i as i64),
+        ..Default::default()
+    };
+    let framed = |body: &[u8], index: &[u8]| {
+        let mut v = vec![schema::REGISTRY_MAGIC, 0, 0, 0, 7];
+        v.extend_from_slice(index);
+        v.extend_from_slice(body);
+        v
+    };
+    let camel = |s: &LabeledSample| {
+        let f: Vec<String> = s.features.iter().map(|v| v.to_string()).collect();
+        format!(
+            r#"{{"id":"{}","features":[{}],"label":{},"eventTimeMs":"{}","producerHost":"py-1"}}"#,
+            s.id,
+            f.join(","),
+            s.label,
+            s.event_time_ms.unwrap()
+        )
+        .into_bytes()
+    };
+    // (payload, json header, expected to get a verdict)
+    let messages: Vec<(String, Vec<u8>, bool, bool)> = vec![
+        (
+            "fmt-0".into(),
+            framed(&sample(0).encode_to_vec(), &[0]),
+            false,
+            true,
+        ),
+        (
+            "fmt-1".into(),
+            framed(&sample(1).encode_to_vec(), &[2, 0]),
+            false,
+            true,
+        ),
+        ("fmt-2".into(), framed(&camel(&sample(2)), &[]), false, true),
+        ("fmt-3".into(), camel(&sample(3)), true, true),
+        (
+            "fmt-4".into(),
+            framed(&sample(4).encode_to_vec(), &[2, 2]),
+            false,
+            false,
+        ),
+    ];
+    {
+        let p: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &cfg.kafka.brokers)
+            .create()
+            .unwrap();
+        for (key, payload, json, _) in &messages {
+            let mut rec = rdkafka::producer::BaseRecord::to(&cfg.kafka.input_topic)
+                .key(key.as_str())
+                .payload(payload.as_slice());
+            if *json {
+                rec = rec.headers(rdkafka::message::OwnedHeaders::new().insert(
+                    rdkafka::message::Header {
+                        key: schema::CONTENT_TYPE_HEADER,
+                        value: Some("application/json"),
+                    },
+                ));
+            }
+            p.send(rec).unwrap();
+        }
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+    }
+    d.wait_for(report.samples + 4, 1, Duration::from_secs(60));
+    d.stop(&rt);
+
+    let out = read_topic(&cfg.kafka.brokers, &cfg.kafka.verdicts());
+    assert_eq!(out.len() as u64, report.samples + 4);
+    let mut by_id = HashMap::new();
+    for m in &out {
+        assert_eq!(
+            m.headers
+                .get(schema::CONTENT_TYPE_HEADER)
+                .map(Vec::as_slice),
+            Some(&b"application/json"[..])
+        );
+        let v = schema::decode_verdict(&m.payload, true).expect("a proto3 JSON verdict");
+        assert!(std::str::from_utf8(&m.payload)
+            .unwrap()
+            .contains("\"sampleId\""));
+        by_id.insert(v.sample_id.clone(), v);
+    }
+    for (i, (key, _, _, verdict)) in messages.iter().enumerate() {
+        assert_eq!(by_id.contains_key(key), *verdict, "{key}");
+        if *verdict {
+            assert_eq!(
+                by_id[key].event_time_ms,
+                Some(1_700_000_000_000 + i as i64),
+                "{key}: event time carried"
+            );
+        }
+    }
+    let dlq = read_topic(&cfg.kafka.brokers, &cfg.kafka.dlq());
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        dlq[0]
+            .headers
+            .get(schema::DLQ_REASON_HEADER)
+            .map(Vec::as_slice),
+        Some(&b"decode"[..])
+    );
+}
+
 /// 2. A graceful stop and a restart with the same group, store and state: the second daemon
 ///    resumes at the committed offsets (it consumes only the new samples, verdicts each once),
 ///    keeps model version 1 (no second bootstrap) and resumes the mixture from the checkpoint

@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -37,7 +36,6 @@ use serde::Serialize;
 use crate::corruption::Corruption;
 use crate::data::DatasetSpec;
 use crate::progress::Progress;
-use crate::stream::schema::Verdict;
 use crate::stream::tools::{self, ProduceArgs, ToolError};
 
 /// Fewest warm-up samples of the soak, whatever `warmup_secs` says: the daemon holds the
@@ -424,7 +422,10 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
         while lat.len() < fed && idle.elapsed() < Duration::from_secs(120) {
             if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
                 idle = Instant::now();
-                if let Some(v) = m.payload().and_then(|p| Verdict::decode(p).ok()) {
+                if let Some(v) = m
+                    .payload()
+                    .and_then(|p| crate::stream::schema::decode_verdict(p, tools::is_json(&m)))
+                {
                     if let (Some(t), Some(seq)) =
                         (v.event_time_ms, tools::id_position(&v.sample_id))
                     {

@@ -56,6 +56,9 @@ pub struct KafkaConfig {
     /// (under Kubernetes' 30 s grace period). Past it the process exits, giving up in-flight
     /// produces and the final commit: at least once, the uncommitted samples are re-delivered.
     pub shutdown_timeout_secs: u64,
+    /// Encoding of the verdicts: `protobuf` (default; `content-type: application/x-protobuf`)
+    /// or `json` (canonical proto3 JSON, `content-type: application/json`), same fields.
+    pub verdict_format: VerdictFormat,
     /// Extra librdkafka properties for every client: consumer, producer and admin
     /// (e.g. `"security.protocol" = "SASL_SSL"`, `"sasl.mechanism"`, `"ssl.ca.location"`).
     pub properties: BTreeMap<String, String>,
@@ -102,11 +105,23 @@ impl Default for KafkaConfig {
             auto_offset_reset: "earliest".into(),
             max_message_bytes: 1_000_000,
             shutdown_timeout_secs: 20,
+            verdict_format: VerdictFormat::Protobuf,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
         }
     }
+}
+
+/// How verdicts are encoded on the verdict topic (`kafka.verdict_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictFormat {
+    /// `rlap.v1.Verdict` protobuf.
+    #[default]
+    Protobuf,
+    /// The same message as canonical proto3 JSON (camelCase names, int64 as strings).
+    Json,
 }
 
 impl KafkaConfig {

@@ -30,7 +30,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset};
 use serde::Serialize;
@@ -602,10 +602,7 @@ async fn source_loop(
                 counters.consumed.fetch_add(1, Ordering::Relaxed);
                 let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
                 tracker.lock().expect("tracker lock").received(&topic, partition, offset);
-                let json = msg.headers().is_some_and(|h| {
-                    h.iter().any(|hd| hd.key.eq_ignore_ascii_case(schema::CONTENT_TYPE_HEADER)
-                        && hd.value.is_some_and(|v| v.starts_with(b"application/json")))
-                });
+                let json = crate::stream::tools::is_json(&msg);
                 let Some(payload) = msg.payload() else {
                     // A tombstone (null value: a delete marker on a compacted topic) is not a
                     // malformed sample: skip and count it, keep it out of the dead-letter alert.
@@ -854,12 +851,12 @@ async fn produce(
 async fn send_verdicts(
     producer: FutureProducer,
     topics: Arc<(String, String, String)>,
+    format: crate::stream::config::VerdictFormat,
     scored: Vec<Scored>,
 ) -> Vec<Scored> {
-    let pb: &[u8] = b"application/x-protobuf";
     let (vt, ct, qt) = (&topics.0, &topics.1, &topics.2);
     let sends = scored.iter().map(|s| {
-        let payload = s.verdict.encode_to_vec();
+        let (payload, content_type) = schema::encode_verdict(&s.verdict, format);
         let producer = &producer;
         async move {
             let key = s.verdict.sample_id.as_bytes();
@@ -868,7 +865,7 @@ async fn send_verdicts(
                 vt,
                 key,
                 &payload,
-                headers(&[(schema::CONTENT_TYPE_HEADER, pb)]),
+                headers(&[(schema::CONTENT_TYPE_HEADER, content_type)]),
             )
             .await
             {
@@ -912,6 +909,7 @@ async fn sink_loop(
         }
     };
     let topics = Arc::new((verdicts_topic, clean_topic, quarantine_topic));
+    let verdict_format = cfg.kafka.verdict_format;
     let ack_batch = |scored: Vec<Scored>| {
         for s in &scored {
             done(&s.incoming.topic, s.incoming.partition, s.incoming.offset);
@@ -947,7 +945,12 @@ async fn sink_loop(
         let Some(msg) = msg else { break };
         match msg {
             SinkMsg::Verdicts(scored) => {
-                inflight.push_back(send_verdicts(producer.clone(), topics.clone(), scored));
+                inflight.push_back(send_verdicts(
+                    producer.clone(),
+                    topics.clone(),
+                    verdict_format,
+                    scored,
+                ));
             }
             SinkMsg::DeadLetter {
                 topic,

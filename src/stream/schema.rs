@@ -2,19 +2,22 @@
 //! and validation of incoming samples.
 //!
 //! This module owns what a valid input message is. A message is protobuf `LabeledSample`
-//! unless its `content-type` header says `application/json`, in which case the same fields
-//! are read from JSON (for people feeding samples by hand). Validation checks the size cap,
+//! unless its `content-type` header says `application/json`, in which case it is read as
+//! canonical proto3 JSON (pbjson, generated from the same `.proto`: `eventTimeMs` or
+//! `event_time_ms`, int64 as string or number, unknown fields ignored). Either may come in the
+//! schema-registry wire format (magic byte 0 + schema id [+ message-index path]), recognised by
+//! its first byte; registry-framed JSON is recognised without the header. Validation checks the size cap,
 //! the feature count against the model's input, finiteness and the label range; each failure
 //! is an [`InvalidSample`] whose `reason` is a stable snake_case label (used in the dead-letter
 //! header `rlap-dlq-reason` and in metrics) plus a one-line detail.
 
 use prost::Message;
-use serde::Deserialize;
 
 /// Generated protobuf types of package `rlap.v1`.
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/rlap.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/rlap.v1.serde.rs"));
 }
 
 pub use pb::{LabeledSample, ModelPublished, Verdict};
@@ -75,18 +78,59 @@ fn invalid(reason: &'static str, detail: impl Into<String>) -> InvalidSample {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonSample {
-    id: String,
-    features: Vec<f32>,
-    #[serde(default)]
-    shape: Vec<u32>,
-    label: u32,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    event_time_ms: Option<i64>,
+/// First byte of the schema-registry wire format (Confluent): magic byte 0, a 4-byte
+/// big-endian schema id, then (protobuf) the message-index path as zigzag varints, then the
+/// message. A bare protobuf `LabeledSample` never starts with 0 (field number 0 is invalid)
+/// and JSON never does, so the framing is recognised by this byte alone.
+pub const REGISTRY_MAGIC: u8 = 0;
+
+/// Strip the schema-registry framing from `payload` when it has one: the message bytes, and
+/// whether they are JSON (a `{` right after the schema id; protobuf's index path cannot start
+/// with it: 0x7B is a negative zigzag count). Unframed payloads pass through unchanged.
+///
+/// # Errors
+/// `decode` when the framing is truncated or its message-index path does not name the first
+/// message of `rlap/v1/sample.proto` (`LabeledSample`, path `[0]`).
+fn strip_registry_framing(payload: &[u8], json: bool) -> Result<(&[u8], bool), InvalidSample> {
+    if payload.first() != Some(&REGISTRY_MAGIC) {
+        return Ok((payload, json));
+    }
+    let Some(rest) = payload.get(5..) else {
+        return Err(invalid(
+            "decode",
+            "schema-registry framing truncated: fewer than 5 bytes (magic byte + schema id)",
+        ));
+    };
+    if json || rest.first() == Some(&b'{') {
+        return Ok((rest, true));
+    }
+    let mut buf = rest;
+    let zigzag = |buf: &mut &[u8]| -> Result<i64, InvalidSample> {
+        let v = prost::encoding::decode_varint(buf)
+            .map_err(|e| invalid("decode", format!("schema-registry message index: {e}")))?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    };
+    let count = zigzag(&mut buf)?;
+    // Count 0 is the short form of the path [0].
+    let path: Vec<i64> = if count == 0 {
+        vec![0]
+    } else if (1..=16).contains(&count) {
+        (0..count)
+            .map(|_| zigzag(&mut buf))
+            .collect::<Result<_, _>>()?
+    } else {
+        return Err(invalid(
+            "decode",
+            format!("schema-registry message-index count {count} out of range"),
+        ));
+    };
+    if path != [0] {
+        return Err(invalid(
+            "decode",
+            format!("schema-registry message index {path:?} is not rlap.v1.LabeledSample ([0])"),
+        ));
+    }
+    Ok((buf, false))
 }
 
 /// What the daemon expects of every sample.
@@ -115,23 +159,44 @@ pub fn decode(payload: &[u8], json: bool, expect: &Expect) -> Result<LabeledSamp
             ),
         ));
     }
+    let (payload, json) = strip_registry_framing(payload, json)?;
     let s = if json {
-        let j: JsonSample = serde_json::from_slice(payload)
-            .map_err(|e| invalid("decode", format!("not a JSON LabeledSample: {e}")))?;
-        LabeledSample {
-            id: j.id,
-            features: j.features,
-            shape: j.shape,
-            label: j.label,
-            source: j.source,
-            event_time_ms: j.event_time_ms,
-        }
+        // Canonical proto3 JSON (pbjson): JSON or proto field names, int64 as string or number,
+        // unknown fields ignored.
+        serde_json::from_slice::<LabeledSample>(payload)
+            .map_err(|e| invalid("decode", format!("not a JSON LabeledSample: {e}")))?
     } else {
         LabeledSample::decode(payload)
             .map_err(|e| invalid("decode", format!("not a protobuf LabeledSample: {e}")))?
     };
     validate(&s, expect)?;
     Ok(s)
+}
+
+/// Encode a verdict as `format` says: the payload and its `content-type` header value.
+pub fn encode_verdict(
+    v: &Verdict,
+    format: crate::stream::config::VerdictFormat,
+) -> (Vec<u8>, &'static [u8]) {
+    match format {
+        crate::stream::config::VerdictFormat::Protobuf => {
+            (v.encode_to_vec(), b"application/x-protobuf")
+        }
+        crate::stream::config::VerdictFormat::Json => (
+            serde_json::to_vec(v).expect("a Verdict always serialises"),
+            b"application/json",
+        ),
+    }
+}
+
+/// Decode a verdict in either encoding: JSON when `json` (its `content-type` header said
+/// so) or when it starts with `{` (a protobuf `Verdict` starts with field 1's tag, 0x0A).
+pub fn decode_verdict(payload: &[u8], json: bool) -> Option<Verdict> {
+    if json || payload.first() == Some(&b'{') {
+        serde_json::from_slice(payload).ok()
+    } else {
+        Verdict::decode(payload).ok()
+    }
 }
 
 /// Check a decoded sample against the model's input and label space.
@@ -213,6 +278,76 @@ mod tests {
             source: Some("t".into()),
             event_time_ms: None,
         }
+    }
+
+    /// The forms producers send: proto3 JSON as Python's `MessageToJson` writes it
+    /// (camelCase, int64 as a string, unknown fields), and the schema-registry framing of
+    /// protobuf (short and long index path) and of JSON, without the content-type header.
+    #[test]
+    fn canonical_json_and_registry_framing_decode() {
+        let mut s = sample();
+        s.event_time_ms = Some(1_700_000_000_123);
+        let camel = br#"{"id":"a","features":[0,0.5,1,0.25],"shape":[2,2],"label":2,"source":"t","eventTimeMs":"1700000000123","extra":{"x":1}}"#;
+        assert_eq!(decode(camel, true, &EXPECT).unwrap(), s);
+        let snake = br#"{"id":"a","features":[0,0.5,1,0.25],"shape":[2,2],"label":2,"source":"t","event_time_ms":1700000000123}"#;
+        assert_eq!(decode(snake, true, &EXPECT).unwrap(), s);
+        let frame = |body: &[u8], index: &[u8]| {
+            let mut v = vec![REGISTRY_MAGIC, 0, 0, 0, 42];
+            v.extend_from_slice(index);
+            v.extend_from_slice(body);
+            v
+        };
+        let pb = s.encode_to_vec();
+        assert_eq!(decode(&frame(&pb, &[0]), false, &EXPECT).unwrap(), s);
+        // Long form: count 1 (zigzag 2), index 0.
+        assert_eq!(decode(&frame(&pb, &[2, 0]), false, &EXPECT).unwrap(), s);
+        assert_eq!(decode(&frame(camel, &[]), false, &EXPECT).unwrap(), s);
+        // Path [1] names another message; truncated framing; both dead-lettered as decode.
+        let e = decode(&frame(&pb, &[2, 2]), false, &EXPECT).unwrap_err();
+        assert_eq!(e.reason, "decode");
+        assert!(e.detail.contains("[1]"), "{e}");
+        assert_eq!(
+            decode(&[REGISTRY_MAGIC, 0, 0], false, &EXPECT)
+                .unwrap_err()
+                .reason,
+            "decode"
+        );
+        // Still validated after unframing.
+        let mut bad = s.clone();
+        bad.label = 9;
+        let e = decode(&frame(&bad.encode_to_vec(), &[0]), false, &EXPECT).unwrap_err();
+        assert_eq!(e.reason, "label_range");
+    }
+
+    #[test]
+    fn verdicts_round_trip_in_both_formats() {
+        use crate::stream::config::VerdictFormat;
+        let v = Verdict {
+            sample_id: "s-1".into(),
+            noisy: true,
+            posterior_noisy: 0.875,
+            model_version: 3,
+            event_time_ms: Some(1_700_000_000_123),
+            provisional: true,
+            ..Default::default()
+        };
+        for f in [VerdictFormat::Protobuf, VerdictFormat::Json] {
+            let (bytes, ct) = encode_verdict(&v, f);
+            let json = ct == b"application/json";
+            assert_eq!(decode_verdict(&bytes, json), Some(v.clone()), "{f:?}");
+            assert_eq!(
+                decode_verdict(&bytes, false),
+                Some(v.clone()),
+                "{f:?} by content"
+            );
+        }
+        let (bytes, _) = encode_verdict(&v, VerdictFormat::Json);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains(r#""sampleId":"s-1""#)
+                && text.contains(r#""eventTimeMs":"1700000000123""#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::corruption::Corruption;
 use crate::data::DatasetSpec;
 use crate::progress::Progress;
-use crate::stream::schema::{self, LabeledSample, Verdict};
+use crate::stream::schema::{self, LabeledSample};
 
 /// Failures of the tools.
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +288,16 @@ pub async fn produce(args: &ProduceArgs, progress: &Progress) -> Result<ProduceR
     Ok(report)
 }
 
+/// Whether a message's `content-type` header says `application/json`.
+pub fn is_json(m: &impl Message) -> bool {
+    m.headers().is_some_and(|h| {
+        h.iter().any(|hd| {
+            hd.key.eq_ignore_ascii_case(schema::CONTENT_TYPE_HEADER)
+                && hd.value.is_some_and(|v| v.starts_with(b"application/json"))
+        })
+    })
+}
+
 /// Verdicts joined with the hidden truth.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct VerdictReport {
@@ -464,7 +474,10 @@ pub fn write_verdicts_csv(
     .map_err(io)?;
     let mut err = None;
     read_all(brokers, verdicts_topic, &[], |m| {
-        let Some(v) = m.payload().and_then(|p| Verdict::decode(p).ok()) else {
+        let Some(v) = m
+            .payload()
+            .and_then(|p| schema::decode_verdict(p, is_json(m)))
+        else {
             return;
         };
         let Some(&(t, order)) = truth.get(&v.sample_id) else {
@@ -509,7 +522,10 @@ pub fn evaluate_against(
     let mut first: HashMap<String, bool> = HashMap::new();
     let mut by_version: std::collections::BTreeMap<u64, u64> = Default::default();
     report.verdicts = read_all(brokers, verdicts_topic, extra, |m| {
-        if let Some(v) = m.payload().and_then(|p| Verdict::decode(p).ok()) {
+        if let Some(v) = m
+            .payload()
+            .and_then(|p| schema::decode_verdict(p, is_json(m)))
+        {
             *by_version.entry(v.model_version).or_default() += 1;
             first.entry(v.sample_id).or_insert(v.noisy);
         }
