@@ -189,6 +189,25 @@ impl Conv {
         }
     }
 
+    /// `∂W += d_preᵀ · cols` (`[Co, k·k·C]`, the columns' order) and `∂b += Σ_rows d_pre`,
+    /// for `d_pre` `[rows, Co]` and `cols` `[rows, k·k·C]`.
+    fn accumulate_grads(
+        &self,
+        d_pre: &[f32],
+        cols: &[f32],
+        rows: usize,
+        gw: &mut [f32],
+        gb: &mut [f32],
+    ) {
+        let (kk, co) = (self.kk(), self.co);
+        matmul(co, kk, rows, gw, true, d_pre, (1, co), cols, (kk, 1));
+        for row in d_pre.chunks_exact(co) {
+            for (s, v) in gb.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+    }
+
     /// A weight `[Co, C, k, k]` (candle's layout) as `[Co, k, k, C]` (the columns' order),
     /// or back with `to_hwc = false`.
     fn permute(&self, w: &[f32], to_hwc: bool) -> Vec<f32> {
@@ -544,22 +563,13 @@ fn backward_part(
         }
         let (kk2, co2) = (c2.kk(), c2.co);
         // ∂W2 += d_pre2ᵀ · cols2, ∂b2 += Σ rows.
-        matmul(
-            co2,
-            kk2,
+        c2.accumulate_grads(
+            &ws.d_pre2,
+            &ws.cols2,
             rows2,
             &mut g.conv2_weight,
-            true,
-            &ws.d_pre2,
-            (1, co2),
-            &ws.cols2,
-            (kk2, 1),
+            &mut g.conv2_bias,
         );
-        for row in ws.d_pre2.chunks_exact(co2) {
-            for (s, v) in g.conv2_bias.iter_mut().zip(row) {
-                *s += v;
-            }
-        }
         // d_cols2 = d_pre2 · W2 → d_pool1.
         ws.d_cols2.resize(rows2 * kk2, 0.0);
         matmul(
@@ -584,23 +594,13 @@ fn backward_part(
                 ws.d_pre1[at] += ws.d_pool1[i];
             }
         }
-        let (kk1, co1) = (c1.kk(), c1.co);
-        matmul(
-            co1,
-            kk1,
+        c1.accumulate_grads(
+            &ws.d_pre1,
+            &ws.cols1,
             rows1,
             &mut g.conv1_weight,
-            true,
-            &ws.d_pre1,
-            (1, co1),
-            &ws.cols1,
-            (kk1, 1),
+            &mut g.conv1_bias,
         );
-        for row in ws.d_pre1.chunks_exact(co1) {
-            for (s, v) in g.conv1_bias.iter_mut().zip(row) {
-                *s += v;
-            }
-        }
     }
     g
 }
