@@ -152,9 +152,9 @@ step() {  # step NAME TIMEOUT_S CMD...: run, log, record rc and seconds; never s
 }
 
 step version 30 "$bin" --version
-# Limits: the four steps fit in 540 s, inside one 600 s device call.
+# Limits: the steps fit in 530 s (with unpacking, ~550 s), inside one 600 s device call.
 step device-check 90 "$bin" device-check --device "$dev" --json "$out/device-check.json"
-step peer "${PEER_TIMEOUT:-240}" "$py" benches/torch_peer.py --rlap "$bin" --device "$dev" \
+step peer "${PEER_TIMEOUT:-200}" "$py" benches/torch_peer.py --rlap "$bin" --device "$dev" \
   --models mlp,cnn --batch "$batches" --rounds "$rounds" --repeats 3 \
   --epoch-samples "$epoch_samples" --threads 0 --data-dir "${RLAP_DATA_DIR:-$root/data}" \
   --json "$out/peer.json"

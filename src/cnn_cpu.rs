@@ -58,10 +58,16 @@ fn run_parts<R: Send>(
         .par_iter()
         .zip(ws.0.par_iter_mut())
         .map(|(r, w)| {
-            IN_PART.set(true);
-            let out = work(r.clone(), w);
-            IN_PART.set(false);
-            out
+            // Restored on the way out, also by a panic (a worker may run a part of another
+            // batch while it waits, so the flag it had is put back, not cleared).
+            struct Restore(bool);
+            impl Drop for Restore {
+                fn drop(&mut self) {
+                    IN_PART.set(self.0);
+                }
+            }
+            let _restore = Restore(IN_PART.replace(true));
+            work(r.clone(), w)
         })
         .collect()
 }

@@ -55,6 +55,22 @@ pub fn compute<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// A thread pool of its own, as large as the shared one, for work that must not mix with
+/// the shared pool's (a daemon cycle beside the scorer): a rayon worker that waits inside a
+/// parallel operation runs other queued jobs of its pool meanwhile, whatever their size.
+/// Work run through `pool.install` uses this pool for its matrix products and for
+/// [`compute`] (which then runs in place).
+///
+/// # Errors
+/// The operating system refused a thread.
+pub fn private_pool(name: &str) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    let name = name.to_string();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(move |i| format!("{name}-{i}"))
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -399,8 +399,11 @@ impl Model {
         if let Some(wt) = self.cnn_cpu_weights(x)? {
             let n = x.dim(0)?;
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
-            let z = CNN_WORKSPACE
-                .with(|ws| crate::cnn_cpu::forward(&wt.view(), &xs, n, &mut ws.borrow_mut()));
+            // Taken out of the thread-local, not borrowed across the parallel work: a rayon
+            // worker waiting inside it may run another job that comes back here.
+            let mut ws = CNN_WORKSPACE.take();
+            let z = crate::cnn_cpu::forward(&wt.view(), &xs, n, &mut ws);
+            CNN_WORKSPACE.set(ws);
             return Ok(Tensor::from_vec(
                 z,
                 (n, self.spec.body_width()?),
@@ -446,20 +449,20 @@ impl Model {
         let n = x.dim(0)?;
         let f = self.spec.body_width()?;
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let g = CNN_WORKSPACE.with(|ws| -> Result<_, ModelError> {
-            let mut ws = ws.borrow_mut();
-            let z = crate::cnn_cpu::forward(&wt.view(), &xs, n, &mut ws);
-            let dz = head(&Tensor::from_vec(z, (n, f), &self.device)?)?;
-            let dz = dz.flatten_all()?.to_vec1::<f32>()?;
-            Ok(crate::cnn_cpu::backward(
-                &wt.view(),
-                &xs,
-                &dz,
-                n,
-                &mut ws,
-                true,
-            ))
-        })?;
+        // Taken out of the thread-local (see `body_detached`); put back after.
+        let mut ws = CNN_WORKSPACE.take();
+        let z = crate::cnn_cpu::forward(&wt.view(), &xs, n, &mut ws);
+        let dz = match head(&Tensor::from_vec(z, (n, f), &self.device)?)
+            .and_then(|dz| Ok(dz.flatten_all()?.to_vec1::<f32>()?))
+        {
+            Ok(dz) => dz,
+            Err(e) => {
+                CNN_WORKSPACE.set(ws);
+                return Err(e);
+            }
+        };
+        let g = crate::cnn_cpu::backward(&wt.view(), &xs, &dz, n, &mut ws, true);
+        CNN_WORKSPACE.set(ws);
         let t = |name: &str, v: Vec<f32>| -> Result<(String, Tensor), ModelError> {
             let shape = self.param(name).dims().to_vec();
             Ok((name.to_string(), Tensor::from_vec(v, shape, &self.device)?))

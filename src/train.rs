@@ -257,11 +257,11 @@ impl OptimizerState {
     }
 }
 
-/// The fused CPU optimizer step: reads the gradient once and updates parameter and moments in
-/// place, then zeroes the pruned neurons' rows (weights, moments).
 /// Elements per task when a large parameter's Adam update is split over the thread pool.
 const ADAM_CHUNK: usize = 32 * 1024;
 
+/// The fused CPU optimizer step: reads the gradient once and updates parameter and moments in
+/// place, then zeroes the pruned neurons' rows (weights, moments).
 struct FusedStep<'a> {
     kind: Optimizer,
     step: u64,

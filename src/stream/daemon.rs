@@ -604,7 +604,9 @@ async fn source_loop(
             _ = tokio::time::sleep(wait), if !batch.is_empty() => {
                 out.push_back(ScorerMsg::Batch(std::mem::take(&mut batch)));
             }
-            msg = consumer.recv(), if !backed_up || paused.is_some() => {
+            // Receive unless the scorer is behind but still taking batches; when it has
+            // stalled, poll even if pausing failed (the group's max.poll.interval.ms).
+            msg = consumer.recv(), if !backed_up || stalled || paused.is_some() => {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {

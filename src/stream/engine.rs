@@ -938,7 +938,17 @@ impl Engine {
         let handle = std::thread::Builder::new()
             .name("rlap-cycle".into())
             .spawn(move || {
-                let _ = tx.send(run_cycle(&cfg, &store, input));
+                // The cycle's numeric work runs on a pool of its own: on the shared pool a
+                // worker waiting inside one of the scorer's matrix products could steal a
+                // whole training epoch and hold that scored batch until it ends.
+                let result = match crate::cpu::private_pool("rlap-cycle") {
+                    Ok(pool) => pool.install(|| run_cycle(&cfg, &store, input)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no thread pool for the cycle: running it on the shared one");
+                        run_cycle(&cfg, &store, input)
+                    }
+                };
+                let _ = tx.send(result);
             })
             .expect("spawning a thread");
         self.cycle = Some((handle, rx));
