@@ -214,3 +214,37 @@ fn serve_model_without_a_usable_runtime_exits_with_the_path() {
         assert!(err.contains(&lib), "{lib}: the path is named: {err}");
     }
 }
+
+/// `--log-format json`: every stderr line is one JSON object with a level and a message.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let out = rlap()
+        .args([
+            "--log-format",
+            "json",
+            "experiment",
+            "--dataset",
+            "mnist",
+            "--train-size",
+            "300",
+            "--epochs",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{l}"
+        );
+    }
+}

@@ -46,6 +46,9 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// Partitions of topics the daemon creates.
     pub topic_partitions: i32,
+    /// Replication factor of topics the daemon creates; `-1` (default) takes the broker's
+    /// `default.replication.factor`.
+    pub replication_factor: i32,
     /// Milliseconds between offset commits of stored offsets.
     pub commit_interval_ms: u64,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
@@ -101,6 +104,7 @@ impl Default for KafkaConfig {
             model_events_topic: "rlap.models".into(),
             create_topics: true,
             topic_partitions: 3,
+            replication_factor: -1,
             commit_interval_ms: 1000,
             auto_offset_reset: "earliest".into(),
             max_message_bytes: 1_000_000,
@@ -517,6 +521,12 @@ impl DaemonConfig {
                 k.topic_partitions
             ));
         }
+        if k.replication_factor == 0 || k.replication_factor < -1 {
+            p.push(format!(
+                "kafka.replication_factor = {}: must be >= 1, or -1 for the broker's default",
+                k.replication_factor
+            ));
+        }
         if !matches!(k.auto_offset_reset.as_str(), "earliest" | "latest") {
             p.push(format!(
                 "kafka.auto_offset_reset = '{}': expected earliest | latest",
@@ -712,9 +722,11 @@ pub fn load_from(
             path.display()
         )));
     }
-    let overrides: std::collections::HashMap<String, String> = env
-        .into_iter()
+    let overrides_env: Vec<(String, String)> = env.into_iter().collect();
+    let overrides: std::collections::HashMap<String, String> = overrides_env
+        .iter()
         .filter(|(k, _)| k.starts_with("RLAP__"))
+        .cloned()
         .collect();
     let cfg = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
@@ -735,9 +747,12 @@ pub fn load_from(
             )));
         }
     }
-    let cfg: DaemonConfig = cfg
+    let mut cfg: DaemonConfig = cfg
         .try_deserialize()
         .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    for (key, value) in librdkafka_properties_from_env(overrides_env.iter().cloned()) {
+        cfg.kafka.properties.insert(key, value);
+    }
     let problems = cfg.validate();
     if problems.is_empty() {
         Ok(cfg)
@@ -752,6 +767,25 @@ pub fn load_from(
     }
 }
 
+/// Prefix of environment variables that set a librdkafka property of every client:
+/// `RLAP_KAFKA_PROPERTY_SASL_PASSWORD=…` sets `sasl.password` (the rest of the name,
+/// lower-cased, `_` → `.`; librdkafka's keys have no underscores). For secrets, which should
+/// not sit in the TOML, and for any dotted key the `RLAP__SECTION__KEY` overrides cannot
+/// spell. Wins over `kafka.properties`.
+pub const KAFKA_PROPERTY_ENV_PREFIX: &str = "RLAP_KAFKA_PROPERTY_";
+
+/// The librdkafka properties set through [`KAFKA_PROPERTY_ENV_PREFIX`] variables.
+pub fn librdkafka_properties_from_env(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    env.into_iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix(KAFKA_PROPERTY_ENV_PREFIX)?;
+            (!key.is_empty()).then(|| (key.to_ascii_lowercase().replace('_', "."), v))
+        })
+        .collect()
+}
+
 /// [`load_from`] with the process environment.
 ///
 /// # Errors
@@ -763,6 +797,25 @@ pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn librdkafka_secrets_come_from_the_environment() {
+        let f = write("[kafka]\nproperties = { \"sasl.mechanism\" = \"PLAIN\" }\n");
+        let env = [
+            ("RLAP_KAFKA_PROPERTY_SASL_PASSWORD", "s3cret"),
+            ("RLAP_KAFKA_PROPERTY_SASL_USERNAME", "rlap"),
+            ("RLAP_KAFKA_PROPERTY_", "ignored"),
+            ("OTHER_SASL_PASSWORD", "ignored"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = load_from(f.path(), env).unwrap();
+        let p = &c.kafka.properties;
+        assert_eq!(p.get("sasl.password").map(String::as_str), Some("s3cret"));
+        assert_eq!(p.get("sasl.username").map(String::as_str), Some("rlap"));
+        assert_eq!(p.get("sasl.mechanism").map(String::as_str), Some("PLAIN"));
+        assert_eq!(p.len(), 3);
+        assert_eq!(c.kafka.replication_factor, -1);
+    }
 
     fn write(text: &str) -> tempfile::NamedTempFile {
         let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();

@@ -222,7 +222,13 @@ pub async fn ensure_topics(cfg: &DaemonConfig, topics: &[String]) -> Result<(), 
         .map_err(|e| DaemonError::Kafka(e.to_string()))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, cfg.kafka.topic_partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            NewTopic::new(
+                t,
+                cfg.kafka.topic_partitions,
+                TopicReplication::Fixed(cfg.kafka.replication_factor),
+            )
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
