@@ -290,6 +290,14 @@ impl DaemonMetrics {
             ),
             registry: r,
         };
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, … (the
+        // Prometheus client convention; read from /proc, so Linux only).
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("registered once per registry");
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -330,9 +338,17 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("rlap_verdicts_total{outcome=\"noisy\"} 1"));
         assert!(text.contains("rlap_build_info{version="));
+        #[cfg(target_os = "linux")]
+        assert!(
+            text.contains("process_resident_memory_bytes "),
+            "process metrics"
+        );
         for f in m.registry.gather() {
             let name = f.name();
-            assert!(name.starts_with("rlap_"), "{name}");
+            assert!(
+                name.starts_with("rlap_") || name.starts_with("process_"),
+                "{name}"
+            );
             if f.get_field_type() == prometheus::proto::MetricType::COUNTER {
                 assert!(name.ends_with("_total"), "{name}");
             }
