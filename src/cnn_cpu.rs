@@ -237,7 +237,8 @@ impl Conv {
         out
     }
 
-    /// `pre = cols · Wᵀ + bias`, `[n·Ho·Wo, Co]`; `weight` `[Co, C·k·k]` row-major.
+    /// `pre = cols · Wᵀ + bias`, `[rows, Co]`; `weight` `[Co, k·k·C]` row-major (the columns'
+    /// order, see [`Conv::permute`]).
     fn forward(&self, cols: &[f32], rows: usize, weight: &[f32], bias: &[f32], pre: &mut Vec<f32>) {
         let (kk, co) = (self.kk(), self.co);
         pre.clear();
@@ -289,7 +290,7 @@ fn relu_pool(
 
 /// Reusable buffers and the saved intermediates of the last forward chunk(s).
 #[derive(Default)]
-pub struct Workspace {
+struct Workspace {
     cols1: Vec<f32>,
     pre1: Vec<f32>,
     pool1: Vec<f32>,
@@ -308,8 +309,9 @@ pub struct Workspace {
 pub struct Weights<'a> {
     /// `[C, H, W]` of one input image.
     pub image: (usize, usize, usize),
-    /// conv1 `[16, C·25]`, `[16]`; conv2 `[32, 16·25]`, `[32]` (row-major, kernel layout).
+    /// conv1's weight `[16, C, 5, 5]` and bias `[16]`, row-major (candle's layout).
     pub conv1: (&'a [f32], &'a [f32]),
+    /// conv2's weight `[32, 16, 5, 5]` and bias `[32]`, row-major (candle's layout).
     pub conv2: (&'a [f32], &'a [f32]),
 }
 
@@ -465,10 +467,13 @@ pub fn forward(wt: &Weights, x: &[f32], n: usize, ws: &mut Workspaces) -> Vec<f3
 /// Gradients of the body's four parameters, accumulated over a batch.
 #[derive(Debug, Default)]
 pub struct Grads {
-    /// `[16, C·25]`, `[16]`, `[32, 16·25]`, `[32]`.
+    /// ∂loss/∂conv1.weight, `[16, C, 5, 5]` row-major (candle's layout).
     pub conv1_weight: Vec<f32>,
+    /// ∂loss/∂conv1.bias, `[16]`.
     pub conv1_bias: Vec<f32>,
+    /// ∂loss/∂conv2.weight, `[32, 16, 5, 5]` row-major (candle's layout).
     pub conv2_weight: Vec<f32>,
+    /// ∂loss/∂conv2.bias, `[32]`.
     pub conv2_bias: Vec<f32>,
 }
 
