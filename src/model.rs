@@ -32,6 +32,10 @@ pub enum ModelError {
     /// The requested device is not available.
     #[error("{0}")]
     Device(String),
+    /// A training recipe or its targets are invalid (e.g. soft targets of the wrong length,
+    /// a negative mixup α).
+    #[error("invalid training recipe: {0}")]
+    Recipe(String),
 }
 
 /// Model family (the `--model` option).

@@ -58,6 +58,12 @@ pub struct TrainConfig {
     pub scope: Scope,
     /// Seed of the shuffling order.
     pub seed: u64,
+    /// mixup's α (Zhang et al., ICLR 2018): each batch is replaced by `λ·x + (1 − λ)·x[π]`
+    /// with targets mixed alike, `λ ~ Beta(α, α)` and `π` a random permutation of the batch
+    /// (with a frozen body, [`Scope::Head`], the body's outputs are mixed). 0 = off (the
+    /// paper's recipe); mixed batches keep a network from memorising the wrong labels a
+    /// partition leaves behind.
+    pub mixup: f64,
 }
 
 impl TrainConfig {
@@ -72,6 +78,7 @@ impl TrainConfig {
             },
             scope: Scope::All,
             seed,
+            mixup: 0.0,
         }
     }
 }
@@ -409,17 +416,40 @@ pub fn loss_and_grads(
     labels: &Tensor,
     scope: Scope,
 ) -> Result<(Tensor, GradStore), ModelError> {
+    let k = model.spec().num_classes;
+    let classes = Tensor::arange(0u32, k as u32, input.device())?.unsqueeze(0)?;
+    let onehot = labels
+        .unsqueeze(1)?
+        .broadcast_eq(&classes)?
+        .to_dtype(input.dtype())?;
+    soft_loss_and_grads(model, input, &onehot, scope)
+}
+
+/// As [`loss_and_grads`] with soft targets: `targets` `[B, K]` f32, each row a distribution
+/// over the classes (one-hot rows give [`loss_and_grads`]). The loss is the mean
+/// cross-entropy `−(1/B) Σ_b Σ_k t_bk log softmax(logits)_bk` and `g = (softmax − t) / B`
+/// (label correction's soft labels and mixup's mixed targets; Zhang et al., "mixup: Beyond
+/// Empirical Risk Minimization", ICLR 2018).
+///
+/// # Errors
+/// [`ModelError::Candle`] on a shape mismatch or device error.
+pub fn soft_loss_and_grads(
+    model: &Model,
+    input: &Tensor,
+    targets: &Tensor,
+    scope: Scope,
+) -> Result<(Tensor, GradStore), ModelError> {
     let mut grads = GradStore::default();
     match (model.spec().arch, scope) {
         (_, Scope::Head) => {
-            let (loss, _) = head_grads(model, input, labels, &mut grads, false)?;
+            let (loss, _) = head_grads(model, input, targets, &mut grads, false)?;
             Ok((loss, grads))
         }
         (Arch::Mlp, Scope::All) => {
             let u = input
                 .matmul(&model.param("body.0.weight").t()?)?
                 .broadcast_add(model.param("body.0.bias"))?;
-            let (loss, dz) = head_grads(model, &u.relu()?, labels, &mut grads, true)?;
+            let (loss, dz) = head_grads(model, &u.relu()?, targets, &mut grads, true)?;
             let dz = dz.expect("asked for");
             let du = relu_backward(&dz, &u)?;
             grads.insert(model.param("body.0.weight"), du.t()?.matmul(input)?);
@@ -429,7 +459,7 @@ pub fn loss_and_grads(
         (Arch::Cnn, Scope::All) => {
             let mut loss = None;
             let body = model.cnn_cpu_body_grads(input, |z| {
-                let (l, dz) = head_grads(model, z, labels, &mut grads, true)?;
+                let (l, dz) = head_grads(model, z, targets, &mut grads, true)?;
                 loss = Some(l);
                 Ok(dz.expect("asked for"))
             })?;
@@ -441,7 +471,10 @@ pub fn loss_and_grads(
                     Ok((loss, grads))
                 }
                 _ => {
-                    let loss = cross_entropy(&model.forward(input)?, labels)?;
+                    let logits = model.forward(input)?;
+                    let b = logits.dim(0)?;
+                    let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+                    let loss = ((&log_p * targets)?.sum_all()? * (-1.0 / b as f64))?;
                     let grads = loss.backward()?;
                     Ok((loss, grads))
                 }
@@ -457,13 +490,13 @@ fn relu_backward(d: &Tensor, pre: &Tensor) -> Result<Tensor, ModelError> {
     Ok((d * pre.ge(0.0)?.to_dtype(d.dtype())?)?)
 }
 
-/// The head's part of [`loss_and_grads`]: from the body's output `z` `[B, F]`, the mean
-/// cross-entropy, the gradients of `fc` and `fc2` (into `grads`) and, when `want_dz`, the
-/// gradient at `z` `[B, F]`.
+/// The head's part of [`soft_loss_and_grads`]: from the body's output `z` `[B, F]` and the
+/// targets `t` `[B, K]`, the mean cross-entropy, the gradients of `fc` and `fc2` (into
+/// `grads`) and, when `want_dz`, the gradient at `z` `[B, F]`.
 fn head_grads(
     model: &Model,
     z: &Tensor,
-    labels: &Tensor,
+    targets: &Tensor,
     grads: &mut GradStore,
     want_dz: bool,
 ) -> Result<(Tensor, Option<Tensor>), ModelError> {
@@ -472,15 +505,10 @@ fn head_grads(
     let h = z.matmul(&w1.t()?)?.broadcast_add(b1)?;
     let r = h.relu()?;
     let logits = r.matmul(&w2.t()?)?.broadcast_add(b2)?;
-    let (b, k) = logits.dims2()?;
-    let classes = Tensor::arange(0u32, k as u32, logits.device())?.unsqueeze(0)?;
-    let onehot = labels
-        .unsqueeze(1)?
-        .broadcast_eq(&classes)?
-        .to_dtype(logits.dtype())?;
+    let b = logits.dim(0)?;
     let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let loss = ((&log_p * &onehot)?.sum_all()? * (-1.0 / b as f64))?;
-    let g = ((log_p.exp()? - &onehot)? * (1.0 / b as f64))?;
+    let loss = ((&log_p * targets)?.sum_all()? * (-1.0 / b as f64))?;
+    let g = ((log_p.exp()? - targets)? * (1.0 / b as f64))?;
     grads.insert(w2, g.t()?.matmul(&r)?);
     grads.insert(b2, g.sum(0)?);
     let dh = relu_backward(&g.matmul(w2)?, &h)?;
@@ -504,74 +532,8 @@ pub fn train(
     train_with(model, data, cfg, progress, label, &mut |_| Ok(()))
 }
 
-/// The result of [`train_early_stopped`].
-pub struct EarlyStopped {
-    /// A copy of the model at its best held-out epoch.
-    pub model: Model,
-    /// That epoch (1-based).
-    pub epoch: usize,
-    /// Its accuracy on the held-out slice.
-    pub held_accuracy: f64,
-    /// Samples trained on (the set minus the held-out slice).
-    pub trained_on: usize,
-    /// The whole run's statistics.
-    pub stats: TrainStats,
-}
-
-/// Train `model` on a stratified `1 − held_fraction` of `set` and keep a copy of the weights
-/// at the epoch with the best accuracy on the rest (early stopping; Arpit et al. 2017: a
-/// network fits the clean labels before it memorises the noisy ones). `model` itself ends at
-/// the last epoch.
-///
-/// # Errors
-/// [`ModelError`] from training or prediction.
-pub fn train_early_stopped(
-    model: &Model,
-    set: &Dataset,
-    cfg: &TrainConfig,
-    held_fraction: f64,
-    progress: &Progress,
-    label: &str,
-) -> Result<EarlyStopped, ModelError> {
-    let want = ((set.len() as f64 * held_fraction.clamp(0.0, 0.5)) as usize).max(1);
-    let held_idx = set.stratified_indices(want, cfg.seed);
-    let mut is_held = vec![false; set.len()];
-    for &i in &held_idx {
-        is_held[i] = true;
-    }
-    let train_idx: Vec<usize> = (0..set.len()).filter(|&i| !is_held[i]).collect();
-    let (train_set, held) = (set.select(&train_idx), set.select(&held_idx));
-    let mut best: Option<(f64, usize, Model)> = None;
-    let stats = train_with(model, &train_set, cfg, progress, label, &mut |epoch| {
-        let p = predict(model, &held)?;
-        let acc = p.iter().zip(&held.labels).filter(|(a, b)| a == b).count() as f64
-            / held.len().max(1) as f64;
-        if best.as_ref().is_none_or(|(b, _, _)| acc > *b) {
-            best = Some((acc, epoch, model.deep_clone()?));
-        }
-        Ok(())
-    })?;
-    let (held_accuracy, epoch, model) = match best {
-        Some(b) => b,
-        None => (0.0, 0, model.deep_clone()?),
-    };
-    tracing::debug!(
-        label,
-        epoch,
-        held_accuracy,
-        "early stopping: kept the best held-out epoch"
-    );
-    Ok(EarlyStopped {
-        model,
-        epoch,
-        held_accuracy,
-        trained_on: train_set.len(),
-        stats,
-    })
-}
-
-/// As [`train`], calling `on_epoch(epoch)` (1-based) after each epoch, e.g. to evaluate a
-/// held-out set and keep the best weights (early stopping).
+/// As [`train`], calling `on_epoch(epoch)` (1-based) after each epoch (e.g. to evaluate a
+/// held-out set).
 ///
 /// # Errors
 /// [`ModelError`] from training or from `on_epoch`.
@@ -583,6 +545,101 @@ pub fn train_with(
     label: &str,
     on_epoch: &mut dyn FnMut(usize) -> Result<(), ModelError>,
 ) -> Result<TrainStats, ModelError> {
+    train_targets(model, data, None, cfg, progress, label, on_epoch)
+}
+
+/// As [`train`] with soft targets instead of `data.labels`: `targets` `[N, K]` row-major
+/// (N = `data.len()`, K = `data.num_classes`), each row a distribution over the classes
+/// (label correction: a flagged sample's out-of-sample class probabilities).
+///
+/// # Errors
+/// [`ModelError::Recipe`] when `targets` is not `N·K` long; [`ModelError`] from training.
+pub fn train_soft(
+    model: &Model,
+    data: &Dataset,
+    targets: &[f32],
+    cfg: &TrainConfig,
+    progress: &Progress,
+    label: &str,
+) -> Result<TrainStats, ModelError> {
+    train_targets(
+        model,
+        data,
+        Some(targets),
+        cfg,
+        progress,
+        label,
+        &mut |_| Ok(()),
+    )
+}
+
+/// One batch's targets `[B, K]`: rows of `soft` when given, else one-hot rows of the labels.
+fn batch_targets(
+    data: &Dataset,
+    soft: Option<&[f32]>,
+    idx: &[usize],
+    device: &Device,
+) -> Result<Tensor, ModelError> {
+    let k = data.num_classes;
+    let mut t = vec![0f32; idx.len() * k];
+    for (row, &i) in t.chunks_mut(k).zip(idx) {
+        match soft {
+            Some(s) => row.copy_from_slice(&s[i * k..(i + 1) * k]),
+            None => row[data.labels[i] as usize] = 1.0,
+        }
+    }
+    Ok(Tensor::from_vec(t, (idx.len(), k), device)?)
+}
+
+/// mixup of one batch: `(λ·x + (1 − λ)·x[π], λ·t + (1 − λ)·t[π])`, `λ ~ Beta(α, α)`.
+fn mix_batch(
+    x: &Tensor,
+    t: &Tensor,
+    alpha: f64,
+    rng: &mut Xoshiro256PlusPlus,
+) -> Result<(Tensor, Tensor), ModelError> {
+    use rand_distr::{Beta, Distribution};
+    let lambda = Beta::new(alpha, alpha)
+        .map_err(|e| ModelError::Recipe(format!("mixup α = {alpha}: {e}")))?
+        .sample(rng);
+    let b = x.dim(0)?;
+    let mut perm: Vec<u32> = (0..b as u32).collect();
+    perm.shuffle(rng);
+    let perm = Tensor::from_vec(perm, b, x.device())?;
+    let mix = |a: &Tensor| -> Result<Tensor, ModelError> {
+        Ok(((a * lambda)? + (a.index_select(&perm, 0)? * (1.0 - lambda))?)?)
+    };
+    Ok((mix(x)?, mix(t)?))
+}
+
+fn train_targets(
+    model: &Model,
+    data: &Dataset,
+    soft: Option<&[f32]>,
+    cfg: &TrainConfig,
+    progress: &Progress,
+    label: &str,
+    on_epoch: &mut dyn FnMut(usize) -> Result<(), ModelError>,
+) -> Result<TrainStats, ModelError> {
+    if let Some(s) = soft {
+        if s.len() != data.len() * data.num_classes {
+            return Err(ModelError::Recipe(format!(
+                "soft targets: {} values for {} samples of {} classes",
+                s.len(),
+                data.len(),
+                data.num_classes
+            )));
+        }
+    }
+    if !(cfg.mixup >= 0.0 && cfg.mixup.is_finite()) {
+        return Err(ModelError::Recipe(format!(
+            "mixup α must be a finite number ≥ 0 (got {})",
+            cfg.mixup
+        )));
+    }
+    let plain = soft.is_none() && cfg.mixup == 0.0;
+    // mixup's own stream, so the shuffling order is the same with and without it.
+    let mut mix_rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed ^ 0x6d_6978_7570);
     let t0 = Instant::now();
     let device = model.device();
     let mut opt = OptimizerState::new(model, cfg.optimizer, cfg.scope)?;
@@ -616,7 +673,17 @@ pub fn train_with(
                     }
                     None => batch_tensors(data, chunk, device)?,
                 };
-                let (loss, grads) = loss_and_grads(model, &input, &y, cfg.scope)?;
+                let (loss, grads) = if plain {
+                    loss_and_grads(model, &input, &y, cfg.scope)?
+                } else {
+                    let t = batch_targets(data, soft, chunk, device)?;
+                    let (input, t) = if cfg.mixup > 0.0 {
+                        mix_batch(&input, &t, cfg.mixup, &mut mix_rng)?
+                    } else {
+                        (input, t)
+                    };
+                    soft_loss_and_grads(model, &input, &t, cfg.scope)?
+                };
                 opt.step(&grads)?;
                 loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 bar.inc(1);
@@ -719,26 +786,52 @@ mod tests {
                 optimizer: adam(),
                 scope: Scope::All,
                 seed: 1,
+                mixup: 0.0,
             };
             let few = data.select(&(0..512).collect::<Vec<_>>());
             train(&m, &few, &cfg, &Progress::hidden(), "t").unwrap();
             m.prune(&[0, 5, 7]).unwrap();
-            for scope in [Scope::All, Scope::Head] {
+            // Soft targets: a deterministic distribution per row (label correction, mixup).
+            let k = 10;
+            let soft: Vec<f32> = (0..96 * k)
+                .map(|i| 1.0 + ((i * 31 % 17) as f32))
+                .collect::<Vec<_>>()
+                .chunks(k)
+                .flat_map(|r| {
+                    let z: f32 = r.iter().sum();
+                    r.iter().map(move |v| v / z).collect::<Vec<_>>()
+                })
+                .collect();
+            let soft = Tensor::from_vec(soft, (96, k), &Device::Cpu).unwrap();
+            for (scope, targets) in [Scope::All, Scope::Head]
+                .into_iter()
+                .flat_map(|s| [(s, None), (s, Some(&soft))])
+            {
                 let input = match scope {
                     Scope::All => x.clone(),
                     Scope::Head => m.body(&x).unwrap().detach(),
                 };
-                let (loss, grads) = loss_and_grads(&m, &input, &y, scope).unwrap();
+                let (loss, grads) = match targets {
+                    None => loss_and_grads(&m, &input, &y, scope).unwrap(),
+                    Some(t) => soft_loss_and_grads(&m, &input, t, scope).unwrap(),
+                };
                 let logits = match scope {
                     Scope::All => m.forward(&x).unwrap(),
                     Scope::Head => m.head(&m.fc(&input).unwrap()).unwrap(),
                 };
-                let ref_loss = cross_entropy(&logits, &y).unwrap();
+                let ref_loss = match targets {
+                    None => cross_entropy(&logits, &y).unwrap(),
+                    Some(t) => {
+                        let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+                        ((log_p * t).unwrap().sum_all().unwrap() * (-1.0 / 96.0)).unwrap()
+                    }
+                };
                 let ref_grads = ref_loss.backward().unwrap();
                 let l = |t: &Tensor| t.to_scalar::<f32>().unwrap();
+                let what = if targets.is_some() { "soft" } else { "labels" };
                 assert!(
                     (l(&loss) - l(&ref_loss)).abs() < 1e-5,
-                    "{arch} {scope:?} loss"
+                    "{arch} {scope:?} {what} loss"
                 );
                 for p in m.params() {
                     let trained = scope == Scope::All || p.group == Group::Head;
@@ -756,13 +849,45 @@ mod tests {
                         .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
                     assert!(
                         diff / scale < 1e-4,
-                        "{arch} {scope:?} {}: rel diff {}",
+                        "{arch} {scope:?} {what} {}: rel diff {}",
                         p.name,
                         diff / scale
                     );
                 }
             }
         }
+    }
+
+    #[test]
+    fn mixup_and_soft_targets_train_and_refuse_bad_recipes() {
+        let split = mnist();
+        let few = split.train.select(&(0..1024).collect::<Vec<_>>());
+        let k = few.num_classes;
+        // One-hot soft targets with mixup learn the training labels (a separable-enough set).
+        let onehot: Vec<f32> = few
+            .labels
+            .iter()
+            .flat_map(|&c| (0..k).map(move |j| f32::from(j == c as usize)))
+            .collect();
+        let m = Model::new(mnist_spec(Arch::Mlp, 32), &Device::Cpu, 2).unwrap();
+        let cfg = TrainConfig {
+            epochs: 8,
+            batch_size: 64,
+            optimizer: adam(),
+            scope: Scope::All,
+            seed: 1,
+            mixup: 1.0,
+        };
+        train_soft(&m, &few, &onehot, &cfg, &Progress::hidden(), "t").unwrap();
+        let p = predict(&m, &few).unwrap();
+        let acc = p.iter().zip(&few.labels).filter(|(a, b)| a == b).count() as f64 / 1024.0;
+        assert!(acc > 0.9, "mixup training accuracy {acc}");
+        // Wrong lengths and a negative α are refused with the reason.
+        let e = train_soft(&m, &few, &onehot[1..], &cfg, &Progress::hidden(), "t").unwrap_err();
+        assert!(e.to_string().contains("soft targets"), "{e}");
+        let bad = TrainConfig { mixup: -1.0, ..cfg };
+        let e = train(&m, &few, &bad, &Progress::hidden(), "t").unwrap_err();
+        assert!(e.to_string().contains("mixup"), "{e}");
     }
 
     #[test]
@@ -826,6 +951,7 @@ mod tests {
             optimizer: adam(),
             scope: Scope::All,
             seed: 1,
+            mixup: 0.0,
         };
         let stats = train(&m, &train_set, &cfg, &Progress::hidden(), "t").unwrap();
         assert_eq!(stats.epoch_seconds.len(), 3);
@@ -853,6 +979,7 @@ mod tests {
                 },
                 scope,
                 seed: 3,
+                mixup: 0.0,
             };
             train(&m, &train_set, &cfg, &Progress::hidden(), "t").unwrap();
             let w = m.param("fc.weight").to_vec2::<f32>().unwrap();
@@ -890,6 +1017,7 @@ mod tests {
             },
             scope: Scope::All,
             seed: 1,
+            mixup: 0.0,
         };
         let stats = train(&m, &train_set, &cfg, &Progress::hidden(), "t").unwrap();
         // ln 10 = 2.30 at chance; SGD with momentum gets well below 1 in two epochs.
@@ -907,6 +1035,7 @@ mod tests {
             optimizer: adam(),
             scope: Scope::All,
             seed: 1,
+            mixup: 0.0,
         };
         let stats = train(&m, &train_set, &cfg, &Progress::hidden(), "t").unwrap();
         assert!(stats.final_loss < 1.0, "loss {}", stats.final_loss);

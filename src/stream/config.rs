@@ -381,6 +381,10 @@ pub struct CycleConfig {
     /// with `"clean"`) held out to compare the models, drawn from those the current model has
     /// not trained on and at most half of them ([`crate::stream::cycle`]).
     pub holdout_fraction: f64,
+    /// mixup's α in the cycle's fine-tuning ([`crate::train::TrainConfig::mixup`]; 0 =
+    /// off): mixed batches keep the fine-tune from memorising the wrong labels left in the
+    /// clean partition.
+    pub mixup: f64,
     /// The acceptance guard (`[cycle.guard]`, [`crate::stream::guard`]).
     pub guard: crate::stream::guard::GuardParams,
     /// A trusted validation set replaces the held-out slice when given.
@@ -399,6 +403,7 @@ impl Default for CycleConfig {
             prune_fraction: crate::prune::DEFAULT_PRUNE_FRACTION,
             regrow: true,
             holdout_fraction: 0.1,
+            mixup: 0.0,
             guard: Default::default(),
             validation: None,
             seed: 2,
@@ -653,6 +658,12 @@ impl DaemonConfig {
         }
         if c.epochs == 0 {
             p.push("cycle.epochs must be >= 1".into());
+        }
+        if !(c.mixup >= 0.0 && c.mixup <= 10.0) {
+            p.push(format!(
+                "cycle.mixup = {}: must be in [0, 10] (mixup's Beta α; 0 = off)",
+                c.mixup
+            ));
         }
         if c.min_samples < crate::stream::cycle::MIN_CYCLE_SAMPLES {
             p.push(format!(

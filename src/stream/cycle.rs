@@ -225,6 +225,7 @@ pub fn finetune_recipe(cfg: &DaemonConfig, seed: u64) -> TrainConfig {
         },
         scope,
         seed,
+        mixup: cfg.cycle.mixup,
     }
 }
 
