@@ -7,8 +7,9 @@
 //! - `label-gradient`: `a(x) = | ∂ℓ(f(x), y_given)/∂h ⊙ h |`, ℓ = cross-entropy (project
 //!   decision; label-aware, needed for label noise) `= | ((softmax − onehot(y))·W2) ⊙ relu(h) |`.
 //!
-//! `h` is the pre-ReLU output of `fc`. No autograd graph is built; the tests hold both forms to
-//! the definitions computed literally by autograd. The same pass also returns `h` (the
+//! `h` is the pre-ReLU output of `fc`. No autograd graph is built; on the CPU the closed forms
+//! after the two matrix products run as one fused pass per row, elsewhere as tensor
+//! operations. The tests hold both forms to the definitions computed literally by autograd. The same pass also returns `h` (the
 //! regressors of §3.3) and the per-sample cross-entropy (the clean-component rule of §3.2.2).
 
 use std::fmt;

@@ -136,6 +136,7 @@ pub fn bench_epoch(
             scope: Scope::All,
             seed: r as u64,
             mixup: 0.0,
+            ema: 0.0,
         };
         let stats = train(model, data, &cfg, &Progress::hidden(), "bench")?;
         secs.push(stats.total_seconds);

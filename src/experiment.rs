@@ -356,6 +356,7 @@ fn recipe(
         scope,
         seed,
         mixup: 0.0,
+        ema: 0.0,
     }
 }
 
@@ -851,11 +852,17 @@ pub fn corrected_set(
 /// mixup's α in the Relabel row's recipe.
 pub const RELABEL_MIXUP: f64 = 1.0;
 
+/// Decay of the moving average of the weights the Relabel row ends with
+/// ([`TrainConfig::ema`]; about the last 1,000 steps).
+pub const RELABEL_EMA: f64 = 0.999;
+
 /// The Relabel row: from scratch on [`corrected_set`] at [`RELABEL_CONFIDENCE`], with the
-/// same recipe as Retrain plus mixup at α = [`RELABEL_MIXUP`] (Zhang et al., ICLR 2018),
-/// for all `cfg.epochs`. Mixed batches keep a long recipe from memorising the labels the
-/// partition and the correction got wrong (measured against early stopping on a held-out
-/// tenth, the row's recipe until 2026-12-05: README "Does the repair work").
+/// same recipe as Retrain plus mixup at α = [`RELABEL_MIXUP`] (Zhang et al., ICLR 2018)
+/// for all `cfg.epochs`, ending with the moving average of its weights (decay
+/// [`RELABEL_EMA`]). Mixed batches keep a long recipe from memorising the labels the
+/// partition and the correction got wrong, and the average smooths the last epochs' swings
+/// (both measured against early stopping on a held-out tenth, the row's recipe until
+/// 2026-12-04: README "Does the repair work").
 ///
 /// # Errors
 /// Any step's error.
@@ -881,6 +888,7 @@ pub fn relabel_row(
     let m = Model::new(spec.clone(), &cfg.device, seed)?;
     let recipe = TrainConfig {
         mixup: RELABEL_MIXUP,
+        ema: RELABEL_EMA,
         ..recipe(cfg, cfg.epochs, Scope::All, 0.0, seed)
     };
     let stats = train(&m, &set, &recipe, progress, "Relabel")?;

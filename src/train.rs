@@ -64,6 +64,11 @@ pub struct TrainConfig {
     /// paper's recipe); mixed batches keep a network from memorising the wrong labels a
     /// partition leaves behind.
     pub mixup: f64,
+    /// Decay of an exponential moving average of the trained weights (Polyak & Juditsky
+    /// 1992; as TensorFlow's `ExponentialMovingAverage` with `num_updates`, the decay of step
+    /// t is `min(ema, (1 + t) / (10 + t))`); the model ends with the averaged weights. 0 =
+    /// off (the paper's recipe); it smooths out the last epochs' step-to-step swings.
+    pub ema: f64,
 }
 
 impl TrainConfig {
@@ -79,6 +84,7 @@ impl TrainConfig {
             scope: Scope::All,
             seed,
             mixup: 0.0,
+            ema: 0.0,
         }
     }
 }
@@ -260,6 +266,36 @@ impl OptimizerState {
             _ => new_p,
         };
         slot.var.set(&new_p)?;
+        Ok(())
+    }
+}
+
+/// One step of the weights' moving average on the CPU, in place: `a ← d·a + (1 − d)·w`.
+struct AverageStep(f32);
+
+impl candle_core::InplaceOp2 for AverageStep {
+    fn name(&self) -> &'static str {
+        "rlap-weight-average-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(a), CpuStorage::F32(w)) = (s1, s2) else {
+            candle_core::bail!("weight average: f32 tensors expected")
+        };
+        let (Some((a0, a1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("weight average: contiguous tensors expected")
+        };
+        let d = self.0;
+        for (ai, &wi) in a[a0..a1].iter_mut().zip(&w[w0..w1]) {
+            *ai = d * *ai + (1.0 - d) * wi;
+        }
         Ok(())
     }
 }
@@ -631,6 +667,12 @@ fn train_targets(
             )));
         }
     }
+    if !(0.0..1.0).contains(&cfg.ema) {
+        return Err(ModelError::Recipe(format!(
+            "the weight average's decay must be in [0, 1) (got {})",
+            cfg.ema
+        )));
+    }
     if !(cfg.mixup >= 0.0 && cfg.mixup.is_finite()) {
         return Err(ModelError::Recipe(format!(
             "mixup α must be a finite number ≥ 0 (got {})",
@@ -643,6 +685,16 @@ fn train_targets(
     let t0 = Instant::now();
     let device = model.device();
     let mut opt = OptimizerState::new(model, cfg.optimizer, cfg.scope)?;
+    // The moving average of the trained weights (cfg.ema), one tensor per trained parameter.
+    let mut average: Vec<Tensor> = if cfg.ema > 0.0 {
+        opt.vars()
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    let mut updates = 0u64;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
     let bs = cfg.batch_size.max(1);
@@ -685,6 +737,17 @@ fn train_targets(
                     soft_loss_and_grads(model, &input, &t, cfg.scope)?
                 };
                 opt.step(&grads)?;
+                if !average.is_empty() {
+                    updates += 1;
+                    let d = cfg.ema.min((1 + updates) as f64 / (10 + updates) as f64);
+                    for (a, v) in average.iter_mut().zip(opt.vars()) {
+                        if a.device().is_cpu() {
+                            a.inplace_op2(v.as_tensor(), &AverageStep(d as f32))?;
+                        } else {
+                            *a = ((&*a * d)? + (v.as_tensor() * (1.0 - d))?)?;
+                        }
+                    }
+                }
                 loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 bar.inc(1);
             }
@@ -705,6 +768,9 @@ fn train_targets(
             "epoch done"
         );
         on_epoch(epoch + 1)?;
+    }
+    for (a, v) in average.iter().zip(opt.vars()) {
+        v.set(a)?;
     }
     bar.finish_and_clear();
     stats.total_seconds = t0.elapsed().as_secs_f64();
@@ -787,6 +853,7 @@ mod tests {
                 scope: Scope::All,
                 seed: 1,
                 mixup: 0.0,
+                ema: 0.0,
             };
             let few = data.select(&(0..512).collect::<Vec<_>>());
             train(&m, &few, &cfg, &Progress::hidden(), "t").unwrap();
@@ -877,11 +944,56 @@ mod tests {
             scope: Scope::All,
             seed: 1,
             mixup: 1.0,
+            ema: 0.0,
+        };
+        let accuracy = |m: &Model| {
+            let p = predict(m, &few).unwrap();
+            p.iter().zip(&few.labels).filter(|(a, b)| a == b).count() as f64 / 1024.0
         };
         train_soft(&m, &few, &onehot, &cfg, &Progress::hidden(), "t").unwrap();
-        let p = predict(&m, &few).unwrap();
-        let acc = p.iter().zip(&few.labels).filter(|(a, b)| a == b).count() as f64 / 1024.0;
-        assert!(acc > 0.9, "mixup training accuracy {acc}");
+        assert!(
+            accuracy(&m) > 0.9,
+            "mixup: training accuracy {}",
+            accuracy(&m)
+        );
+        // The weight average ends elsewhere than the last step, learns as well, and keeps
+        // pruned neurons at zero (their weights are zero at every step).
+        let pruned_model = || {
+            let mut m = Model::new(mnist_spec(Arch::Mlp, 32), &Device::Cpu, 2).unwrap();
+            m.prune(&[1, 4]).unwrap();
+            m
+        };
+        let (avg, last) = (pruned_model(), pruned_model());
+        let with_ema = TrainConfig {
+            ema: 0.99,
+            ..cfg.clone()
+        };
+        train_soft(&avg, &few, &onehot, &with_ema, &Progress::hidden(), "t").unwrap();
+        train_soft(&last, &few, &onehot, &cfg, &Progress::hidden(), "t").unwrap();
+        assert!(
+            accuracy(&avg) > 0.9,
+            "average: training accuracy {}",
+            accuracy(&avg)
+        );
+        let w = |m: &Model| m.param("fc.weight").to_vec2::<f32>().unwrap();
+        assert!(w(&avg)[1].iter().chain(&w(&avg)[4]).all(|&v| v == 0.0));
+        assert_ne!(
+            w(&avg)[0],
+            w(&last)[0],
+            "the average is not the last step's weights"
+        );
+        let e = train(
+            &m,
+            &few,
+            &TrainConfig {
+                ema: 1.0,
+                ..cfg.clone()
+            },
+            &Progress::hidden(),
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("decay"), "{e}");
         // Wrong lengths and a negative α are refused with the reason.
         let e = train_soft(&m, &few, &onehot[1..], &cfg, &Progress::hidden(), "t").unwrap_err();
         assert!(e.to_string().contains("soft targets"), "{e}");
@@ -952,6 +1064,7 @@ mod tests {
             scope: Scope::All,
             seed: 1,
             mixup: 0.0,
+            ema: 0.0,
         };
         let stats = train(&m, &train_set, &cfg, &Progress::hidden(), "t").unwrap();
         assert_eq!(stats.epoch_seconds.len(), 3);
@@ -980,6 +1093,7 @@ mod tests {
                 scope,
                 seed: 3,
                 mixup: 0.0,
+                ema: 0.0,
             };
             train(&m, &train_set, &cfg, &Progress::hidden(), "t").unwrap();
             let w = m.param("fc.weight").to_vec2::<f32>().unwrap();
@@ -1018,6 +1132,7 @@ mod tests {
             scope: Scope::All,
             seed: 1,
             mixup: 0.0,
+            ema: 0.0,
         };
         let stats = train(&m, &train_set, &cfg, &Progress::hidden(), "t").unwrap();
         // ln 10 = 2.30 at chance; SGD with momentum gets well below 1 in two epochs.
@@ -1036,6 +1151,7 @@ mod tests {
             scope: Scope::All,
             seed: 1,
             mixup: 0.0,
+            ema: 0.0,
         };
         let stats = train(&m, &train_set, &cfg, &Progress::hidden(), "t").unwrap();
         assert!(stats.final_loss < 1.0, "loss {}", stats.final_loss);

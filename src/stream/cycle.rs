@@ -226,6 +226,7 @@ pub fn finetune_recipe(cfg: &DaemonConfig, seed: u64) -> TrainConfig {
         scope,
         seed,
         mixup: cfg.cycle.mixup,
+        ema: 0.0,
     }
 }
 
