@@ -11,7 +11,7 @@
 //!   and are disabled without one.
 //!
 //! The API is documented in `openapi/rlap.json`; `tests/http_api.rs` checks the server
-//! against it.
+//! against it. [`oip`] adds the Open Inference Protocol (KServe v2) routes under `/v2`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,6 +25,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub mod oip;
 
 use crate::onnx::runtime::{OnnxModel, RuntimeError};
 use crate::store::{ModelStore, StoreError, VersionMetadata, ONNX_FILE};
@@ -251,22 +253,46 @@ struct PredictResponse {
     predictions: Vec<Prediction>,
 }
 
+impl AppState {
+    /// Run a prediction handler (`/v1/predict`, `/v2/.../infer`) and count it in
+    /// `rlap_predict_requests_total` and `rlap_predict_seconds`.
+    async fn observe_predict(
+        &self,
+        handler: impl std::future::Future<Output = Response>,
+    ) -> Response {
+        let t = std::time::Instant::now();
+        let r = handler.await;
+        let class = match r.status().as_u16() {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics
+            .predict_requests
+            .with_label_values(&[class])
+            .inc();
+        self.metrics
+            .predict_seconds
+            .observe(t.elapsed().as_secs_f64());
+        r
+    }
+
+    /// Why this process is not ready to serve (`/readyz`, `/v2/health/ready`), or `None`.
+    fn not_ready(&self) -> Option<&'static str> {
+        // In `rlap serve` readiness also needs the brokers: a replica that cannot reach any is
+        // taken out of the Service rather than reported healthy.
+        if self.daemon.is_some() && self.metrics.broker_reachable.get() == 0 {
+            Some("no Kafka broker reachable (rlap_broker_reachable = 0; checked every 5 s)")
+        } else if self.current().is_none() {
+            Some("no model version loaded yet")
+        } else {
+            None
+        }
+    }
+}
+
 async fn predict(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let t = std::time::Instant::now();
-    let r = predict_inner(&st, body).await;
-    let class = match r.status().as_u16() {
-        200..=299 => "2xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    st.metrics
-        .predict_requests
-        .with_label_values(&[class])
-        .inc();
-    st.metrics
-        .predict_seconds
-        .observe(t.elapsed().as_secs_f64());
-    r
+    st.observe_predict(predict_inner(&st, body)).await
 }
 
 async fn predict_inner(st: &Arc<AppState>, body: Bytes) -> Response {
@@ -523,13 +549,8 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    // In `rlap serve` readiness also needs the brokers: a replica that cannot reach any is
-    // taken out of the Service rather than reported healthy.
-    if st.daemon.is_some() && st.metrics.broker_reachable.get() == 0 {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no Kafka broker reachable (rlap_broker_reachable = 0; checked every 5 s)",
-        );
+    if let Some(why) = st.not_ready() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, why);
     }
     match st.current() {
         Some(s) => Json(
@@ -543,7 +564,8 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// The API's routes (see `openapi/rlap.json`).
+/// The API's routes (see `openapi/rlap.json`), the Open Inference Protocol's ([`oip`]) among
+/// them.
 pub fn router(state: Arc<AppState>) -> Router {
     // Room for `max_batch` rows of JSON floats (up to ~24 characters each) of the model's D.
     let d = state.current().map_or(4096, |s| s.meta.input_dim.max(1));
@@ -565,6 +587,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(oip::routes())
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -298,6 +298,166 @@ fn http_api_matches_its_openapi_document() {
         404,
     );
 
+    // The Open Inference Protocol (KServe v2) beside /v1, on the same session: JSON tensors
+    // here (tests/oip_tritonclient.rs drives it with Triton's own client, binary data too).
+    c.json("GET", "/v2", "/v2", None, None, 200);
+    assert_eq!(
+        c.json("GET", "/v2/health/live", "/v2/health/live", None, None, 200)["live"],
+        true
+    );
+    c.json(
+        "GET",
+        "/v2/health/ready",
+        "/v2/health/ready",
+        None,
+        None,
+        200,
+    );
+    let m = c.json(
+        "GET",
+        "/v2/models/digits",
+        "/v2/models/{name}",
+        None,
+        None,
+        200,
+    );
+    assert_eq!(m["platform"], "onnxruntime_onnx");
+    assert_eq!(m["versions"], serde_json::json!(["1"]));
+    assert_eq!(m["inputs"][0]["shape"], serde_json::json!([-1, 784]));
+    assert_eq!(m["outputs"][0]["name"], "logits");
+    assert_eq!(m["outputs"][0]["shape"], serde_json::json!([-1, 10]));
+    c.json(
+        "GET",
+        "/v2/models/nope",
+        "/v2/models/{name}",
+        None,
+        None,
+        404,
+    );
+    let mv = "/v2/models/{name}/versions/{version}";
+    c.json("GET", "/v2/models/digits/versions/1", mv, None, None, 200);
+    c.json("GET", "/v2/models/digits/versions/9", mv, None, None, 404);
+    c.json("GET", "/v2/models/digits/versions/01", mv, None, None, 400);
+    let r = c.json(
+        "GET",
+        "/v2/models/digits/ready",
+        "/v2/models/{name}/ready",
+        None,
+        None,
+        200,
+    );
+    assert_eq!(
+        (r["ready"].clone(), r["version"].clone()),
+        (true.into(), "1".into())
+    );
+    c.json(
+        "GET",
+        "/v2/models/nope/ready",
+        "/v2/models/{name}/ready",
+        None,
+        None,
+        404,
+    );
+    let rv = "/v2/models/{name}/versions/{version}/ready";
+    c.json(
+        "GET",
+        "/v2/models/digits/versions/1/ready",
+        rv,
+        None,
+        None,
+        200,
+    );
+    c.json(
+        "GET",
+        "/v2/models/digits/versions/7/ready",
+        rv,
+        None,
+        None,
+        404,
+    );
+    let flat: Vec<f32> = images.iter().flatten().copied().collect();
+    let infer = serde_json::json!({
+        "id": "req-1",
+        "inputs": [{"name": "input", "shape": [3, 784], "datatype": "FP32", "data": images}],
+    })
+    .to_string();
+    let r = c.json(
+        "POST",
+        "/v2/models/digits/infer",
+        "/v2/models/{name}/infer",
+        Some(&infer),
+        None,
+        200,
+    );
+    assert_eq!(
+        (r["id"].clone(), r["model_version"].clone()),
+        ("req-1".into(), "1".into())
+    );
+    assert_eq!(r["outputs"][0]["shape"], serde_json::json!([3, 10]));
+    let logits: Vec<f32> = r["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let candle = v1
+        .forward(&candle_core::Tensor::from_slice(&flat, (3, 784), &Device::Cpu).unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let worst = logits
+        .iter()
+        .zip(&candle)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-3, "v2 logits differ from candle's by {worst}");
+    let iv = "/v2/models/{name}/versions/{version}/infer";
+    let flat_body = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [3, 784], "datatype": "FP32", "data": flat}],
+        "outputs": [{"name": "logits"}],
+    })
+    .to_string();
+    let r2 = c.json(
+        "POST",
+        "/v2/models/digits/versions/1/infer",
+        iv,
+        Some(&flat_body),
+        None,
+        200,
+    );
+    assert_eq!(
+        r2["outputs"][0]["data"], r["outputs"][0]["data"],
+        "flat data = nested data"
+    );
+    for (body, status) in [
+        (r#"{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}"#.to_string(), 400),
+        (infer.replace("FP32", "INT64"), 400),
+        (infer.replace(r#""name":"input""#, r#""name":"x""#), 400),
+        ("not json".to_string(), 400),
+        (serde_json::json!({"inputs": [{"name": "input", "shape": [65, 784], "datatype": "FP32", "data": vec![0.0f32; 65 * 784]}]}).to_string(), 413),
+    ] {
+        let e = c.json("POST", "/v2/models/digits/infer", "/v2/models/{name}/infer", Some(&body), None, status);
+        assert!(e["error"].is_string(), "{e}");
+    }
+    c.json(
+        "POST",
+        "/v2/models/nope/infer",
+        "/v2/models/{name}/infer",
+        Some(&infer),
+        None,
+        404,
+    );
+    c.json(
+        "POST",
+        "/v2/models/digits/versions/5/infer",
+        iv,
+        Some(&infer),
+        None,
+        404,
+    );
+
     c.json("POST", "/v1/cycle", "/v1/cycle", None, None, 401);
     c.json("POST", "/v1/cycle", "/v1/cycle", None, Some("s3cret"), 409);
     c.json("GET", "/v1/status", "/v1/status", None, None, 404);
@@ -429,6 +589,27 @@ fn http_api_matches_its_openapi_document() {
         c.json("GET", "/readyz", "/readyz", None, None, 200)["version"],
         1,
         "pinned by rollback"
+    );
+    // A version in the store that is not the one served is not ready: 503, with the reason.
+    let e = c.json(
+        "GET",
+        "/v2/models/digits/versions/2/ready",
+        rv,
+        None,
+        None,
+        503,
+    );
+    assert!(
+        e["error"].as_str().unwrap().contains("serving version 1"),
+        "{e}"
+    );
+    c.json(
+        "POST",
+        "/v2/models/digits/versions/2/infer",
+        iv,
+        Some(&infer),
+        None,
+        503,
     );
 
     // Every documented operation was exercised.
