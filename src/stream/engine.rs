@@ -196,6 +196,20 @@ pub struct Engine {
     provisional_skip_recorded: bool,
 }
 
+/// `ModelPublished.model_url`: `<public_url>/v1/models/<model>/versions/<version>/model.onnx`
+/// (the API's download route), or empty when `public_url` is empty. A trailing `/` of
+/// `public_url` is dropped.
+pub fn model_url(public_url: &str, model: &str, version: u64) -> String {
+    if public_url.is_empty() {
+        return String::new();
+    }
+    format!(
+        "{}/v1/models/{model}/versions/{version}/{}",
+        public_url.trim_end_matches('/'),
+        crate::store::ONNX_FILE
+    )
+}
+
 /// How long a follower holding `bootstrap.samples` waits for the leader's first model before
 /// it trains one itself (a leader whose partitions are quiet may never collect its
 /// bootstrap). While it waits it takes no more samples (see [`Engine::waiting_for_first_model`]).
@@ -652,7 +666,8 @@ impl Engine {
         Ok(scores)
     }
 
-    /// The `ModelPublished` event of a version.
+    /// The `ModelPublished` event of a version: its store folder as a `file://` location, and
+    /// with `api.public_url` set, the HTTP URL of its `model.onnx` on the API.
     pub fn announcement(&self, meta: &VersionMetadata, extra: &[(String, f64)]) -> ModelPublished {
         let dir = self
             .store
@@ -684,6 +699,7 @@ impl Engine {
                 .unwrap_or_default(),
             metrics,
             created_at_ms: crate::stream::unix_ms(),
+            model_url: model_url(&self.cfg.api.public_url, &meta.model, meta.version),
         }
     }
 
