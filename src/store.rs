@@ -60,7 +60,7 @@ pub enum StoreError {
 }
 
 /// Test accuracy and macro F1 of a model, as stored in the metadata.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Metrics {
     /// Accuracy in [0, 1].
     pub accuracy: f64,
@@ -69,7 +69,7 @@ pub struct Metrics {
 }
 
 /// Where the samples of a cycle came from (for the streaming daemon; free-form otherwise).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SampleWindow {
     /// Samples the cycle used.
     pub samples: u64,
@@ -79,7 +79,7 @@ pub struct SampleWindow {
 
 /// Why a cycle's candidate was published: what the acceptance guard saw
 /// (`crate::stream::guard`), kept in the version's `metadata.json`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AcceptanceEvidence {
     /// The guard's reason, in words.
     pub reason: String,
@@ -93,7 +93,8 @@ pub struct AcceptanceEvidence {
     pub accuracy_before: f64,
     /// Accuracy of this version on them.
     pub accuracy_after: f64,
-    /// Two-sided interval of the paired accuracy difference (after − before).
+    /// Two-sided interval of the paired accuracy difference (after − before): `[low, high]`.
+    #[schema(value_type = [f64; 2])]
     pub difference_interval: (f64, f64),
     /// Recall per class `[K]` of the parent on the evaluation set (None: no sample of it).
     pub recall_before: Vec<Option<f64>>,
@@ -125,7 +126,7 @@ pub struct PublishInfo {
 }
 
 /// `metadata.json` of one version.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct VersionMetadata {
     /// Model name (the store folder).
     pub model: String,
@@ -134,6 +135,7 @@ pub struct VersionMetadata {
     /// The version it was derived from.
     pub parent_version: Option<u64>,
     /// RFC 3339, UTC, seconds.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// See [`PublishInfo`].
     pub sample_window: Option<SampleWindow>,

@@ -1,4 +1,5 @@
-//! The HTTP API against its OpenAPI document (`openapi/rlap.json`), on loopback, with the real
+//! The HTTP API against its OpenAPI document (`openapi/rlap.json`, generated from the code and
+//! also served at `/openapi.json`), on loopback, with the real
 //! ONNX Runtime: every documented path and method is called, every JSON response is checked
 //! against the documented schema for its status; hot swap under load, refusal of a corrupt
 //! version, rollback and pinning, admin auth, path traversal.
@@ -17,25 +18,46 @@ use rlap::store::{ModelStore, PublishInfo, ONNX_FILE};
 use rlap::train::{train, TrainConfig};
 use serde_json::Value;
 
-/// Minimal OpenAPI 3 schema check: `$ref`, `type`, `nullable`, `required`, `properties`, `items`.
+/// Minimal OpenAPI 3.0/3.1 schema check: `$ref`, `oneOf`/`anyOf`/`allOf`, `type` (a name or,
+/// in 3.1, a list of names with `"null"`), `nullable`, `required`, `properties`, `items`.
 fn check(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
         let name = r.trim_start_matches("#/components/schemas/");
         return check(doc, &doc["components"]["schemas"][name], v, at);
     }
-    if v.is_null() && schema["nullable"] == true {
+    for key in ["oneOf", "anyOf"] {
+        if let Some(alts) = schema.get(key).and_then(Value::as_array) {
+            let errors: Vec<String> = alts
+                .iter()
+                .filter_map(|s| check(doc, s, v, at).err())
+                .collect();
+            if errors.len() == alts.len() {
+                return Err(format!("{at}: no alternative of {key} fits: {errors:?}"));
+            }
+        }
+    }
+    for s in schema["allOf"].as_array().into_iter().flatten() {
+        check(doc, s, v, at)?;
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    if v.is_null() && (schema["nullable"] == true || types.contains(&"null")) {
         return Ok(());
     }
-    let ok = match schema["type"].as_str() {
-        Some("object") => v.is_object(),
-        Some("array") => v.is_array(),
-        Some("string") => v.is_string(),
-        Some("integer") => v.is_u64() || v.is_i64(),
-        Some("number") => v.is_number(),
-        Some("boolean") => v.is_boolean(),
+    let fits = |t: &str| match t {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "integer" => v.is_u64() || v.is_i64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
         _ => true,
     };
-    if !ok {
+    if !types.is_empty() && !types.iter().any(|t| fits(t)) {
         return Err(format!("{at}: expected {}, got {v}", schema["type"]));
     }
     for req in schema["required"].as_array().into_iter().flatten() {
@@ -225,6 +247,19 @@ fn http_api_matches_its_openapi_document() {
         doc: doc.clone(),
         exercised: BTreeSet::new(),
     };
+    let served = c.json("GET", "/openapi.json", "/openapi.json", None, None, 200);
+    assert!(
+        served == doc,
+        "GET /openapi.json does not serve the document openapi/rlap.json holds"
+    );
+    // The checker itself rejects what it should (3.1 type lists, oneOf with null).
+    let t = serde_json::json!({"type": ["integer", "null"]});
+    assert!(check(&doc, &t, &Value::Null, "t").is_ok());
+    assert!(check(&doc, &t, &serde_json::json!("x"), "t").is_err());
+    let o =
+        serde_json::json!({"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Error"}]});
+    assert!(check(&doc, &o, &serde_json::json!({"error": "e"}), "o").is_ok());
+    assert!(check(&doc, &o, &serde_json::json!({"nope": 1}), "o").is_err());
     let h = c.json("GET", "/healthz", "/healthz", None, None, 200);
     assert!(
         h["onnxruntime"]["version"] == rlap::onnx::runtime::ORT_VERSION,

@@ -26,8 +26,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
-use super::{error, AppState, Served};
+use super::{error, AppState, ErrorBody, Served};
 use crate::onnx::export::{INPUT, OUTPUT};
 use crate::store::StoreError;
 
@@ -69,73 +70,142 @@ fn respond(r: Result<Response, OipError>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// One tensor's description in model metadata.
-#[derive(Serialize)]
-struct TensorMetadata {
+/// `GET /v2` answer: the server's name, version and protocol extensions.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ServerMetadataV2)]
+struct ServerMetadata {
+    /// `rlap`.
     name: &'static str,
+    /// rlap's version.
+    version: &'static str,
+    /// `binary_tensor_data`.
+    extensions: Vec<&'static str>,
+}
+
+/// `GET /v2/health/live` answer.
+#[derive(Serialize, ToSchema)]
+#[schema(as = LiveV2)]
+struct Live {
+    live: bool,
+}
+
+/// `GET /v2/health/ready` answer.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ReadyV2)]
+struct ServerReady {
+    ready: bool,
+}
+
+/// One tensor's description in model metadata.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TensorMetadataV2)]
+struct TensorMetadata {
+    /// `input` or `logits`.
+    name: &'static str,
+    /// `FP32`.
     datatype: &'static str,
-    /// `-1` is the variable batch dimension.
+    /// `[-1, D]` (input) or `[-1, K]` (output); `-1` is the variable batch dimension.
+    #[schema(value_type = Vec<i64>)]
     shape: [i64; 2],
 }
 
-/// `GET /v2/models/{name}[/versions/{version}]`.
-#[derive(Serialize)]
+/// `GET /v2/models/{name}[/versions/{version}]` answer.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ModelMetadataV2)]
 struct ModelMetadata {
     name: String,
     /// Every published version, as the protocol's strings.
     versions: Vec<String>,
+    /// `onnxruntime_onnx`.
     platform: &'static str,
     inputs: Vec<TensorMetadata>,
     outputs: Vec<TensorMetadata>,
 }
 
-/// One input tensor of an inference request.
-#[derive(Deserialize)]
-struct InferInput {
+/// `GET /v2/models/{name}[/versions/{version}]/ready` answer.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ModelReadyV2)]
+struct ModelReady {
     name: String,
+    /// The version being served.
+    version: String,
+    ready: bool,
+}
+
+/// One input tensor of an inference request.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = InferInputV2)]
+struct InferInput {
+    /// `input`.
+    name: String,
+    /// `[n, D]`.
     shape: Vec<i64>,
+    /// `FP32`.
     datatype: String,
+    /// `binary_data_size`: bytes of this tensor in the binary part of the body
+    /// (little-endian FP32, row-major).
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
-    /// Flat or nested row-major values; absent with `binary_data_size`.
+    /// Row-major values, flat or nested; absent with `binary_data_size`.
+    #[schema(value_type = Option<Vec<Value>>)]
     data: Option<Value>,
 }
 
 /// One requested output.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = RequestedOutputV2)]
 struct RequestedOutput {
+    /// `logits`.
     name: String,
+    /// `binary_data`: true returns this output in the binary part of the body.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
 }
 
-/// `POST /v2/models/{name}[/versions/{version}]/infer` (JSON part).
-#[derive(Deserialize)]
+/// `POST /v2/models/{name}[/versions/{version}]/infer` body (its JSON part).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = InferRequestV2)]
 struct InferRequest {
+    /// Echoed in the answer.
     id: Option<String>,
+    /// `binary_data_output`: true returns every output in binary form.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
     inputs: Vec<InferInput>,
+    /// The outputs wanted (default: all, i.e. `logits`).
     outputs: Option<Vec<RequestedOutput>>,
 }
 
 /// One output tensor of an inference response.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = InferOutputV2)]
 struct InferOutput {
+    /// `logits`.
     name: &'static str,
+    /// `FP32`.
     datatype: &'static str,
+    /// `[n, K]`.
+    #[schema(value_type = Vec<u64>)]
     shape: [usize; 2],
+    /// `binary_data_size` when the output is in the binary part of the body.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     parameters: Option<Value>,
+    /// Row-major logits, flat (absent when binary).
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<Vec<f32>>,
 }
 
-/// An inference response (JSON part).
-#[derive(Serialize)]
+/// An inference answer (its JSON part).
+#[derive(Serialize, ToSchema)]
+#[schema(as = InferResponseV2)]
 struct InferResponse {
     model_name: String,
     model_version: String,
+    /// The request's id, if it had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
     outputs: Vec<InferOutput>,
@@ -164,22 +234,34 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         )
 }
 
-async fn server_metadata() -> Response {
-    Json(serde_json::json!({
-        "name": "rlap",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
-    }))
+/// Open Inference Protocol: server metadata.
+#[utoipa::path(get, path = "/v2", tag = "v2",
+    responses((status = 200, description = "Server name, version and protocol extensions", body = ServerMetadata)))]
+pub(super) async fn server_metadata() -> Response {
+    Json(ServerMetadata {
+        name: "rlap",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: vec!["binary_tensor_data"],
+    })
     .into_response()
 }
 
-async fn live() -> Response {
-    Json(serde_json::json!({ "live": true })).into_response()
+/// Open Inference Protocol: liveness.
+#[utoipa::path(get, path = "/v2/health/live", tag = "v2",
+    responses((status = 200, description = "Live", body = Live)))]
+pub(super) async fn live() -> Response {
+    Json(Live { live: true }).into_response()
 }
 
-async fn ready(State(st): State<Arc<AppState>>) -> Response {
+/// Open Inference Protocol: readiness (as `/readyz`).
+#[utoipa::path(get, path = "/v2/health/ready", tag = "v2",
+    responses(
+        (status = 200, description = "Ready", body = ServerReady),
+        (status = 503, description = "Not ready: no version loaded, or (rlap serve) no Kafka broker reachable", body = ErrorBody),
+    ))]
+pub(super) async fn ready(State(st): State<Arc<AppState>>) -> Response {
     match st.not_ready() {
-        None => Json(serde_json::json!({ "ready": true })).into_response(),
+        None => Json(ServerReady { ready: true }).into_response(),
         Some(why) => error(StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
@@ -236,14 +318,32 @@ fn metadata_of(st: &AppState, name: &str, version: Option<&str>) -> Result<Respo
     .into_response())
 }
 
-async fn model_metadata(
+/// Open Inference Protocol: model metadata.
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "v2",
+    params(("name" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "Model metadata: platform, tensor names, datatypes and shapes", body = ModelMetadata),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+    ))]
+pub(super) async fn model_metadata(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
     respond(metadata_of(&st, &name, None))
 }
 
-async fn model_metadata_version(
+/// Open Inference Protocol: metadata of one model version.
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "v2",
+    params(
+        ("name" = String, Path, description = "Model name"),
+        ("version" = String, Path, description = "Model version (an integer, as a string in this protocol)"),
+    ),
+    responses(
+        (status = 200, description = "Model metadata: platform, tensor names, datatypes and shapes", body = ModelMetadata),
+        (status = 400, description = "The version is not an integer", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+    ))]
+pub(super) async fn model_metadata_version(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
 ) -> Response {
@@ -291,28 +391,65 @@ fn served_as(st: &AppState, name: &str, version: Option<&str>) -> Result<Arc<Ser
 
 fn ready_of(st: &AppState, name: &str, version: Option<&str>) -> Response {
     match served_as(st, name, version) {
-        Ok(s) => Json(serde_json::json!({
-            "name": name,
-            "version": s.meta.version.to_string(),
-            "ready": true,
-        }))
+        Ok(s) => Json(ModelReady {
+            name: name.to_string(),
+            version: s.meta.version.to_string(),
+            ready: true,
+        })
         .into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn model_ready(State(st): State<Arc<AppState>>, UrlPath(name): UrlPath<String>) -> Response {
+/// Open Inference Protocol: model readiness.
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "v2",
+    params(("name" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "The model is loaded and serving", body = ModelReady),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 503, description = "Not loaded: another model is served, or none yet", body = ErrorBody),
+    ))]
+pub(super) async fn model_ready(
+    State(st): State<Arc<AppState>>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
     ready_of(&st, &name, None)
 }
 
-async fn model_ready_version(
+/// Open Inference Protocol: readiness of one model version.
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "v2",
+    params(
+        ("name" = String, Path, description = "Model name"),
+        ("version" = String, Path, description = "Model version (an integer, as a string in this protocol)"),
+    ),
+    responses(
+        (status = 200, description = "The version is loaded and serving", body = ModelReady),
+        (status = 400, description = "The version is not an integer", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 503, description = "Not loaded: another version is served, or none yet", body = ErrorBody),
+    ))]
+pub(super) async fn model_ready_version(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
 ) -> Response {
     ready_of(&st, &name, Some(&version))
 }
 
-async fn infer(
+/// Open Inference Protocol: inference on the served version (the `/v1/predict` session).
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "v2",
+    params(("name" = String, Path, description = "Model name")),
+    request_body(description = "JSON, or a JSON header of Inference-Header-Content-Length bytes followed by the inputs' binary data",
+        content((InferRequest = "application/json"), (super::openapi::Binary = "application/octet-stream"))),
+    responses(
+        (status = 200, description = "Logits [n, K]: JSON, or a JSON header (Inference-Header-Content-Length bytes) followed by binary tensor data",
+            content((InferResponse = "application/json"), (super::openapi::Binary = "application/octet-stream"))),
+        (status = 400, description = "Bad request: JSON, input name, datatype, shape, data size or values, output name", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Batch larger than max_batch", body = ErrorBody),
+        (status = 500, description = "ONNX Runtime failed", body = ErrorBody),
+        (status = 503, description = "The model is not loaded", body = ErrorBody),
+    ))]
+pub(super) async fn infer(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
@@ -322,7 +459,24 @@ async fn infer(
         .await
 }
 
-async fn infer_version(
+/// Open Inference Protocol: inference on a named version (only the served one answers).
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "v2",
+    params(
+        ("name" = String, Path, description = "Model name"),
+        ("version" = String, Path, description = "Model version (an integer, as a string in this protocol)"),
+    ),
+    request_body(description = "JSON, or a JSON header of Inference-Header-Content-Length bytes followed by the inputs' binary data",
+        content((InferRequest = "application/json"), (super::openapi::Binary = "application/octet-stream"))),
+    responses(
+        (status = 200, description = "Logits [n, K]: JSON, or a JSON header (Inference-Header-Content-Length bytes) followed by binary tensor data",
+            content((InferResponse = "application/json"), (super::openapi::Binary = "application/octet-stream"))),
+        (status = 400, description = "Bad request: JSON, input name, datatype, shape, data size or values, output name, version", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 413, description = "Batch larger than max_batch", body = ErrorBody),
+        (status = 500, description = "ONNX Runtime failed", body = ErrorBody),
+        (status = 503, description = "The version is not loaded (another one is served)", body = ErrorBody),
+    ))]
+pub(super) async fn infer_version(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
     headers: HeaderMap,

@@ -136,7 +136,7 @@ enum Phase {
 }
 
 /// The engine's view for the API and logs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct EngineStatus {
     /// `bootstrap`, `warm-up` or `scoring`.
     pub phase: String,
@@ -155,7 +155,9 @@ pub struct EngineStatus {
     /// The verdicts are provisional: the configured mixture could not be fitted and the
     /// noise model stands in (no cycle runs).
     pub verdicts_provisional: bool,
-    /// The last cycles, newest last.
+    /// The last cycles, newest last (`crate::stream::cycle::CycleRecord`: outcome, stage
+    /// times, guard evidence).
+    #[schema(value_type = Vec<Object>)]
     pub cycles: Vec<CycleRecord>,
 }
 
