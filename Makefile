@@ -1,6 +1,6 @@
 # The README's commands: `make demo` (the main one), `make experiment` and `make test`; each
 # first fetches the data sets (sha256-checked), the ONNX Runtime library and, for the tests,
-# the Apache Kafka broker jars, idempotently.
+# the Apache Kafka broker jars and the python clients' venv, idempotently.
 CARGO ?= cargo
 
 .PHONY: setup setup-kafka setup-prometheus setup-clients setup-peers setup-torch bench-peer demo experiment test bench bench-stream bench-quality bench-prune bench-repair bench-cycles lint
