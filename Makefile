@@ -1,9 +1,9 @@
 # The README's commands: `make demo` (the main one), `make experiment` and `make test`; each
 # first fetches the data sets (sha256-checked), the ONNX Runtime library and, for the tests,
-# the Apache Kafka broker jars, idempotently.
+# the Apache Kafka broker jars and the python clients' venv, idempotently.
 CARGO ?= cargo
 
-.PHONY: setup setup-kafka setup-prometheus setup-peers setup-torch bench-peer demo experiment test bench bench-stream bench-quality bench-prune bench-repair bench-cycles lint
+.PHONY: setup setup-kafka setup-prometheus setup-clients setup-peers setup-torch bench-peer demo experiment test bench bench-stream bench-quality bench-prune bench-repair bench-cycles lint
 
 setup:
 	./scripts/setup-data.sh
@@ -21,9 +21,19 @@ demo: setup
 experiment: setup
 	$(CARGO) run --release -- experiment --dataset mnist --corruption label-symmetric:0.4 --seed 1
 
+# Real third-party clients the tests drive rlap with (Triton's HTTP client for the Open
+# Inference Protocol; confluent-kafka and numpy for examples/python), pinned, in a project-local
+# venv; a no-op once they import. About 30 s the first time.
+CLIENTS_PY := .cache/clients/bin/python
+setup-clients:
+	test -x $(CLIENTS_PY) || python3 -m venv .cache/clients
+	$(CLIENTS_PY) -c 'import tritonclient.http, tritonclient.grpc.model_config_pb2, confluent_kafka, numpy' 2>/dev/null || \
+	  $(CLIENTS_PY) -m pip install --quiet 'tritonclient[http,grpc]==2.73.0' confluent-kafka==2.16.1 numpy==2.4.6
+
 # Tests that need a real broker use $RLAP_KAFKA_BROKERS, or start one with scripts/kafka.sh;
-# the Prometheus end-to-end test runs Debian's prometheus from .cache/prometheus.
-test: setup setup-kafka setup-prometheus
+# the Prometheus end-to-end test runs Debian's prometheus from .cache/prometheus; the client
+# tests run python from .cache/clients.
+test: setup setup-kafka setup-prometheus setup-clients
 	$(CARGO) test --release
 
 bench: setup

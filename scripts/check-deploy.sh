@@ -7,6 +7,8 @@
 #   - every rlap_* metric (and its labels) used by the alert rules and the dashboard is one
 #     src/metrics.rs registers (histograms: also _bucket/_sum/_count and le);
 #   - every dashboard query is valid PromQL (promtool check rules on a generated rule file);
+#   - every alert has a severity (critical|warning|info), a summary, a description and a
+#     runbook_url naming a heading of docs/runbook.md;
 #   - alerts_test.yml has, for every alert and severity, a case that fires and one that does not;
 #   - promtool check config / check rules / test rules;
 #   - deploy/rlap.toml and the ConfigMap's copy are accepted by `rlap check-config`, with the
@@ -180,6 +182,17 @@ def check_promql(expr, where):
     return used
 
 
+def anchors(md):
+    """The GitHub-style anchors of a Markdown file's headings (lower case, punctuation
+    dropped, spaces to hyphens)."""
+    out = set()
+    for line in md.read_text().splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return out
+
+
 alert_names = {}
 if alerts:
     groups = alerts.get("groups") or []
@@ -192,12 +205,16 @@ if alerts:
                 continue
             where = f"alerts.yml {a}"
             sev = (r_.get("labels") or {}).get("severity")
-            if sev not in ("page", "warning", "ticket"):
-                problem(f"{where}: severity must be page|warning|ticket, not {sev!r}")
+            if sev not in ("critical", "warning", "info"):
+                problem(f"{where}: severity must be critical|warning|info, not {sev!r}")
             ann = r_.get("annotations") or {}
-            for k in ("summary", "description"):
+            for k in ("summary", "description", "runbook_url"):
                 if not ann.get(k):
                     problem(f"{where}: annotation {k} missing")
+            rb = ann.get("runbook_url") or ""
+            rb_file, _, rb_anchor = rb.partition("#")
+            if rb and (not (ROOT / rb_file).is_file() or rb_anchor not in anchors(ROOT / rb_file)):
+                problem(f"{where}: runbook_url {rb} names no heading of {rb_file}")
             alert_names.setdefault(a, set()).add(sev)
             check_promql(r_.get("expr", ""), where)
     ok(f"alerts.yml: {sum(len(v) for v in alert_names.values())} alert rules ({len(alert_names)} names), metrics and labels exist")

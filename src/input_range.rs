@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Dataset;
 
 /// Per-feature range of a model version's training inputs.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct InputRange {
     /// Smallest value of each feature, `[D]`.
     pub lo: Vec<f32>,

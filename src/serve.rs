@@ -10,8 +10,10 @@
 //! - Binds to 127.0.0.1 unless configured; admin endpoints need the bearer token from config
 //!   and are disabled without one.
 //!
-//! The API is documented in `openapi/rlap.json`; `tests/http_api.rs` checks the server
-//! against it.
+//! The API's OpenAPI document is generated from the handlers' and types' annotations
+//! ([`openapi::document`], served at `GET /openapi.json`); `openapi/rlap.json` is its
+//! checked-in copy (a test fails when they drift) and `tests/http_api.rs` checks the server
+//! against it. [`oip`] adds the Open Inference Protocol (KServe v2) routes under `/v2`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,6 +27,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+pub mod oip;
+pub mod openapi;
 
 use crate::onnx::runtime::{OnnxModel, RuntimeError};
 use crate::store::{ModelStore, StoreError, VersionMetadata, ONNX_FILE};
@@ -222,7 +228,9 @@ impl AppState {
     }
 }
 
-#[derive(Serialize)]
+/// Every error answer: `{"error": "<what went wrong>"}`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
 struct ErrorBody {
     error: String,
 }
@@ -232,41 +240,79 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 /// `POST /v1/predict` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct PredictRequest {
     /// `[batch][D]` features.
     instances: Vec<Vec<f32>>,
 }
 
-#[derive(Serialize)]
+/// One instance's prediction.
+#[derive(Serialize, ToSchema)]
 struct Prediction {
+    /// The most probable class.
     class: usize,
+    /// Softmax of the logits, `[K]`.
     probabilities: Vec<f32>,
 }
 
-#[derive(Serialize)]
+/// `POST /v1/predict` answer: one prediction per instance, and the version that made them.
+#[derive(Serialize, ToSchema)]
 struct PredictResponse {
     model: String,
     version: u64,
     predictions: Vec<Prediction>,
 }
 
+impl AppState {
+    /// Run a prediction handler (`/v1/predict`, `/v2/.../infer`) and count it in
+    /// `rlap_predict_requests_total` and `rlap_predict_seconds`.
+    async fn observe_predict(
+        &self,
+        handler: impl std::future::Future<Output = Response>,
+    ) -> Response {
+        let t = std::time::Instant::now();
+        let r = handler.await;
+        let class = match r.status().as_u16() {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics
+            .predict_requests
+            .with_label_values(&[class])
+            .inc();
+        self.metrics
+            .predict_seconds
+            .observe(t.elapsed().as_secs_f64());
+        r
+    }
+
+    /// Why this process is not ready to serve (`/readyz`, `/v2/health/ready`), or `None`.
+    fn not_ready(&self) -> Option<&'static str> {
+        // In `rlap serve` readiness also needs the brokers: a replica that cannot reach any is
+        // taken out of the Service rather than reported healthy.
+        if self.daemon.is_some() && self.metrics.broker_reachable.get() == 0 {
+            Some("no Kafka broker reachable (rlap_broker_reachable = 0; checked every 5 s)")
+        } else if self.current().is_none() {
+            Some("no model version loaded yet")
+        } else {
+            None
+        }
+    }
+}
+
+/// Classify a batch of samples with the current model version.
+#[utoipa::path(post, path = "/v1/predict", tag = "v1",
+    request_body = PredictRequest,
+    responses(
+        (status = 200, description = "One prediction per instance", body = PredictResponse),
+        (status = 400, description = "Malformed JSON, wrong feature count, NaN/Inf", body = ErrorBody),
+        (status = 413, description = "Batch larger than the configured maximum", body = ErrorBody),
+        (status = 503, description = "No model version loaded yet", body = ErrorBody),
+        (status = 500, description = "ONNX Runtime failed", body = ErrorBody),
+    ))]
 async fn predict(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let t = std::time::Instant::now();
-    let r = predict_inner(&st, body).await;
-    let class = match r.status().as_u16() {
-        200..=299 => "2xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    st.metrics
-        .predict_requests
-        .with_label_values(&[class])
-        .inc();
-    st.metrics
-        .predict_seconds
-        .observe(t.elapsed().as_secs_f64());
-    r
+    st.observe_predict(predict_inner(&st, body)).await
 }
 
 async fn predict_inner(st: &Arc<AppState>, body: Bytes) -> Response {
@@ -347,13 +393,28 @@ async fn predict_inner(st: &Arc<AppState>, body: Bytes) -> Response {
     .into_response()
 }
 
-#[derive(Serialize)]
+/// One model of the store.
+#[derive(Serialize, ToSchema)]
 struct ModelEntry {
     name: String,
+    /// Published versions, ascending.
     versions: Vec<u64>,
+    /// The version this server serves, if it serves this model.
     serving: Option<u64>,
 }
 
+/// `GET /v1/models` answer.
+#[derive(Serialize, ToSchema)]
+struct ModelList {
+    models: Vec<ModelEntry>,
+}
+
+/// Models in the store, their versions and the one being served.
+#[utoipa::path(get, path = "/v1/models", tag = "v1",
+    responses(
+        (status = 200, description = "Model list", body = ModelList),
+        (status = 500, description = "The store cannot be read", body = ErrorBody),
+    ))]
 async fn list_models(State(st): State<Arc<AppState>>) -> Response {
     let names = match st.store.models() {
         Ok(n) => n,
@@ -371,7 +432,7 @@ async fn list_models(State(st): State<Arc<AppState>>) -> Response {
             name,
         })
         .collect();
-    Json(serde_json::json!({ "models": models })).into_response()
+    Json(ModelList { models }).into_response()
 }
 
 fn store_error(e: StoreError) -> Response {
@@ -383,6 +444,16 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
+/// Metadata of one version (its `metadata.json`).
+#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}", tag = "v1",
+    params(
+        ("name" = String, Path, description = "Model name"),
+        ("version" = u64, Path, description = "Model version"),
+    ),
+    responses(
+        (status = 200, description = "metadata.json of the version", body = VersionMetadata),
+        (status = 404, description = "No such model or version", body = ErrorBody),
+    ))]
 async fn version_metadata(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, u64)>,
@@ -393,6 +464,16 @@ async fn version_metadata(
     }
 }
 
+/// Download the version's ONNX model.
+#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}/model.onnx", tag = "v1",
+    params(
+        ("name" = String, Path, description = "Model name"),
+        ("version" = u64, Path, description = "Model version"),
+    ),
+    responses(
+        (status = 200, description = "model.onnx", body = openapi::Binary, content_type = "application/octet-stream"),
+        (status = 404, description = "No such model or version", body = ErrorBody),
+    ))]
 async fn download_onnx(
     State(st): State<Arc<AppState>>,
     UrlPath((name, version)): UrlPath<(String, u64)>,
@@ -436,11 +517,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/models/{name}/rollback` body.
+#[derive(Deserialize, ToSchema)]
 struct RollbackRequest {
+    /// The version to serve (and pin).
     version: u64,
 }
 
+/// `POST /v1/models/{name}/rollback` answer.
+#[derive(Serialize, ToSchema)]
+struct RollbackResponse {
+    model: String,
+    /// The version now served.
+    serving: u64,
+    /// Always true: the watcher no longer follows newer versions.
+    pinned: bool,
+}
+
+/// Serve a named version and stop following newer ones (admin).
+#[utoipa::path(post, path = "/v1/models/{name}/rollback", tag = "v1",
+    params(("name" = String, Path, description = "Model name")),
+    request_body = RollbackRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Now serving that version", body = RollbackResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "Admin API disabled (no token configured)", body = ErrorBody),
+        (status = 404, description = "No such model or version", body = ErrorBody),
+        (status = 422, description = "The version failed to load or its smoke check; the current one keeps serving", body = ErrorBody),
+    ))]
 async fn rollback(
     State(st): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
@@ -462,16 +568,34 @@ async fn rollback(
     };
     let st2 = st.clone();
     match tokio::task::spawn_blocking(move || st2.rollback_to(req.version)).await {
-        Ok(Ok(())) => {
-            Json(serde_json::json!({ "model": name, "serving": req.version, "pinned": true }))
-                .into_response()
-        }
+        Ok(Ok(())) => Json(RollbackResponse {
+            model: name,
+            serving: req.version,
+            pinned: true,
+        })
+        .into_response(),
         Ok(Err(ServeError::Store(e))) => store_error(e),
         Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
+/// `POST /v1/cycle` answer.
+#[derive(Serialize, ToSchema)]
+struct CycleRequested {
+    requested: bool,
+}
+
+/// Ask the daemon to run a prune-and-fine-tune cycle now (admin).
+#[utoipa::path(post, path = "/v1/cycle", tag = "v1",
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The daemon will start a cycle at its next micro-batch (its outcome appears in GET /v1/status and rlap_cycles_total)", body = CycleRequested),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "Admin API disabled", body = ErrorBody),
+        (status = 409, description = "This process serves models only; no daemon runs here", body = ErrorBody),
+        (status = 429, description = "A cycle request is already pending", body = ErrorBody),
+    ))]
 async fn cycle(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Some(r) = authorize(&st, &headers) {
         return r;
@@ -480,7 +604,7 @@ async fn cycle(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response 
         Some(d) => match d.control.try_send(crate::stream::daemon::Control::Cycle) {
             Ok(()) => (
                 StatusCode::ACCEPTED,
-                Json(serde_json::json!({ "requested": true })),
+                Json(CycleRequested { requested: true }),
             )
                 .into_response(),
             Err(_) => error(
@@ -495,6 +619,9 @@ async fn cycle(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response 
     }
 }
 
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -503,6 +630,14 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// The streaming daemon's state: phase, model version, noise-rate estimates, leadership,
+/// replay buffer, last cycles (`rlap serve` only).
+#[utoipa::path(get, path = "/v1/status", tag = "v1",
+    responses(
+        (status = 200, description = "Daemon status", body = crate::stream::engine::EngineStatus),
+        (status = 404, description = "This process serves models only (serve-model)", body = ErrorBody),
+        (status = 503, description = "The daemon is starting", body = ErrorBody),
+    ))]
 async fn status(State(st): State<Arc<AppState>>) -> Response {
     match &st.daemon {
         Some(d) => match d.status.lock().expect("status lock").clone() {
@@ -516,25 +651,53 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Liveness, with the ONNX Runtime this process serves with (`null` when it failed to load).
-async fn healthz() -> Response {
-    let rt = crate::onnx::runtime::loaded().ok();
-    Json(serde_json::json!({ "status": "ok", "onnxruntime": rt })).into_response()
+/// `GET /healthz` answer.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
+    /// The ONNX Runtime this process serves with (`null` when it failed to load).
+    onnxruntime: Option<crate::onnx::runtime::RuntimeInfo>,
 }
 
+/// Liveness, with the ONNX Runtime this process serves with.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up; the ONNX Runtime it serves with", body = Health)))]
+async fn healthz() -> Response {
+    let onnxruntime = crate::onnx::runtime::loaded().ok();
+    Json(Health {
+        status: "ok",
+        onnxruntime,
+    })
+    .into_response()
+}
+
+/// `GET /readyz` answer.
+#[derive(Serialize, ToSchema)]
+struct Ready {
+    ready: bool,
+    /// The model served.
+    model: String,
+    /// The version served.
+    version: u64,
+}
+
+/// Readiness: a model version is loaded (and, in `rlap serve`, a Kafka broker is reachable).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "Not ready", body = ErrorBody),
+    ))]
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    // In `rlap serve` readiness also needs the brokers: a replica that cannot reach any is
-    // taken out of the Service rather than reported healthy.
-    if st.daemon.is_some() && st.metrics.broker_reachable.get() == 0 {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no Kafka broker reachable (rlap_broker_reachable = 0; checked every 5 s)",
-        );
+    if let Some(why) = st.not_ready() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, why);
     }
     match st.current() {
-        Some(s) => Json(
-            serde_json::json!({ "ready": true, "model": s.meta.model, "version": s.meta.version }),
-        )
+        Some(s) => Json(Ready {
+            ready: true,
+            model: s.meta.model.clone(),
+            version: s.meta.version,
+        })
         .into_response(),
         None => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -543,7 +706,8 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// The API's routes (see `openapi/rlap.json`).
+/// The API's routes (see `openapi/rlap.json`), the Open Inference Protocol's ([`oip`]) among
+/// them.
 pub fn router(state: Arc<AppState>) -> Router {
     // Room for `max_batch` rows of JSON floats (up to ~24 characters each) of the model's D.
     let d = state.current().map_or(4096, |s| s.meta.input_dim.max(1));
@@ -565,6 +729,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::serve_document))
+        .merge(oip::routes())
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

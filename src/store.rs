@@ -1,6 +1,9 @@
 //! The versioned model store, in Triton's layout: `<store>/<model>/<version>/` holding
 //! `model.onnx` (pruned neurons removed), `weights.safetensors` (the masked candle weights the
-//! next cycle fine-tunes from) and `metadata.json` ([`VersionMetadata`]).
+//! next cycle fine-tunes from), `config.pbtxt` (Triton's model configuration of that version,
+//! [`triton_config`]) and `metadata.json` ([`VersionMetadata`]). Each publish also refreshes
+//! `<store>/<model>/config.pbtxt`, where Triton reads it, so a Triton model repository can
+//! point at the store as is (Triton ignores the other files and the non-numeric folders).
 //!
 //! This module owns publishing and reading versions. Architecture invariant: **a reader never
 //! sees a half-written version.** A publish writes into `<model>/.tmp-<version>-<pid>/`, fsyncs
@@ -57,7 +60,7 @@ pub enum StoreError {
 }
 
 /// Test accuracy and macro F1 of a model, as stored in the metadata.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Metrics {
     /// Accuracy in [0, 1].
     pub accuracy: f64,
@@ -66,7 +69,7 @@ pub struct Metrics {
 }
 
 /// Where the samples of a cycle came from (for the streaming daemon; free-form otherwise).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SampleWindow {
     /// Samples the cycle used.
     pub samples: u64,
@@ -76,7 +79,7 @@ pub struct SampleWindow {
 
 /// Why a cycle's candidate was published: what the acceptance guard saw
 /// (`crate::stream::guard`), kept in the version's `metadata.json`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AcceptanceEvidence {
     /// The guard's reason, in words.
     pub reason: String,
@@ -90,7 +93,8 @@ pub struct AcceptanceEvidence {
     pub accuracy_before: f64,
     /// Accuracy of this version on them.
     pub accuracy_after: f64,
-    /// Two-sided interval of the paired accuracy difference (after − before).
+    /// Two-sided interval of the paired accuracy difference (after − before): `[low, high]`.
+    #[schema(value_type = [f64; 2])]
     pub difference_interval: (f64, f64),
     /// Recall per class `[K]` of the parent on the evaluation set (None: no sample of it).
     pub recall_before: Vec<Option<f64>>,
@@ -122,7 +126,7 @@ pub struct PublishInfo {
 }
 
 /// `metadata.json` of one version.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct VersionMetadata {
     /// Model name (the store folder).
     pub model: String,
@@ -131,6 +135,7 @@ pub struct VersionMetadata {
     /// The version it was derived from.
     pub parent_version: Option<u64>,
     /// RFC 3339, UTC, seconds.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// See [`PublishInfo`].
     pub sample_window: Option<SampleWindow>,
@@ -168,6 +173,34 @@ pub const ONNX_FILE: &str = "model.onnx";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 /// The [`VersionMetadata`] as JSON; its presence marks a complete version.
 pub const METADATA_FILE: &str = "metadata.json";
+/// Triton's model configuration ([`triton_config`]), in each version folder and in the model
+/// folder (the one Triton reads).
+pub const TRITON_CONFIG_FILE: &str = "config.pbtxt";
+/// `max_batch_size` written into [`TRITON_CONFIG_FILE`]: the largest batch Triton may form
+/// (the same as the API's default `max_batch`).
+pub const TRITON_MAX_BATCH_SIZE: usize = 1024;
+
+/// Triton's model configuration (protobuf text format of `inference.ModelConfig`) for a model
+/// `name` with `input_dim` features D and `num_classes` classes K: platform
+/// `onnxruntime_onnx`, input `input` `[D]` and output `logits` `[K]`, both `TYPE_FP32`, the
+/// batch dimension implied by `max_batch_size` ([`TRITON_MAX_BATCH_SIZE`]). Written for
+/// Triton's model repository; rlap itself never reads it.
+pub fn triton_config(name: &str, input_dim: usize, num_classes: usize) -> String {
+    // A fixed template: the name is a checked folder name (letters, digits, '-', '_', '.'), so
+    // it needs no escaping inside the quotes.
+    format!(
+        "# Triton model configuration written by rlap (store/{name}); the model repository\n\
+         # layout is <store>/<model>/<version>/model.onnx.\n\
+         name: \"{name}\"\n\
+         platform: \"{platform}\"\n\
+         max_batch_size: {TRITON_MAX_BATCH_SIZE}\n\
+         input [\n  {{\n    name: \"{input}\"\n    data_type: TYPE_FP32\n    dims: [ {input_dim} ]\n  }}\n]\n\
+         output [\n  {{\n    name: \"{output}\"\n    data_type: TYPE_FP32\n    dims: [ {num_classes} ]\n  }}\n]\n",
+        platform = crate::serve::oip::PLATFORM,
+        input = export::INPUT,
+        output = export::OUTPUT,
+    )
+}
 
 /// A model store rooted at a folder.
 #[derive(Clone, Debug)]
@@ -353,6 +386,11 @@ impl ModelStore {
             format!("{:x}", Sha256::digest(&bytes)),
         );
         let spec = model.spec();
+        let triton = triton_config(name, spec.input_dim, spec.num_classes);
+        sha256.insert(
+            TRITON_CONFIG_FILE.to_string(),
+            write_synced(&tmp.join(TRITON_CONFIG_FILE), triton.as_bytes())?,
+        );
         let meta = VersionMetadata {
             model: name.into(),
             version,
@@ -383,6 +421,18 @@ impl ModelStore {
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         fsync_file(&model_dir)?;
         tracing::info!(model = name, version, "model version published");
+        // Triton reads the model folder's config.pbtxt: replace it (atomically) with this
+        // version's. D and K are the same for every version of a model, so an older version
+        // Triton still serves matches it too.
+        let shared = model_dir.join(TRITON_CONFIG_FILE);
+        // A fixed name (the publish lock is held): a crash leaves it for the next publish to
+        // overwrite, and it does not start with `.tmp-` (those are folders, removed as stale).
+        let staged = model_dir.join(format!(".{TRITON_CONFIG_FILE}.new"));
+        if let Err(e) = write_synced(&staged, triton.as_bytes())
+            .and_then(|_| std::fs::rename(&staged, &shared).map_err(io(&shared)))
+        {
+            tracing::warn!(model = name, error = %e, "could not refresh the model folder's config.pbtxt");
+        }
         // The version is visible now: a retention failure must not make callers retry it.
         if let Err(e) = self.apply_retention(name) {
             tracing::warn!(model = name, error = %e, "retention failed; old versions kept");
@@ -477,6 +527,33 @@ mod tests {
         assert_eq!(meta.parent_version, Some(2));
         let a = meta.acceptance.as_ref().expect("the evidence round-trips");
         assert_eq!((a.eval_samples, a.recall_after[0]), (600, Some(0.92)));
+        let triton = triton_config("digits", 784, 10);
+        for dir in [
+            store.version_dir("digits", 3).unwrap(),
+            dir.path().join("digits"),
+        ] {
+            assert_eq!(
+                std::fs::read_to_string(dir.join(TRITON_CONFIG_FILE)).unwrap(),
+                triton,
+                "{}",
+                dir.display()
+            );
+        }
+        for want in [
+            "name: \"digits\"",
+            "platform: \"onnxruntime_onnx\"",
+            "max_batch_size: 1024",
+            "name: \"input\"",
+            "dims: [ 784 ]",
+            "name: \"logits\"",
+            "dims: [ 10 ]",
+        ] {
+            assert!(triton.contains(want), "{want} in\n{triton}");
+        }
+        assert_eq!(
+            meta.sha256[TRITON_CONFIG_FILE],
+            format!("{:x}", Sha256::digest(triton.as_bytes()))
+        );
         let onnx = std::fs::read(store.version_dir("digits", 3).unwrap().join(ONNX_FILE)).unwrap();
         assert_eq!(
             meta.sha256[ONNX_FILE],

@@ -1,4 +1,5 @@
-//! The HTTP API against its OpenAPI document (`openapi/rlap.json`), on loopback, with the real
+//! The HTTP API against its OpenAPI document (`openapi/rlap.json`, generated from the code and
+//! also served at `/openapi.json`), on loopback, with the real
 //! ONNX Runtime: every documented path and method is called, every JSON response is checked
 //! against the documented schema for its status; hot swap under load, refusal of a corrupt
 //! version, rollback and pinning, admin auth, path traversal.
@@ -17,25 +18,46 @@ use rlap::store::{ModelStore, PublishInfo, ONNX_FILE};
 use rlap::train::{train, TrainConfig};
 use serde_json::Value;
 
-/// Minimal OpenAPI 3 schema check: `$ref`, `type`, `nullable`, `required`, `properties`, `items`.
+/// Minimal OpenAPI 3.0/3.1 schema check: `$ref`, `oneOf`/`anyOf`/`allOf`, `type` (a name or,
+/// in 3.1, a list of names with `"null"`), `nullable`, `required`, `properties`, `items`.
 fn check(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
         let name = r.trim_start_matches("#/components/schemas/");
         return check(doc, &doc["components"]["schemas"][name], v, at);
     }
-    if v.is_null() && schema["nullable"] == true {
+    for key in ["oneOf", "anyOf"] {
+        if let Some(alts) = schema.get(key).and_then(Value::as_array) {
+            let errors: Vec<String> = alts
+                .iter()
+                .filter_map(|s| check(doc, s, v, at).err())
+                .collect();
+            if errors.len() == alts.len() {
+                return Err(format!("{at}: no alternative of {key} fits: {errors:?}"));
+            }
+        }
+    }
+    for s in schema["allOf"].as_array().into_iter().flatten() {
+        check(doc, s, v, at)?;
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    if v.is_null() && (schema["nullable"] == true || types.contains(&"null")) {
         return Ok(());
     }
-    let ok = match schema["type"].as_str() {
-        Some("object") => v.is_object(),
-        Some("array") => v.is_array(),
-        Some("string") => v.is_string(),
-        Some("integer") => v.is_u64() || v.is_i64(),
-        Some("number") => v.is_number(),
-        Some("boolean") => v.is_boolean(),
+    let fits = |t: &str| match t {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "integer" => v.is_u64() || v.is_i64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
         _ => true,
     };
-    if !ok {
+    if !types.is_empty() && !types.iter().any(|t| fits(t)) {
         return Err(format!("{at}: expected {}, got {v}", schema["type"]));
     }
     for req in schema["required"].as_array().into_iter().flatten() {
@@ -225,6 +247,19 @@ fn http_api_matches_its_openapi_document() {
         doc: doc.clone(),
         exercised: BTreeSet::new(),
     };
+    let served = c.json("GET", "/openapi.json", "/openapi.json", None, None, 200);
+    assert!(
+        served == doc,
+        "GET /openapi.json does not serve the document openapi/rlap.json holds"
+    );
+    // The checker itself rejects what it should (3.1 type lists, oneOf with null).
+    let t = serde_json::json!({"type": ["integer", "null"]});
+    assert!(check(&doc, &t, &Value::Null, "t").is_ok());
+    assert!(check(&doc, &t, &serde_json::json!("x"), "t").is_err());
+    let o =
+        serde_json::json!({"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Error"}]});
+    assert!(check(&doc, &o, &serde_json::json!({"error": "e"}), "o").is_ok());
+    assert!(check(&doc, &o, &serde_json::json!({"nope": 1}), "o").is_err());
     let h = c.json("GET", "/healthz", "/healthz", None, None, 200);
     assert!(
         h["onnxruntime"]["version"] == rlap::onnx::runtime::ORT_VERSION,
@@ -294,6 +329,166 @@ fn http_api_matches_its_openapi_document() {
         "/v1/models/..%2F..%2Fetc/versions/1/model.onnx",
         onnx_t,
         None,
+        None,
+        404,
+    );
+
+    // The Open Inference Protocol (KServe v2) beside /v1, on the same session: JSON tensors
+    // here (tests/oip_tritonclient.rs drives it with Triton's own client, binary data too).
+    c.json("GET", "/v2", "/v2", None, None, 200);
+    assert_eq!(
+        c.json("GET", "/v2/health/live", "/v2/health/live", None, None, 200)["live"],
+        true
+    );
+    c.json(
+        "GET",
+        "/v2/health/ready",
+        "/v2/health/ready",
+        None,
+        None,
+        200,
+    );
+    let m = c.json(
+        "GET",
+        "/v2/models/digits",
+        "/v2/models/{name}",
+        None,
+        None,
+        200,
+    );
+    assert_eq!(m["platform"], "onnxruntime_onnx");
+    assert_eq!(m["versions"], serde_json::json!(["1"]));
+    assert_eq!(m["inputs"][0]["shape"], serde_json::json!([-1, 784]));
+    assert_eq!(m["outputs"][0]["name"], "logits");
+    assert_eq!(m["outputs"][0]["shape"], serde_json::json!([-1, 10]));
+    c.json(
+        "GET",
+        "/v2/models/nope",
+        "/v2/models/{name}",
+        None,
+        None,
+        404,
+    );
+    let mv = "/v2/models/{name}/versions/{version}";
+    c.json("GET", "/v2/models/digits/versions/1", mv, None, None, 200);
+    c.json("GET", "/v2/models/digits/versions/9", mv, None, None, 404);
+    c.json("GET", "/v2/models/digits/versions/01", mv, None, None, 400);
+    let r = c.json(
+        "GET",
+        "/v2/models/digits/ready",
+        "/v2/models/{name}/ready",
+        None,
+        None,
+        200,
+    );
+    assert_eq!(
+        (r["ready"].clone(), r["version"].clone()),
+        (true.into(), "1".into())
+    );
+    c.json(
+        "GET",
+        "/v2/models/nope/ready",
+        "/v2/models/{name}/ready",
+        None,
+        None,
+        404,
+    );
+    let rv = "/v2/models/{name}/versions/{version}/ready";
+    c.json(
+        "GET",
+        "/v2/models/digits/versions/1/ready",
+        rv,
+        None,
+        None,
+        200,
+    );
+    c.json(
+        "GET",
+        "/v2/models/digits/versions/7/ready",
+        rv,
+        None,
+        None,
+        404,
+    );
+    let flat: Vec<f32> = images.iter().flatten().copied().collect();
+    let infer = serde_json::json!({
+        "id": "req-1",
+        "inputs": [{"name": "input", "shape": [3, 784], "datatype": "FP32", "data": images}],
+    })
+    .to_string();
+    let r = c.json(
+        "POST",
+        "/v2/models/digits/infer",
+        "/v2/models/{name}/infer",
+        Some(&infer),
+        None,
+        200,
+    );
+    assert_eq!(
+        (r["id"].clone(), r["model_version"].clone()),
+        ("req-1".into(), "1".into())
+    );
+    assert_eq!(r["outputs"][0]["shape"], serde_json::json!([3, 10]));
+    let logits: Vec<f32> = r["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let candle = v1
+        .forward(&candle_core::Tensor::from_slice(&flat, (3, 784), &Device::Cpu).unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let worst = logits
+        .iter()
+        .zip(&candle)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-3, "v2 logits differ from candle's by {worst}");
+    let iv = "/v2/models/{name}/versions/{version}/infer";
+    let flat_body = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [3, 784], "datatype": "FP32", "data": flat}],
+        "outputs": [{"name": "logits"}],
+    })
+    .to_string();
+    let r2 = c.json(
+        "POST",
+        "/v2/models/digits/versions/1/infer",
+        iv,
+        Some(&flat_body),
+        None,
+        200,
+    );
+    assert_eq!(
+        r2["outputs"][0]["data"], r["outputs"][0]["data"],
+        "flat data = nested data"
+    );
+    for (body, status) in [
+        (r#"{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}"#.to_string(), 400),
+        (infer.replace("FP32", "INT64"), 400),
+        (infer.replace(r#""name":"input""#, r#""name":"x""#), 400),
+        ("not json".to_string(), 400),
+        (serde_json::json!({"inputs": [{"name": "input", "shape": [65, 784], "datatype": "FP32", "data": vec![0.0f32; 65 * 784]}]}).to_string(), 413),
+    ] {
+        let e = c.json("POST", "/v2/models/digits/infer", "/v2/models/{name}/infer", Some(&body), None, status);
+        assert!(e["error"].is_string(), "{e}");
+    }
+    c.json(
+        "POST",
+        "/v2/models/nope/infer",
+        "/v2/models/{name}/infer",
+        Some(&infer),
+        None,
+        404,
+    );
+    c.json(
+        "POST",
+        "/v2/models/digits/versions/5/infer",
+        iv,
+        Some(&infer),
         None,
         404,
     );
@@ -429,6 +624,27 @@ fn http_api_matches_its_openapi_document() {
         c.json("GET", "/readyz", "/readyz", None, None, 200)["version"],
         1,
         "pinned by rollback"
+    );
+    // A version in the store that is not the one served is not ready: 503, with the reason.
+    let e = c.json(
+        "GET",
+        "/v2/models/digits/versions/2/ready",
+        rv,
+        None,
+        None,
+        503,
+    );
+    assert!(
+        e["error"].as_str().unwrap().contains("serving version 1"),
+        "{e}"
+    );
+    c.json(
+        "POST",
+        "/v2/models/digits/versions/2/infer",
+        iv,
+        Some(&infer),
+        None,
+        503,
     );
 
     // Every documented operation was exercised.

@@ -99,6 +99,7 @@ fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() 
     cfg.cycle.enabled = false;
     cfg.state.dir = dir.path().join("state");
     cfg.api.enabled = false;
+    cfg.api.public_url = "http://rlap.example:8080/".into();
     let problems = cfg.validate();
     assert!(problems.is_empty(), "{problems:?}");
     let k = cfg.kafka.clone();
@@ -279,6 +280,10 @@ fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() 
     assert_eq!((v1.model_name.as_str(), v1.version), ("mnist", 1));
     assert_eq!(v1.parent_version, 0);
     assert_eq!(v1.sha256.len(), 64, "hex sha256 of model.onnx");
+    assert_eq!(
+        v1.model_url, "http://rlap.example:8080/v1/models/mnist/versions/1/model.onnx",
+        "the download URL from api.public_url"
+    );
     assert!(store.join("mnist/1/model.onnx").is_file());
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
 }

@@ -111,9 +111,10 @@ pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeEr
 }
 
 /// The ONNX Runtime a process loaded (see [`loaded`]).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct RuntimeInfo {
     /// The shared library's path.
+    #[schema(value_type = String)]
     pub library: PathBuf,
     /// Its version (`OrtApiBase::GetVersionString`, e.g. `1.31.1`).
     pub version: String,

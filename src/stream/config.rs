@@ -461,6 +461,11 @@ pub struct ApiConfig {
     pub admin_token: String,
     /// Largest predict batch.
     pub max_batch: usize,
+    /// The API's base URL as clients outside reach it (`http[s]://host[:port][/prefix]`, e.g.
+    /// the Service's or the ingress' address): `ModelPublished.model_url` is
+    /// `<public_url>/v1/models/<name>/versions/<version>/model.onnx`. Empty (default): the
+    /// events carry no URL.
+    pub public_url: String,
 }
 
 impl Default for ApiConfig {
@@ -470,6 +475,7 @@ impl Default for ApiConfig {
             listen: "127.0.0.1:8080".into(),
             admin_token: String::new(),
             max_batch: 1024,
+            public_url: String::new(),
         }
     }
 }
@@ -693,6 +699,17 @@ impl DaemonConfig {
         ) {
             p.push(e);
         }
+        let url = &self.api.public_url;
+        if !url.is_empty()
+            && !((url.starts_with("http://") || url.starts_with("https://"))
+                && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty())
+                && !url.contains(char::is_whitespace)
+                && !url.contains(['?', '#']))
+        {
+            p.push(format!(
+                "api.public_url = '{url}': expected http[s]://host[:port][/prefix] (no query, no fragment) or empty"
+            ));
+        }
         if self.api.enabled && self.api.listen.parse::<std::net::SocketAddr>().is_err() {
             p.push(format!(
                 "api.listen = '{}': expected ip:port",
@@ -906,5 +923,33 @@ mod tests {
             "[kafka.consumer_properties]\n\"acks\" = \"1\"\n[kafka.producer_properties]\n\"group.id\" = \"x\"\n",
         );
         assert!(load_from(f.path(), vec![]).is_ok());
+    }
+
+    #[test]
+    fn public_url_is_empty_or_an_http_base_url() {
+        let mut c = DaemonConfig::default();
+        for ok in ["", "http://rlap:8080", "https://models.example.com/rlap/"] {
+            c.api.public_url = ok.into();
+            assert!(c.validate().is_empty(), "{ok}: {:?}", c.validate());
+        }
+        for bad in [
+            "rlap:8080",
+            "ftp://x",
+            "http://",
+            "http://x/?a=1",
+            "http://a b",
+        ] {
+            c.api.public_url = bad.into();
+            let p = c.validate();
+            assert!(
+                p.len() == 1 && p[0].starts_with("api.public_url"),
+                "{bad}: {p:?}"
+            );
+        }
+        assert_eq!(
+            crate::stream::engine::model_url("https://m.example/rlap/", "mnist", 3),
+            "https://m.example/rlap/v1/models/mnist/versions/3/model.onnx"
+        );
+        assert_eq!(crate::stream::engine::model_url("", "mnist", 3), "");
     }
 }

@@ -136,7 +136,7 @@ enum Phase {
 }
 
 /// The engine's view for the API and logs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct EngineStatus {
     /// `bootstrap`, `warm-up` or `scoring`.
     pub phase: String,
@@ -155,7 +155,9 @@ pub struct EngineStatus {
     /// The verdicts are provisional: the configured mixture could not be fitted and the
     /// noise model stands in (no cycle runs).
     pub verdicts_provisional: bool,
-    /// The last cycles, newest last.
+    /// The last cycles, newest last (`crate::stream::cycle::CycleRecord`: outcome, stage
+    /// times, guard evidence).
+    #[schema(value_type = Vec<Object>)]
     pub cycles: Vec<CycleRecord>,
 }
 
@@ -194,6 +196,20 @@ pub struct Engine {
     follower_waiting_since: Option<Instant>,
     /// A skipped cycle has been recorded for the current spell of provisional verdicts.
     provisional_skip_recorded: bool,
+}
+
+/// `ModelPublished.model_url`: `<public_url>/v1/models/<model>/versions/<version>/model.onnx`
+/// (the API's download route), or empty when `public_url` is empty. A trailing `/` of
+/// `public_url` is dropped.
+pub fn model_url(public_url: &str, model: &str, version: u64) -> String {
+    if public_url.is_empty() {
+        return String::new();
+    }
+    format!(
+        "{}/v1/models/{model}/versions/{version}/{}",
+        public_url.trim_end_matches('/'),
+        crate::store::ONNX_FILE
+    )
 }
 
 /// How long a follower holding `bootstrap.samples` waits for the leader's first model before
@@ -652,7 +668,8 @@ impl Engine {
         Ok(scores)
     }
 
-    /// The `ModelPublished` event of a version.
+    /// The `ModelPublished` event of a version: its store folder as a `file://` location, and
+    /// with `api.public_url` set, the HTTP URL of its `model.onnx` on the API.
     pub fn announcement(&self, meta: &VersionMetadata, extra: &[(String, f64)]) -> ModelPublished {
         let dir = self
             .store
@@ -684,6 +701,7 @@ impl Engine {
                 .unwrap_or_default(),
             metrics,
             created_at_ms: crate::stream::unix_ms(),
+            model_url: model_url(&self.cfg.api.public_url, &meta.model, meta.version),
         }
     }
 

@@ -3,6 +3,8 @@
 //! topics. Each test file uses part of it.
 #![allow(dead_code)]
 
+pub mod clients;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
