@@ -270,6 +270,25 @@ impl OptimizerState {
     }
 }
 
+/// The two operands of an in-place CPU op as contiguous f32 slices (`what` names the op in
+/// the error).
+fn f32_pair<'a>(
+    what: &str,
+    s1: &'a mut CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<(&'a mut [f32], &'a [f32])> {
+    let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+        candle_core::bail!("{what}: f32 tensors expected")
+    };
+    let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+    else {
+        candle_core::bail!("{what}: contiguous tensors expected")
+    };
+    Ok((&mut a[a0..a1], &b[b0..b1]))
+}
+
 /// One step of the weights' moving average on the CPU, in place: `a ← d·a + (1 − d)·w`.
 struct AverageStep(f32);
 
@@ -285,15 +304,9 @@ impl candle_core::InplaceOp2 for AverageStep {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(a), CpuStorage::F32(w)) = (s1, s2) else {
-            candle_core::bail!("weight average: f32 tensors expected")
-        };
-        let (Some((a0, a1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("weight average: contiguous tensors expected")
-        };
+        let (a, w) = f32_pair("weight average", s1, l1, s2, l2)?;
         let d = self.0;
-        for (ai, &wi) in a[a0..a1].iter_mut().zip(&w[w0..w1]) {
+        for (ai, &wi) in a.iter_mut().zip(w) {
             *ai = d * *ai + (1.0 - d) * wi;
         }
         Ok(())
@@ -325,15 +338,7 @@ impl candle_core::InplaceOp2 for FusedStep<'_> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
-            candle_core::bail!("fused optimizer step: f32 tensors expected")
-        };
-        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("fused optimizer step: contiguous tensors expected")
-        };
-        let p = &mut p[p0..p1];
-        let g = &g[g0..g1];
+        let (p, g) = f32_pair("fused optimizer step", s1, l1, s2, l2)?;
         let mut guard = self.state.lock().expect("optimizer state lock");
         let (m, v) = &mut *guard;
         match self.kind {
