@@ -1,7 +1,7 @@
 //! Gradient attribution at the target layer (§3.2.1): one H-dimensional vector per sample.
 //!
 //! This module owns both attribution modes, always batched (never one backward pass per
-//! sample), each a closed form of the forward quantities, one matrix expression per batch:
+//! sample), each a closed form of the forward quantities:
 //! - `max-class`: `a(x) = | max_c (∂y_c/∂h ⊙ h) |` (the paper's notebooks; label-free)
 //!   `= | relu(h) ⊙ max_c W2[c, :] |`;
 //! - `label-gradient`: `a(x) = | ∂ℓ(f(x), y_given)/∂h ⊙ h |`, ℓ = cross-entropy (project
@@ -85,6 +85,17 @@ pub fn attribute_batch(
     if h.device().is_cpu() && h.dtype() == candle_core::DType::F32 {
         return closed_form_on_host(model, h, logits, y, mode);
     }
+    closed_form_tensor_ops(model, h, logits, y, mode)
+}
+
+/// The closed forms of [`attribute_batch`] as tensor operations (any device).
+fn closed_form_tensor_ops(
+    model: &Model,
+    h: Tensor,
+    logits: Tensor,
+    y: &Tensor,
+    mode: AttributionMode,
+) -> Result<BatchAttribution, ModelError> {
     let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let loss = log_p.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
     let w2 = model.param("fc2.weight").detach();
@@ -266,7 +277,7 @@ mod tests {
     use crate::data::tests::mnist;
     use crate::model::tests::mnist_spec;
     use crate::model::Arch;
-    use crate::train::per_sample_cross_entropy;
+    use crate::train::{batch_tensors, per_sample_cross_entropy};
     use candle_core::Device;
     use candle_core::Var;
 
@@ -376,6 +387,37 @@ mod tests {
             }
         }
         assert!(nonzero > 100, "the check must exercise active neurons");
+    }
+
+    #[test]
+    /// The CPU's fused pass and the tensor operations (every other device) agree, and the
+    /// loss is the per-sample cross-entropy.
+    fn host_pass_equals_tensor_ops() {
+        let split = mnist();
+        let m = Model::new(mnist_spec(Arch::Mlp, 32), &Device::Cpu, 4).unwrap();
+        let idx: Vec<usize> = (0..64).collect();
+        let (x, y) = batch_tensors(&split.train, &idx, &Device::Cpu).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for mode in [AttributionMode::LabelGradient, AttributionMode::MaxClass] {
+            let h = m.fc(&m.body_detached(&x).unwrap()).unwrap().detach();
+            let logits = m.head(&h).unwrap().detach();
+            let a = closed_form_on_host(&m, h.clone(), logits.clone(), &y, mode).unwrap();
+            let b = closed_form_tensor_ops(&m, h, logits.clone(), &y, mode).unwrap();
+            let ce = flat(&per_sample_cross_entropy(&logits, &y).unwrap());
+            for (got, want) in [
+                (flat(&a.attributions), flat(&b.attributions)),
+                (flat(&a.loss), flat(&b.loss)),
+                (flat(&a.loss), ce),
+            ] {
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{mode}: {g} vs {w}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

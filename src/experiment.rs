@@ -853,7 +853,8 @@ pub fn corrected_set(
 pub const RELABEL_MIXUP: f64 = 1.0;
 
 /// Decay of the moving average of the weights the Relabel row ends with
-/// ([`TrainConfig::ema`]; about the last 1,000 steps).
+/// ([`TrainConfig::ema`]; about the last 1,000 steps on long runs, fewer on short ones
+/// where the schedule's `(1 + t) / (10 + t)` governs).
 pub const RELABEL_EMA: f64 = 0.999;
 
 /// The Relabel row: from scratch on [`corrected_set`] at [`RELABEL_CONFIDENCE`], with the

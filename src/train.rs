@@ -643,6 +643,11 @@ fn mix_batch(
     let lambda = Beta::new(alpha, alpha)
         .map_err(|e| ModelError::Recipe(format!("mixup α = {alpha}: {e}")))?
         .sample(rng);
+    if !lambda.is_finite() {
+        return Err(ModelError::Recipe(format!(
+            "mixup α = {alpha} drew λ = {lambda}"
+        )));
+    }
     let b = x.dim(0)?;
     let mut perm: Vec<u32> = (0..b as u32).collect();
     perm.shuffle(rng);
@@ -663,6 +668,15 @@ fn train_targets(
     on_epoch: &mut dyn FnMut(usize) -> Result<(), ModelError>,
 ) -> Result<TrainStats, ModelError> {
     if let Some(s) = soft {
+        let k = data.num_classes.max(1);
+        if let Some(r) = s.chunks(k).position(|r| {
+            r.iter().any(|v| !(v.is_finite() && *v >= 0.0))
+                || (r.iter().sum::<f32>() - 1.0).abs() > 1e-3
+        }) {
+            return Err(ModelError::Recipe(format!(
+                "soft targets: row {r} is not a distribution over the classes (non-negative, summing to 1)"
+            )));
+        }
         if s.len() != data.len() * data.num_classes {
             return Err(ModelError::Recipe(format!(
                 "soft targets: {} values for {} samples of {} classes",

@@ -381,9 +381,9 @@ pub struct CycleConfig {
     /// with `"clean"`) held out to compare the models, drawn from those the current model has
     /// not trained on and at most half of them ([`crate::stream::cycle`]).
     pub holdout_fraction: f64,
-    /// mixup's α in the cycle's fine-tuning ([`crate::train::TrainConfig::mixup`]; 0 =
-    /// off): mixed batches keep the fine-tune from memorising the wrong labels left in the
-    /// clean partition.
+    /// mixup's α in the fine-tuning recipe ([`crate::train::TrainConfig::mixup`]; 0 =
+    /// off) of the cycle and of the bootstrap's optional clean fine-tune: mixed batches keep
+    /// the fine-tune from memorising the wrong labels left in the clean partition.
     pub mixup: f64,
     /// The acceptance guard (`[cycle.guard]`, [`crate::stream::guard`]).
     pub guard: crate::stream::guard::GuardParams,
