@@ -87,7 +87,7 @@ bench-prune: setup
 	$(CARGO) build --release
 	./scripts/prune-ablation.sh
 
-# Repair against the Oracle (README, "Does the repair work"): F-FT, Retrain, Relabel, Oracle.
+# Repair against the Oracle (README, "Does the repair work"): F-FT, Retrain, Relabel, Forward, Oracle.
 # The human-like rows need `make bench-quality` first (its matrices and the digits CSV).
 bench-repair: setup
 	$(CARGO) build --release

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # How close does the repair come to the Oracle? `rlap experiment` (all rows: F-FT, Retrain,
-# Relabel, Oracle) on Fashion-MNIST, MNIST (20,000-sample subsamples) and the UCI digits table,
+# Relabel, Forward, Oracle) on Fashion-MNIST, MNIST (20,000-sample subsamples) and the UCI digits table,
 # symmetric, pair and human-like noise, Initial trained 5 or 30 epochs (README, "Does the
 # repair work"). The human-like matrices come from `make bench-quality`
 # (out/quality/*-human.csv); rows that need one are skipped without it. JSON per run in
-# out/repair/. About 35 min on 2 cores. Usage: scripts/repair-vs-oracle.sh [path/to/rlap]
+# out/repair/. About 8 min on 2 cores. Usage: scripts/repair-vs-oracle.sh [path/to/rlap]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rlap="${1:-target/release/rlap}"
@@ -13,7 +13,7 @@ run() { # name, then experiment arguments
   local name=$1; shift
   echo "== $name"
   "$rlap" experiment "$@" --seed 1 --quiet --json "out/repair/$name.json" |
-    grep -E "^(Initial|F-FT|Retrain|Relabel|Oracle) "
+    grep -E "^(Initial|F-FT|Retrain|Relabel|Forward|Oracle) "
 }
 digits="csv:data/digits/train.csv,data/digits/test.csv"
 fm=(--dataset fashion-mnist --train-size 20000)

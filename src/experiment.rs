@@ -21,13 +21,13 @@ use crate::corruption::{corrupt, Corruption, CorruptionError};
 use crate::data::{load, DataError, Dataset, DatasetSpec};
 use crate::evaluation::{classification_report, DetectionReport, GroundTruth};
 use crate::model::{Arch, Model, ModelError, ModelSpec};
-use crate::noise_model::NoiseModel;
+use crate::noise_model::{verdict_likelihoods, NoiseModel};
 use crate::partition::{
     fit_partition, Estimator, Partition, PartitionError, PartitionFeatures, PartitionParams,
 };
 use crate::progress::Progress;
 use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
-use crate::train::{predict, train, Optimizer, Scope, TrainConfig, TrainStats};
+use crate::train::{predict, train, train_forward, Optimizer, Scope, TrainConfig, TrainStats};
 
 /// Any failure of an experiment, with the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -788,6 +788,7 @@ pub fn run(
         progress,
     )?);
     rows.push(relabel_row(cfg, &spec, data, &s1, progress)?);
+    rows.push(forward_row(cfg, &spec, data, &s1, progress)?);
     let oracle = match oracle {
         Some(r) => r,
         None => oracle_row(cfg, &spec, data, progress)?,
@@ -894,6 +895,48 @@ pub fn relabel_row(
     };
     let stats = train(&m, &set, &recipe, progress, "Relabel")?;
     row("Relabel", &m, &data.test, &stats, cfg.epochs, set.len())
+}
+
+/// The Forward row: from scratch on every training sample with its given label, trained
+/// with the forward loss correction of [`verdict_likelihoods`] ([`train_forward`]) and the
+/// Relabel row's recipe (mixup at α = [`RELABEL_MIXUP`], the weight average at
+/// [`RELABEL_EMA`]). Where Relabel needs the out-of-sample probabilities to name each flagged
+/// sample's class, Forward needs them only for the flip matrix, so it holds up where those
+/// probabilities are wrong most often: class-dependent (pair, human-like) noise (README
+/// "Does the repair work").
+///
+/// # Errors
+/// Any step's error.
+pub fn forward_row(
+    cfg: &ExperimentConfig,
+    spec: &ModelSpec,
+    data: &Prepared,
+    s1: &Stage1,
+    progress: &Progress,
+) -> Result<Row, ExperimentError> {
+    let likelihoods = verdict_likelihoods(
+        &data.noisy.labels,
+        data.noisy.num_classes,
+        &s1.partition.posterior_noisy,
+        &s1.partition.noisy,
+        &s1.scores.probs,
+    );
+    let seed = cfg.seed.wrapping_add(1);
+    let m = Model::new(spec.clone(), &cfg.device, seed)?;
+    let recipe = TrainConfig {
+        mixup: RELABEL_MIXUP,
+        ema: RELABEL_EMA,
+        ..recipe(cfg, cfg.epochs, Scope::All, 0.0, seed)
+    };
+    let stats = train_forward(&m, &data.noisy, &likelihoods, &recipe, progress, "Forward")?;
+    row(
+        "Forward",
+        &m,
+        &data.test,
+        &stats,
+        cfg.epochs,
+        data.noisy.len(),
+    )
 }
 
 /// The Oracle row: the same architecture and recipe as Initial, trained on the true data

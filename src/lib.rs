@@ -14,7 +14,8 @@
 //! - [`attribution`]: §3.2.1, `max-class` and `label-gradient`, batched.
 //! - [`partition`]: §3.2.2, z-score + 2-component GMM + label-free clean-component rule.
 //! - [`noise_model`]: the default verdict rule: the class-conditional noise transition
-//!   estimated from out-of-sample probabilities, and each sample's posterior of noisy.
+//!   estimated from out-of-sample probabilities, and each sample's posterior of noisy; the
+//!   verdict-conditioned likelihood vectors of the forward loss correction.
 //! - [`prune`]: §3.3, OLS regression sensitivity and the selective-pruning baselines.
 //! - [`experiment`]: Algorithm 1 end to end, the paper's table, JSON and CSV reports.
 //! - [`onnx`]: ONNX export (typed prost messages, pruned neurons removed) and ONNX Runtime

@@ -795,8 +795,17 @@ fn sweep(
     }
     println!("sweep summary (test accuracy; partition F1)");
     println!(
-        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "run", "Initial", "Pruned", "L-FT", "F-FT", "Retrain", "Relabel", "Oracle", "part.F1"
+        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "run",
+        "Initial",
+        "Pruned",
+        "L-FT",
+        "F-FT",
+        "Retrain",
+        "Relabel",
+        "Forward",
+        "Oracle",
+        "part.F1"
     );
     for r in &reports {
         let acc = |n: &str| r.row(n).map(|x| x.accuracy).unwrap_or(f64::NAN);
@@ -808,7 +817,7 @@ fn sweep(
             r.config.criterion.to_string()
         };
         println!(
-            "{:<22} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4}",
+            "{:<22} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4}",
             label,
             acc("Initial"),
             acc("Pruned"),
@@ -816,6 +825,7 @@ fn sweep(
             acc("F-FT"),
             acc("Retrain"),
             acc("Relabel"),
+            acc("Forward"),
             acc("Oracle"),
             r.partition.f1
         );

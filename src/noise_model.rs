@@ -28,6 +28,10 @@
 //!
 //! The streaming form keeps the same statistics as running means updated by stepwise EM's
 //! schedule (`s ← (1−γ)s + γ·batch mean`; [`crate::stream::online_gmm::StepSize`]).
+//!
+//! The repair side of the same model lives here too: [`verdict_likelihoods`], the per-sample
+//! probability of the given label under each true class that the forward loss correction
+//! trains with (the experiment's Forward row, `cycle.objective = "forward"`).
 
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
@@ -333,6 +337,66 @@ impl NoiseModel {
     }
 }
 
+/// Pseudo-count of flips spread evenly over each true class's K − 1 other labels when
+/// [`verdict_likelihoods`] estimates where a class's wrong labels go: a class no flagged
+/// sample was traced back to gets a uniform row.
+pub const FLIP_PSEUDO_COUNT: f64 = 1.0;
+
+/// The per-sample likelihood vectors `[N, K]` row-major of the Forward row: `c_bi`, the
+/// probability of sample b's given label `ỹ_b` if its true class were i,
+/// ```text
+/// c_bi = (1 − π_b)·1[i = ỹ_b] + π_b·O[i, ỹ_b]
+/// ```
+/// with `π_b` the partition's posterior P(noisy) (`posterior_noisy`, `[N]`) and `O` `[K, K]`
+/// the estimated flip matrix: `O[i, j]` = the share of class i's wrong labels that read j
+/// (`O[i, i]` = 0), counted over the flagged samples (`flagged`, `[N]`) whose out-of-sample
+/// class probabilities (`probs`, `[N, K]`) put their argmax i elsewhere than their label j,
+/// plus [`FLIP_PSEUDO_COUNT`]. The forward loss correction of Patrini et al. (CVPR 2017,
+/// §3.1, with the transition matrix estimated from the data as in their §3.2, here from the
+/// partition), made per-sample by the verdict: a sample the partition calls clean keeps its
+/// label's cross-entropy, one it calls noisy says "one of the classes whose labels flip to
+/// ỹ", which under pair noise names the class and under symmetric noise only excludes ỹ.
+/// Not part of the RLAP paper.
+pub fn verdict_likelihoods(
+    given: &[u32],
+    num_classes: usize,
+    posterior_noisy: &[f64],
+    flagged: &[bool],
+    probs: &[f32],
+) -> Vec<f32> {
+    let k = num_classes;
+    let mut flips = vec![0f64; k * k];
+    for (b, (&y, _)) in given
+        .iter()
+        .zip(flagged)
+        .enumerate()
+        .filter(|(_, (_, &f))| f)
+    {
+        let row = &probs[b * k..(b + 1) * k];
+        let i = (0..k).fold(0, |m, c| if row[c] > row[m] { c } else { m });
+        if i != y as usize {
+            flips[i * k + y as usize] += 1.0;
+        }
+    }
+    let spread = FLIP_PSEUDO_COUNT / (k.max(2) - 1) as f64;
+    for i in 0..k {
+        let row = &mut flips[i * k..(i + 1) * k];
+        let total: f64 = row.iter().sum::<f64>() + FLIP_PSEUDO_COUNT;
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = if j == i { 0.0 } else { (*o + spread) / total };
+        }
+    }
+    let mut c = vec![0f32; given.len() * k];
+    for (b, (row, &y)) in c.chunks_mut(k).zip(given).enumerate() {
+        let pi = posterior_noisy[b].clamp(0.0, 1.0);
+        for (i, v) in row.iter_mut().enumerate() {
+            let stays = if i == y as usize { 1.0 - pi } else { 0.0 };
+            *v = (stays + pi * flips[i * k + y as usize]) as f32;
+        }
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +479,42 @@ mod tests {
             .filter(|(p, t)| **p < 0.5 && **t)
             .count() as f64;
         2.0 * tp / (2.0 * tp + fp + fneg).max(1.0)
+    }
+
+    #[test]
+    fn verdict_likelihoods_follow_the_posterior_and_the_estimated_flips() {
+        // K = 3. Ten flagged samples labelled 1 look like class 0; one labelled 2 looks like 1;
+        // a flagged sample whose probabilities agree with its label counts no flip.
+        let k = 3;
+        let mut given = vec![1u32; 10];
+        let mut probs: Vec<f32> = [0.8, 0.1, 0.1].repeat(10);
+        given.push(2);
+        probs.extend([0.1, 0.7, 0.2]);
+        given.push(0);
+        probs.extend([0.9, 0.05, 0.05]);
+        // Then: a clean sample (π = 0) and a flagged one labelled 1 with π = 0.8.
+        given.extend([0, 1]);
+        probs.extend([0.9, 0.05, 0.05, 0.3, 0.4, 0.3]);
+        let n = given.len();
+        let mut flagged = vec![true; n];
+        flagged[n - 2] = false;
+        let mut posterior = vec![1.0; n];
+        posterior[n - 2] = 0.0;
+        posterior[n - 1] = 0.8;
+        let c = verdict_likelihoods(&given, k, &posterior, &flagged, &probs);
+        let row = |b: usize| &c[b * k..(b + 1) * k];
+        assert_eq!(row(n - 2), &[1.0, 0.0, 0.0]);
+        // O[0] = (10 + 0.5, 0.5) / 11 off the diagonal; O[2] had no flips: uniform 0.5.
+        let o01 = 10.5 / 11.0;
+        let want = [0.8 * o01, 0.2, 0.8 * 0.5];
+        for (g, w) in row(n - 1).iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{:?} vs {want:?}", row(n - 1));
+        }
+        // π = 1 labelled 2: classes whose labels flip to 2: O[0][2] = 0.5/11, O[1][2] = 1.5/2.
+        let want = [0.5 / 11.0, 1.5 / 2.0, 0.0];
+        for (g, w) in row(10).iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{:?} vs {want:?}", row(10));
+        }
     }
 
     #[test]

@@ -466,11 +466,25 @@ pub fn loss_and_grads(
     soft_loss_and_grads(model, input, &onehot, scope)
 }
 
+/// What one batch is trained towards: the loss at the logits and its gradient there.
+#[derive(Clone, Debug)]
+pub enum Objective {
+    /// Soft targets `t` `[B, K]`, each row a distribution over the classes: the mean
+    /// cross-entropy `−(1/B) Σ_b Σ_k t_bk log p_bk`, `p = softmax(logits)`, whose gradient at
+    /// the logits is `(p − t) / B` (one-hot rows: the labels' cross-entropy; label
+    /// correction's soft labels; mixup's mixed targets, Zhang et al., ICLR 2018).
+    Soft(Tensor),
+    /// Forward loss correction (Patrini et al., "Making Deep Neural Networks Robust to Label
+    /// Noise: a Loss Correction Approach", CVPR 2017, §3.1) with one likelihood vector per
+    /// sample: terms `(w, c)`, `c` `[B, K]` with `c_bi` = P(sample b's given label | true
+    /// class i), values in [0, 1]. Loss `−(1/B) Σ_m w_m Σ_b log ⟨p_b, c_mb⟩`, gradient at the
+    /// logits `(1/B) Σ_m w_m (p − p ⊙ c_m / ⟨p, c_m⟩)`. One term (w = 1) per plain batch;
+    /// a mixup batch has two, `(λ, c)` and `(1 − λ, c[π])`.
+    Likelihood(Vec<(f64, Tensor)>),
+}
+
 /// As [`loss_and_grads`] with soft targets: `targets` `[B, K]` f32, each row a distribution
-/// over the classes (one-hot rows give [`loss_and_grads`]). The loss is the mean
-/// cross-entropy `−(1/B) Σ_b Σ_k t_bk log softmax(logits)_bk` and `g = (softmax − t) / B`
-/// (label correction's soft labels and mixup's mixed targets; Zhang et al., "mixup: Beyond
-/// Empirical Risk Minimization", ICLR 2018).
+/// over the classes (one-hot rows give [`loss_and_grads`]); [`Objective::Soft`].
 ///
 /// # Errors
 /// [`ModelError::Candle`] on a shape mismatch or device error.
@@ -480,17 +494,31 @@ pub fn soft_loss_and_grads(
     targets: &Tensor,
     scope: Scope,
 ) -> Result<(Tensor, GradStore), ModelError> {
+    objective_loss_and_grads(model, input, &Objective::Soft(targets.clone()), scope)
+}
+
+/// As [`loss_and_grads`] for any [`Objective`]: the batch's loss and the gradients of the
+/// parameters `scope` trains, differentiated by hand where [`loss_and_grads`] says.
+///
+/// # Errors
+/// [`ModelError::Candle`] on a shape mismatch or device error.
+pub fn objective_loss_and_grads(
+    model: &Model,
+    input: &Tensor,
+    objective: &Objective,
+    scope: Scope,
+) -> Result<(Tensor, GradStore), ModelError> {
     let mut grads = GradStore::default();
     match (model.spec().arch, scope) {
         (_, Scope::Head) => {
-            let (loss, _) = head_grads(model, input, targets, &mut grads, false)?;
+            let (loss, _) = head_grads(model, input, objective, &mut grads, false)?;
             Ok((loss, grads))
         }
         (Arch::Mlp, Scope::All) => {
             let u = input
                 .matmul(&model.param("body.0.weight").t()?)?
                 .broadcast_add(model.param("body.0.bias"))?;
-            let (loss, dz) = head_grads(model, &u.relu()?, targets, &mut grads, true)?;
+            let (loss, dz) = head_grads(model, &u.relu()?, objective, &mut grads, true)?;
             let dz = dz.expect("asked for");
             let du = relu_backward(&dz, &u)?;
             grads.insert(model.param("body.0.weight"), du.t()?.matmul(input)?);
@@ -500,7 +528,7 @@ pub fn soft_loss_and_grads(
         (Arch::Cnn, Scope::All) => {
             let mut loss = None;
             let body = model.cnn_cpu_body_grads(input, |z| {
-                let (l, dz) = head_grads(model, z, targets, &mut grads, true)?;
+                let (l, dz) = head_grads(model, z, objective, &mut grads, true)?;
                 loss = Some(l);
                 Ok(dz.expect("asked for"))
             })?;
@@ -512,14 +540,64 @@ pub fn soft_loss_and_grads(
                     Ok((loss, grads))
                 }
                 _ => {
-                    let logits = model.forward(input)?;
-                    let b = logits.dim(0)?;
-                    let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-                    let loss = ((&log_p * targets)?.sum_all()? * (-1.0 / b as f64))?;
+                    let loss = objective_loss(&model.forward(input)?, objective)?;
                     let grads = loss.backward()?;
                     Ok((loss, grads))
                 }
             }
+        }
+    }
+}
+
+/// The objective's loss at `logits` `[B, K]` as differentiable tensor operations (autograd's
+/// path, and the reference the hand-written gradients are tested against).
+fn objective_loss(logits: &Tensor, objective: &Objective) -> Result<Tensor, ModelError> {
+    let b = logits.dim(0)? as f64;
+    match objective {
+        Objective::Soft(t) => {
+            let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            Ok(((&log_p * t)?.sum_all()? * (-1.0 / b))?)
+        }
+        Objective::Likelihood(terms) => {
+            let p = candle_nn::ops::softmax(logits, D::Minus1)?;
+            let mut loss = Tensor::zeros((), logits.dtype(), logits.device())?;
+            for (w, c) in terms {
+                let s = (&p * c)?.sum(1)?.clamp(LIKELIHOOD_FLOOR, 1f32)?;
+                loss = (loss + (s.log()?.sum_all()? * (-w / b))?)?;
+            }
+            Ok(loss)
+        }
+    }
+}
+
+/// Lower bound on `⟨p, c⟩` in [`Objective::Likelihood`]: a sample whose likely classes all
+/// have probability 0 in f32 gets a finite loss (−log 1e-30 ≈ 69) and gradient `p`.
+const LIKELIHOOD_FLOOR: f32 = 1e-30;
+
+/// The objective's loss and its gradient at the logits `[B, K]`, by hand ([`Objective`]).
+fn logit_loss_and_grad(
+    logits: &Tensor,
+    objective: &Objective,
+) -> Result<(Tensor, Tensor), ModelError> {
+    let b = logits.dim(0)? as f64;
+    match objective {
+        Objective::Soft(t) => {
+            let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            let loss = ((&log_p * t)?.sum_all()? * (-1.0 / b))?;
+            let g = ((log_p.exp()? - t)? * (1.0 / b))?;
+            Ok((loss, g))
+        }
+        Objective::Likelihood(terms) => {
+            let p = candle_nn::ops::softmax(logits, D::Minus1)?;
+            let mut loss = Tensor::zeros((), logits.dtype(), logits.device())?;
+            let mut g = p.zeros_like()?;
+            for (w, c) in terms {
+                let pc = (&p * c)?;
+                let s = pc.sum_keepdim(1)?.clamp(LIKELIHOOD_FLOOR, 1f32)?;
+                loss = (loss + (s.log()?.sum_all()? * (-w / b))?)?;
+                g = (g + ((&p - pc.broadcast_div(&s)?)? * (w / b))?)?;
+            }
+            Ok((loss, g))
         }
     }
 }
@@ -531,13 +609,13 @@ fn relu_backward(d: &Tensor, pre: &Tensor) -> Result<Tensor, ModelError> {
     Ok((d * pre.ge(0.0)?.to_dtype(d.dtype())?)?)
 }
 
-/// The head's part of [`soft_loss_and_grads`]: from the body's output `z` `[B, F]` and the
-/// targets `t` `[B, K]`, the mean cross-entropy, the gradients of `fc` and `fc2` (into
-/// `grads`) and, when `want_dz`, the gradient at `z` `[B, F]`.
+/// The head's part of [`objective_loss_and_grads`]: from the body's output `z` `[B, F]` and
+/// the objective, the loss, the gradients of `fc` and `fc2` (into `grads`) and, when
+/// `want_dz`, the gradient at `z` `[B, F]`.
 fn head_grads(
     model: &Model,
     z: &Tensor,
-    targets: &Tensor,
+    objective: &Objective,
     grads: &mut GradStore,
     want_dz: bool,
 ) -> Result<(Tensor, Option<Tensor>), ModelError> {
@@ -546,10 +624,7 @@ fn head_grads(
     let h = z.matmul(&w1.t()?)?.broadcast_add(b1)?;
     let r = h.relu()?;
     let logits = r.matmul(&w2.t()?)?.broadcast_add(b2)?;
-    let b = logits.dim(0)?;
-    let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let loss = ((&log_p * targets)?.sum_all()? * (-1.0 / b as f64))?;
-    let g = ((log_p.exp()? - targets)? * (1.0 / b as f64))?;
+    let (loss, g) = logit_loss_and_grad(&logits, objective)?;
     grads.insert(w2, g.t()?.matmul(&r)?);
     grads.insert(b2, g.sum(0)?);
     let dh = relu_backward(&g.matmul(w2)?, &h)?;
@@ -586,7 +661,7 @@ pub fn train_with(
     label: &str,
     on_epoch: &mut dyn FnMut(usize) -> Result<(), ModelError>,
 ) -> Result<TrainStats, ModelError> {
-    train_targets(model, data, None, cfg, progress, label, on_epoch)
+    train_targets(model, data, Targets::Labels, cfg, progress, label, on_epoch)
 }
 
 /// As [`train`] with soft targets instead of `data.labels`: `targets` `[N, K]` row-major
@@ -594,7 +669,8 @@ pub fn train_with(
 /// (label correction: a flagged sample's out-of-sample class probabilities).
 ///
 /// # Errors
-/// [`ModelError::Recipe`] when `targets` is not `N·K` long; [`ModelError`] from training.
+/// [`ModelError::Recipe`] when `targets` is not `N·K` long or a row is not a distribution;
+/// [`ModelError`] from training.
 pub fn train_soft(
     model: &Model,
     data: &Dataset,
@@ -606,7 +682,7 @@ pub fn train_soft(
     train_targets(
         model,
         data,
-        Some(targets),
+        Targets::Soft(targets),
         cfg,
         progress,
         label,
@@ -614,31 +690,104 @@ pub fn train_soft(
     )
 }
 
-/// One batch's targets `[B, K]`: rows of `soft` when given, else one-hot rows of the labels.
-fn batch_targets(
+/// As [`train`] with forward loss correction ([`Objective::Likelihood`]): `likelihoods`
+/// `[N, K]` row-major, row b the probability of sample b's given label under each true class
+/// (values in [0, 1], not all 0); the model learns the clean class probabilities whose
+/// likelihood of the given labels is highest (Patrini et al., CVPR 2017).
+///
+/// # Errors
+/// [`ModelError::Recipe`] when `likelihoods` is not `N·K` long or a row is out of range or
+/// all zero; [`ModelError`] from training.
+pub fn train_forward(
+    model: &Model,
     data: &Dataset,
-    soft: Option<&[f32]>,
-    idx: &[usize],
-    device: &Device,
-) -> Result<Tensor, ModelError> {
-    let k = data.num_classes;
-    let mut t = vec![0f32; idx.len() * k];
-    for (row, &i) in t.chunks_mut(k).zip(idx) {
-        match soft {
-            Some(s) => row.copy_from_slice(&s[i * k..(i + 1) * k]),
-            None => row[data.labels[i] as usize] = 1.0,
-        }
-    }
-    Ok(Tensor::from_vec(t, (idx.len(), k), device)?)
+    likelihoods: &[f32],
+    cfg: &TrainConfig,
+    progress: &Progress,
+    label: &str,
+) -> Result<TrainStats, ModelError> {
+    train_targets(
+        model,
+        data,
+        Targets::Likelihood(likelihoods),
+        cfg,
+        progress,
+        label,
+        &mut |_| Ok(()),
+    )
 }
 
-/// mixup of one batch: `(λ·x + (1 − λ)·x[π], λ·t + (1 − λ)·t[π])`, `λ ~ Beta(α, α)`.
-fn mix_batch(
-    x: &Tensor,
-    t: &Tensor,
+/// What a training run fits, per sample, on the host.
+#[derive(Clone, Copy)]
+enum Targets<'a> {
+    /// `data.labels`.
+    Labels,
+    /// Soft targets `[N, K]` ([`Objective::Soft`]).
+    Soft(&'a [f32]),
+    /// Likelihood vectors `[N, K]` ([`Objective::Likelihood`]).
+    Likelihood(&'a [f32]),
+}
+
+impl Targets<'_> {
+    /// `Err(reason)` when the per-sample rows do not fit `data` or are out of range.
+    fn check(&self, data: &Dataset) -> Result<(), ModelError> {
+        let (rows, what) = match *self {
+            Targets::Labels => return Ok(()),
+            Targets::Soft(s) => (s, "soft targets"),
+            Targets::Likelihood(c) => (c, "likelihood vectors"),
+        };
+        if rows.len() != data.len() * data.num_classes {
+            return Err(ModelError::Recipe(format!(
+                "{what}: {} values for {} samples of {} classes",
+                rows.len(),
+                data.len(),
+                data.num_classes
+            )));
+        }
+        let bad = rows
+            .chunks(data.num_classes.max(1))
+            .position(|r| match self {
+                Targets::Soft(_) => {
+                    r.iter().any(|v| !(v.is_finite() && *v >= 0.0))
+                        || (r.iter().sum::<f32>() - 1.0).abs() > 1e-3
+                }
+                _ => r.iter().any(|v| !(0.0..=1.0).contains(v)) || r.iter().all(|&v| v == 0.0),
+            });
+        match (bad, self) {
+            (None, _) => Ok(()),
+            (Some(r), Targets::Soft(_)) => Err(ModelError::Recipe(format!(
+                "soft targets: row {r} is not a distribution over the classes (non-negative, summing to 1)"
+            ))),
+            (Some(r), _) => Err(ModelError::Recipe(format!(
+                "likelihood vectors: row {r} has a value outside [0, 1] or is all zero"
+            ))),
+        }
+    }
+
+    /// One batch's rows `[B, K]`: one-hot rows of the labels, or the given rows.
+    fn batch(&self, data: &Dataset, idx: &[usize], device: &Device) -> Result<Tensor, ModelError> {
+        let k = data.num_classes;
+        let mut t = vec![0f32; idx.len() * k];
+        for (row, &i) in t.chunks_mut(k).zip(idx) {
+            match *self {
+                Targets::Soft(s) | Targets::Likelihood(s) => {
+                    row.copy_from_slice(&s[i * k..(i + 1) * k])
+                }
+                Targets::Labels => row[data.labels[i] as usize] = 1.0,
+            }
+        }
+        Ok(Tensor::from_vec(t, (idx.len(), k), device)?)
+    }
+}
+
+/// mixup's draw for one batch of `b` samples: `λ ~ Beta(α, α)` and a permutation `π`; the
+/// mixed batch is `λ·a + (1 − λ)·a[π]` ([`mix`]).
+fn mixup_draw(
+    b: usize,
     alpha: f64,
     rng: &mut Xoshiro256PlusPlus,
-) -> Result<(Tensor, Tensor), ModelError> {
+    device: &Device,
+) -> Result<(f64, Tensor), ModelError> {
     use rand_distr::{Beta, Distribution};
     let lambda = Beta::new(alpha, alpha)
         .map_err(|e| ModelError::Recipe(format!("mixup α = {alpha}: {e}")))?
@@ -648,44 +797,26 @@ fn mix_batch(
             "mixup α = {alpha} drew λ = {lambda}"
         )));
     }
-    let b = x.dim(0)?;
     let mut perm: Vec<u32> = (0..b as u32).collect();
     perm.shuffle(rng);
-    let perm = Tensor::from_vec(perm, b, x.device())?;
-    let mix = |a: &Tensor| -> Result<Tensor, ModelError> {
-        Ok(((a * lambda)? + (a.index_select(&perm, 0)? * (1.0 - lambda))?)?)
-    };
-    Ok((mix(x)?, mix(t)?))
+    Ok((lambda, Tensor::from_vec(perm, b, device)?))
+}
+
+/// `λ·a + (1 − λ)·a[π]` along the batch dimension.
+fn mix(a: &Tensor, lambda: f64, perm: &Tensor) -> Result<Tensor, ModelError> {
+    Ok(((a * lambda)? + (a.index_select(perm, 0)? * (1.0 - lambda))?)?)
 }
 
 fn train_targets(
     model: &Model,
     data: &Dataset,
-    soft: Option<&[f32]>,
+    targets: Targets<'_>,
     cfg: &TrainConfig,
     progress: &Progress,
     label: &str,
     on_epoch: &mut dyn FnMut(usize) -> Result<(), ModelError>,
 ) -> Result<TrainStats, ModelError> {
-    if let Some(s) = soft {
-        let k = data.num_classes.max(1);
-        if let Some(r) = s.chunks(k).position(|r| {
-            r.iter().any(|v| !(v.is_finite() && *v >= 0.0))
-                || (r.iter().sum::<f32>() - 1.0).abs() > 1e-3
-        }) {
-            return Err(ModelError::Recipe(format!(
-                "soft targets: row {r} is not a distribution over the classes (non-negative, summing to 1)"
-            )));
-        }
-        if s.len() != data.len() * data.num_classes {
-            return Err(ModelError::Recipe(format!(
-                "soft targets: {} values for {} samples of {} classes",
-                s.len(),
-                data.len(),
-                data.num_classes
-            )));
-        }
-    }
+    targets.check(data)?;
     if !(0.0..1.0).contains(&cfg.ema) {
         return Err(ModelError::Recipe(format!(
             "the weight average's decay must be in [0, 1) (got {})",
@@ -698,7 +829,7 @@ fn train_targets(
             cfg.mixup
         )));
     }
-    let plain = soft.is_none() && cfg.mixup == 0.0;
+    let plain = matches!(targets, Targets::Labels) && cfg.mixup == 0.0;
     // mixup's own stream, so the shuffling order is the same with and without it.
     let mut mix_rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed ^ 0x6d_6978_7570);
     let t0 = Instant::now();
@@ -747,13 +878,28 @@ fn train_targets(
                 let (loss, grads) = if plain {
                     loss_and_grads(model, &input, &y, cfg.scope)?
                 } else {
-                    let t = batch_targets(data, soft, chunk, device)?;
-                    let (input, t) = if cfg.mixup > 0.0 {
-                        mix_batch(&input, &t, cfg.mixup, &mut mix_rng)?
+                    let t = targets.batch(data, chunk, device)?;
+                    let mixed = if cfg.mixup > 0.0 {
+                        Some(mixup_draw(chunk.len(), cfg.mixup, &mut mix_rng, device)?)
                     } else {
-                        (input, t)
+                        None
                     };
-                    soft_loss_and_grads(model, &input, &t, cfg.scope)?
+                    let input = match &mixed {
+                        Some((lambda, perm)) => mix(&input, *lambda, perm)?,
+                        None => input,
+                    };
+                    let objective = match (targets, &mixed) {
+                        (Targets::Likelihood(_), Some((lambda, perm))) => {
+                            Objective::Likelihood(vec![
+                                (*lambda, t.clone()),
+                                (1.0 - lambda, t.index_select(perm, 0)?),
+                            ])
+                        }
+                        (Targets::Likelihood(_), None) => Objective::Likelihood(vec![(1.0, t)]),
+                        (_, Some((lambda, perm))) => Objective::Soft(mix(&t, *lambda, perm)?),
+                        (_, None) => Objective::Soft(t),
+                    };
+                    objective_loss_and_grads(model, &input, &objective, cfg.scope)?
                 };
                 opt.step(&grads)?;
                 if !average.is_empty() {
@@ -889,32 +1035,57 @@ mod tests {
                 })
                 .collect();
             let soft = Tensor::from_vec(soft, (96, k), &Device::Cpu).unwrap();
-            for (scope, targets) in [Scope::All, Scope::Head]
+            // Likelihood vectors (forward correction) as a mixup batch has them: two terms,
+            // values in [0, 1], some of them 0.
+            let lik = |seed: usize| {
+                let v: Vec<f32> = (0..96 * k)
+                    .map(|i| ((i * 37 + seed) % 11) as f32 / 10.0)
+                    .collect();
+                Tensor::from_vec(v, (96, k), &Device::Cpu).unwrap()
+            };
+            let likelihood = Objective::Likelihood(vec![(0.7, lik(3)), (0.3, lik(5))]);
+            let soft = Objective::Soft(soft);
+            for (scope, objective) in [Scope::All, Scope::Head]
                 .into_iter()
-                .flat_map(|s| [(s, None), (s, Some(&soft))])
+                .flat_map(|s| [(s, None), (s, Some(&soft)), (s, Some(&likelihood))])
             {
                 let input = match scope {
                     Scope::All => x.clone(),
                     Scope::Head => m.body(&x).unwrap().detach(),
                 };
-                let (loss, grads) = match targets {
+                let (loss, grads) = match objective {
                     None => loss_and_grads(&m, &input, &y, scope).unwrap(),
-                    Some(t) => soft_loss_and_grads(&m, &input, t, scope).unwrap(),
+                    Some(Objective::Soft(t)) => soft_loss_and_grads(&m, &input, t, scope).unwrap(),
+                    Some(o) => objective_loss_and_grads(&m, &input, o, scope).unwrap(),
                 };
                 let logits = match scope {
                     Scope::All => m.forward(&x).unwrap(),
                     Scope::Head => m.head(&m.fc(&input).unwrap()).unwrap(),
                 };
-                let ref_loss = match targets {
+                let ref_loss = match objective {
                     None => cross_entropy(&logits, &y).unwrap(),
-                    Some(t) => {
+                    Some(Objective::Soft(t)) => {
                         let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
                         ((log_p * t).unwrap().sum_all().unwrap() * (-1.0 / 96.0)).unwrap()
+                    }
+                    Some(Objective::Likelihood(terms)) => {
+                        // −(1/B) Σ_m w_m Σ_b log ⟨softmax_b, c_mb⟩, written out.
+                        let p = candle_nn::ops::softmax(&logits, D::Minus1).unwrap();
+                        let mut l = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+                        for (w, c) in terms {
+                            let s = (&p * c).unwrap().sum(1).unwrap().log().unwrap();
+                            l = (l + (s.sum_all().unwrap() * (-w / 96.0)).unwrap()).unwrap();
+                        }
+                        l
                     }
                 };
                 let ref_grads = ref_loss.backward().unwrap();
                 let l = |t: &Tensor| t.to_scalar::<f32>().unwrap();
-                let what = if targets.is_some() { "soft" } else { "labels" };
+                let what = match objective {
+                    None => "labels",
+                    Some(Objective::Soft(_)) => "soft",
+                    Some(Objective::Likelihood(_)) => "likelihood",
+                };
                 assert!(
                     (l(&loss) - l(&ref_loss)).abs() < 1e-5,
                     "{arch} {scope:?} {what} loss"
@@ -1019,6 +1190,76 @@ mod tests {
         let bad = TrainConfig { mixup: -1.0, ..cfg };
         let e = train(&m, &few, &bad, &Progress::hidden(), "t").unwrap_err();
         assert!(e.to_string().contains("mixup"), "{e}");
+    }
+
+    /// Forward correction with the noise's own transition matrix learns the true classes
+    /// through pair noise (40 % of class c labelled c + 1) that plain training on the same
+    /// labels copies; wrong likelihood rows are refused with the reason.
+    #[test]
+    fn forward_correction_learns_through_pair_noise() {
+        let split = mnist();
+        let n = 2048;
+        let mut noisy = split.train.select(&(0..n).collect::<Vec<_>>());
+        let k = noisy.num_classes;
+        let truth = noisy.labels.clone();
+        for (i, y) in noisy.labels.iter_mut().enumerate() {
+            if i % 5 < 2 {
+                *y = (*y + 1) % k as u32;
+            }
+        }
+        // c_bi = T[i, ỹ_b] with T = 0.6·I + 0.4·(shift by one).
+        let likelihoods: Vec<f32> = noisy
+            .labels
+            .iter()
+            .flat_map(|&g| {
+                (0..k).map(move |i| match () {
+                    _ if i == g as usize => 0.6,
+                    _ if (i + 1) % k == g as usize => 0.4,
+                    _ => 0.0,
+                })
+            })
+            .collect();
+        let cfg = TrainConfig {
+            epochs: 10,
+            batch_size: 64,
+            optimizer: adam(),
+            scope: Scope::All,
+            seed: 1,
+            mixup: 0.0,
+            ema: 0.0,
+        };
+        let accuracy = |m: &Model| {
+            let p = predict(m, &noisy).unwrap();
+            p.iter().zip(&truth).filter(|(a, b)| a == b).count() as f64 / n as f64
+        };
+        let plain = Model::new(mnist_spec(Arch::Mlp, 64), &Device::Cpu, 2).unwrap();
+        train(&plain, &noisy, &cfg, &Progress::hidden(), "t").unwrap();
+        let forward = Model::new(mnist_spec(Arch::Mlp, 64), &Device::Cpu, 2).unwrap();
+        train_forward(
+            &forward,
+            &noisy,
+            &likelihoods,
+            &cfg,
+            &Progress::hidden(),
+            "t",
+        )
+        .unwrap();
+        let (a_plain, a_forward) = (accuracy(&plain), accuracy(&forward));
+        assert!(
+            a_forward > 0.9 && a_forward > a_plain + 0.1,
+            "true-label accuracy: forward {a_forward}, plain {a_plain}"
+        );
+        let mut bad = likelihoods.clone();
+        bad[3] = 1.5;
+        let e = train_forward(&forward, &noisy, &bad, &cfg, &Progress::hidden(), "t").unwrap_err();
+        assert!(e.to_string().contains("row 0"), "{e}");
+        bad[3] = 0.0;
+        bad[..k].fill(0.0);
+        let e = train_forward(&forward, &noisy, &bad, &cfg, &Progress::hidden(), "t").unwrap_err();
+        assert!(e.to_string().contains("all zero"), "{e}");
+        let e =
+            train_forward(&forward, &noisy, &bad[1..], &cfg, &Progress::hidden(), "t").unwrap_err();
+        assert!(e.to_string().contains("likelihood vectors"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,7 @@ fn experiment_on_an_mnist_slice_prints_the_table_and_writes_reports() {
         "F-FT",
         "Retrain",
         "Relabel",
+        "Forward",
         "Oracle",
         "partition",
     ] {
@@ -63,7 +64,7 @@ fn experiment_on_an_mnist_slice_prints_the_table_and_writes_reports() {
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["Initial", "Pruned", "L-FT", "F-FT", "Retrain", "Relabel", "Oracle"]
+        ["Initial", "Pruned", "L-FT", "F-FT", "Retrain", "Relabel", "Forward", "Oracle"]
     );
     let p = &report["partition"];
     for key in [

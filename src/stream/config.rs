@@ -344,6 +344,18 @@ pub enum Finetune {
     Fft,
 }
 
+/// What a cycle fine-tunes on (`cycle.objective`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinetuneObjective {
+    /// The clean partition with its given labels' cross-entropy (§3.4).
+    Clean,
+    /// Every buffered sample outside the evaluation set, with the forward loss correction
+    /// the verdicts condition ([`crate::noise_model::verdict_likelihoods`],
+    /// [`crate::train::train_forward`]; not in the paper).
+    Forward,
+}
+
 /// A trusted validation set for the acceptance gate.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -366,6 +378,9 @@ pub struct CycleConfig {
     pub enabled: bool,
     /// `lft` or `fft`.
     pub finetune: Finetune,
+    /// `clean` (the paper's: the clean partition) or `forward` (every sample, forward loss
+    /// correction conditioned on its verdict).
+    pub objective: FinetuneObjective,
     /// Fine-tuning epochs over the buffered clean samples.
     pub epochs: usize,
     /// Samples the replay buffer must hold before a cycle may start (more data, better
@@ -398,6 +413,7 @@ impl Default for CycleConfig {
         Self {
             enabled: true,
             finetune: Finetune::Fft,
+            objective: FinetuneObjective::Clean,
             epochs: 3,
             min_samples: 20_000,
             prune_fraction: crate::prune::DEFAULT_PRUNE_FRACTION,

@@ -37,14 +37,15 @@ use crate::attribution::{attribute, AttributionMode, Attributions};
 use crate::data::Dataset;
 use crate::evaluation::classification_report;
 use crate::model::{Model, ModelError};
+use crate::noise_model::verdict_likelihoods;
 use crate::partition::PartitionError;
 use crate::progress::Progress;
 use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
 use crate::store::{Metrics, ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
-use crate::stream::config::{DaemonConfig, Finetune};
+use crate::stream::config::{DaemonConfig, Finetune, FinetuneObjective};
 use crate::stream::guard::{judge, Decision, HoldoutScope};
 use crate::stream::verdicter::Verdicter;
-use crate::train::{predict, train, Optimizer, Scope, TrainConfig};
+use crate::train::{predict, train, train_forward, Optimizer, Scope, TrainConfig};
 
 /// A cycle never leaves more than this fraction of `fc`'s neurons pruned in all.
 pub const MAX_PRUNED_FRACTION: f64 = 0.5;
@@ -382,8 +383,8 @@ fn cycle_steps(
     clean.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(
         cfg.cycle.seed ^ input.version,
     ));
-    let (eval, eval_set, tune_idx) = match &input.validation {
-        Some(v) => (v.clone(), "validation", clean),
+    let (eval, eval_set, tune_idx, held) = match &input.validation {
+        Some(v) => (v.clone(), "validation", clean, Vec::new()),
         None if cfg.cycle.guard.holdout == HoldoutScope::Unseen => {
             // Every unseen sample, flagged or not; the fine-tuning set stays the clean rest.
             let mut all: Vec<usize> = (0..a.n).collect();
@@ -405,12 +406,24 @@ fn cycle_steps(
                     set
                 },
                 tune,
+                held,
             )
         }
         None => {
             let (held, tune, set) =
                 split_holdout(&clean, input.holdout_from, cfg.cycle.holdout_fraction);
-            (data.select(&held), set, tune)
+            (data.select(&held), set, tune, held)
+        }
+    };
+    // cycle.objective = forward: the flagged samples outside the evaluation set train too.
+    let tune_idx = match cfg.cycle.objective {
+        FinetuneObjective::Clean => tune_idx,
+        FinetuneObjective::Forward => {
+            let mut is_held = vec![false; a.n];
+            for &i in &held {
+                is_held[i] = true;
+            }
+            (0..a.n).filter(|&i| !is_held[i]).collect()
         }
     };
     rec.eval_set = eval_set.into();
@@ -428,13 +441,44 @@ fn cycle_steps(
         return Ok(None);
     }
     let tune = data.select(&tune_idx);
-    train(
-        &candidate,
-        &tune,
-        &finetune_recipe(cfg, cfg.cycle.seed.wrapping_add(input.version)),
-        &Progress::hidden(),
-        "cycle fine-tune",
-    )?;
+    let recipe = finetune_recipe(cfg, cfg.cycle.seed.wrapping_add(input.version));
+    match cfg.cycle.objective {
+        FinetuneObjective::Clean => {
+            train(
+                &candidate,
+                &tune,
+                &recipe,
+                &Progress::hidden(),
+                "cycle fine-tune",
+            )?;
+        }
+        FinetuneObjective::Forward => {
+            // The flip matrix from the fine-tuning samples only (the evaluation set's labels
+            // stay out of training altogether).
+            let k = data.num_classes;
+            let pick = |v: &[f64]| tune_idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let probs: Vec<f32> = tune_idx
+                .iter()
+                .flat_map(|&i| a.probs[i * k..(i + 1) * k].iter().copied())
+                .collect();
+            let flagged: Vec<bool> = tune_idx.iter().map(|&i| noisy[i]).collect();
+            let likelihoods = verdict_likelihoods(
+                &tune.labels,
+                k,
+                &pick(&input.posterior_noisy),
+                &flagged,
+                &probs,
+            );
+            train_forward(
+                &candidate,
+                &tune,
+                &likelihoods,
+                &recipe,
+                &Progress::hidden(),
+                "cycle fine-tune",
+            )?;
+        }
+    }
     lap(rec, "finetune");
 
     // 4. The guard compares the two models on the same samples (and the whole snapshot's
