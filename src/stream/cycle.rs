@@ -43,7 +43,7 @@ use crate::progress::Progress;
 use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
 use crate::store::{Metrics, ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
 use crate::stream::config::{DaemonConfig, Finetune, FinetuneObjective};
-use crate::stream::guard::{judge, Decision, HoldoutScope};
+use crate::stream::guard::{judge, Decision, HoldoutScope, Snapshot};
 use crate::stream::verdicter::Verdicter;
 use crate::train::{predict, train, train_forward, Optimizer, Scope, TrainConfig};
 
@@ -485,12 +485,16 @@ fn cycle_steps(
     //    predictions for vanishing classes).
     let (pb, pa) = (predict(&input.model, &eval)?, predict(&candidate, &eval)?);
     let (sb, sa) = (predict(&input.model, data)?, predict(&candidate, data)?);
+    let snapshot = Snapshot {
+        labels: &data.labels,
+        before: &sb,
+        after: &sa,
+    };
     let (decision, evidence) = judge(
         &eval.labels,
         &pb,
         &pa,
-        &sb,
-        &sa,
+        snapshot,
         data.num_classes,
         &cfg.cycle.guard,
     );

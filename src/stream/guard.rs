@@ -14,7 +14,10 @@
 //! 3. **No class collapses**: every class with at least `min_class_samples` evaluation samples
 //!    keeps its recall within `max_recall_drop`; and over the whole snapshot, a class the
 //!    current model predicts at least `min_class_predictions` times is still predicted at
-//!    least half as often (a tiny class flagged wholesale must not vanish from the model).
+//!    least half as often as the current model predicts it or as the snapshot labels it,
+//!    whichever is fewer (a tiny class flagged wholesale must not vanish from the model; a
+//!    class the current model predicts twice as often as it is labelled — pair noise pushes
+//!    class c's samples into c + 1 — may come back to its share).
 
 use serde::{Deserialize, Serialize};
 
@@ -130,6 +133,9 @@ pub struct ClassEvidence {
     pub predicted_before: usize,
     /// Snapshot samples the candidate predicts as this class.
     pub predicted_after: usize,
+    /// Snapshot samples labelled with it (records written before 2026-12-04 lack it: 0).
+    #[serde(default)]
+    pub labelled: usize,
 }
 
 /// What the guard saw: part of every cycle record.
@@ -159,14 +165,24 @@ pub enum Decision {
     Skip(String),
 }
 
+/// The whole snapshot's given labels and both models' predictions on it, all `[m]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    /// Given labels.
+    pub labels: &'a [u32],
+    /// The current model's predictions.
+    pub before: &'a [u32],
+    /// The candidate's predictions.
+    pub after: &'a [u32],
+}
+
 /// Judge a candidate from predictions on the evaluation set (`labels`, `before`, `after`, all
-/// `[n]`) and on the whole snapshot (`snap_before`, `snap_after`), over `k` classes.
+/// `[n]`) and on the whole snapshot, over `k` classes.
 pub fn judge(
     labels: &[u32],
     before: &[u32],
     after: &[u32],
-    snap_before: &[u32],
-    snap_after: &[u32],
+    snapshot: Snapshot<'_>,
     k: usize,
     p: &GuardParams,
 ) -> (Decision, Evidence) {
@@ -184,7 +200,8 @@ pub fn judge(
         }
         c
     };
-    let (pb, pa) = (count(snap_before), count(snap_after));
+    let (pb, pa) = (count(snapshot.before), count(snapshot.after));
+    let labelled = count(snapshot.labels);
     let (mut tot, mut hit_b, mut hit_a) = (vec![0usize; k], vec![0usize; k], vec![0usize; k]);
     let mut d_sum = 0.0;
     let mut d_sq = 0.0;
@@ -221,6 +238,7 @@ pub fn judge(
                 recall_after: r(hit_a[c]),
                 predicted_before: pb[c],
                 predicted_after: pa[c],
+                labelled: labelled[c],
             }
         })
         .collect();
@@ -255,12 +273,12 @@ pub fn judge(
             }
         }
         if c.predicted_before >= p.min_class_predictions
-            && 2 * c.predicted_after < c.predicted_before
+            && 2 * c.predicted_after < c.predicted_before.min(c.labelled)
         {
             return (
                 Decision::Reject(format!(
-                    "class {} vanishes from the candidate's predictions ({} -> {} of the snapshot's samples); {summary}",
-                    c.class, c.predicted_before, c.predicted_after
+                    "class {} vanishes from the candidate's predictions ({} -> {} of the snapshot's {} samples, {} labelled with it); {summary}",
+                    c.class, c.predicted_before, c.predicted_after, snapshot.labels.len(), c.labelled
                 )),
                 ev,
             );
@@ -311,7 +329,12 @@ mod tests {
     }
 
     fn run(labels: &[u32], b: &[u32], a: &[u32], k: usize) -> (Decision, Evidence) {
-        judge(labels, b, a, b, a, k, &GuardParams::default())
+        let snapshot = Snapshot {
+            labels,
+            before: b,
+            after: a,
+        };
+        judge(labels, b, a, snapshot, k, &GuardParams::default())
     }
 
     #[test]
@@ -389,15 +412,66 @@ mod tests {
         // Class 9 has 3 samples in the snapshot and none in the evaluation set (flagged
         // wholesale); the candidate stops predicting it.
         let (l, b, a) = preds(1000, 9, 0.8, 0.95, 6);
+        let mut sl: Vec<u32> = l.clone();
         let mut sb: Vec<u32> = b.clone();
         let mut sa: Vec<u32> = a.clone();
+        sl.extend([9, 9, 9]);
         sb.extend([9, 9, 9]);
         sa.extend([0, 1, 2]);
-        let (d, _) = judge(&l, &b, &a, &sb, &sa, 10, &GuardParams::default());
+        let snapshot = Snapshot {
+            labels: &sl,
+            before: &sb,
+            after: &sa,
+        };
+        let (d, _) = judge(&l, &b, &a, snapshot, 10, &GuardParams::default());
         match d {
             Decision::Reject(r) => assert!(r.contains("class 9 vanishes"), "{r}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_over_predicted_class_may_come_back_to_its_share() {
+        // Pair noise: the current model predicts class 7 twice as often as the snapshot
+        // labels it; the candidate predicts it as often as it is labelled (fewer than half
+        // the current model's count) and is better: accepted. Falling below half its labelled
+        // share is still a vanishing class.
+        let (l, b, a) = preds(2000, 10, 0.7, 0.8, 8);
+        let m = 1000;
+        let labels: Vec<u32> = (0..m).map(|i| (i % 10) as u32).collect();
+        let before: Vec<u32> = (0..m)
+            .map(|i| if i % 10 == 6 { 7 } else { (i % 10) as u32 })
+            .collect();
+        let mut after = labels.clone();
+        after[7] = 6; // one class-7 sample predicted 6: 200 -> 99 of 100 labelled.
+        let snapshot = Snapshot {
+            labels: &labels,
+            before: &before,
+            after: &after,
+        };
+        let (d, ev) = judge(&l, &b, &a, snapshot, 10, &GuardParams::default());
+        assert_eq!(
+            (
+                ev.classes[7].predicted_before,
+                ev.classes[7].predicted_after
+            ),
+            (200, 99)
+        );
+        assert_eq!(ev.classes[7].labelled, 100);
+        assert!(matches!(d, Decision::Accept(_)), "{d:?}");
+        for i in (7..m).step_by(10).take(52) {
+            after[i] = 6; // 48 of 100 labelled: vanishing.
+        }
+        let snapshot = Snapshot {
+            labels: &labels,
+            before: &before,
+            after: &after,
+        };
+        let (d, _) = judge(&l, &b, &a, snapshot, 10, &GuardParams::default());
+        assert!(
+            matches!(&d, Decision::Reject(r) if r.contains("class 7 vanishes")),
+            "{d:?}"
+        );
     }
 
     #[test]
