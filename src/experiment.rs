@@ -920,7 +920,7 @@ pub fn forward_row(
         &s1.partition.posterior_noisy,
         &s1.partition.noisy,
         &s1.scores.probs,
-    );
+    )?;
     let seed = cfg.seed.wrapping_add(1);
     let m = Model::new(spec.clone(), &cfg.device, seed)?;
     let recipe = TrainConfig {

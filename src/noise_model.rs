@@ -349,21 +349,56 @@ pub const FLIP_PSEUDO_COUNT: f64 = 1.0;
 /// ```
 /// with `π_b` the partition's posterior P(noisy) (`posterior_noisy`, `[N]`) and `O` `[K, K]`
 /// the estimated flip matrix: `O[i, j]` = the share of class i's wrong labels that read j
-/// (`O[i, i]` = 0), counted over the flagged samples (`flagged`, `[N]`) whose out-of-sample
-/// class probabilities (`probs`, `[N, K]`) put their argmax i elsewhere than their label j,
-/// plus [`FLIP_PSEUDO_COUNT`]. The forward loss correction of Patrini et al. (CVPR 2017,
+/// (`O[i, i]` = 0), counted over the flagged samples (`flagged`, `[N]`) whose class
+/// probabilities (`probs`, `[N, K]`; out-of-sample in the experiment, the current model's in
+/// the daemon's cycle, where rows it trained on mostly agree with their labels and count no
+/// flip) put their argmax i elsewhere than their label j, plus [`FLIP_PSEUDO_COUNT`]. Where
+/// `π_b` is small the row still peaks at `ỹ_b`, so the objective can still memorise a flagged
+/// sample's label with a moderate posterior; it cannot one called noisy with confidence. The forward loss correction of Patrini et al. (CVPR 2017,
 /// §3.1, with the transition matrix estimated from the data as in their §3.2, here from the
 /// partition), made per-sample by the verdict: a sample the partition calls clean keeps its
 /// label's cross-entropy, one it calls noisy says "one of the classes whose labels flip to
 /// ỹ", which under pair noise names the class and under symmetric noise only excludes ỹ.
 /// Not part of the RLAP paper.
+///
+/// # Errors
+/// [`PartitionError::Invalid`] when the lengths disagree, K < 2, a posterior is outside
+/// [0, 1] (NaN included) or a label is not below K.
 pub fn verdict_likelihoods(
     given: &[u32],
     num_classes: usize,
     posterior_noisy: &[f64],
     flagged: &[bool],
     probs: &[f32],
-) -> Vec<f32> {
+) -> Result<Vec<f32>, PartitionError> {
+    let n = given.len();
+    if num_classes < 2
+        || posterior_noisy.len() != n
+        || flagged.len() != n
+        || probs.len() != n * num_classes
+    {
+        return Err(PartitionError::Invalid(format!(
+            "verdict likelihoods: {n} labels, {} posteriors, {} verdicts, {} probabilities over {num_classes} classes (K >= 2, one of each per sample, K probabilities each)",
+            posterior_noisy.len(),
+            flagged.len(),
+            probs.len()
+        )));
+    }
+    if let Some(b) = posterior_noisy
+        .iter()
+        .position(|p| !(0.0..=1.0).contains(p))
+    {
+        return Err(PartitionError::Invalid(format!(
+            "verdict likelihoods: sample {b}'s posterior of noisy is {}, not in [0, 1]",
+            posterior_noisy[b]
+        )));
+    }
+    if let Some(b) = given.iter().position(|&y| y as usize >= num_classes) {
+        return Err(PartitionError::Invalid(format!(
+            "verdict likelihoods: sample {b}'s label {} is not below K = {num_classes}",
+            given[b]
+        )));
+    }
     let k = num_classes;
     let mut flips = vec![0f64; k * k];
     for (b, (&y, _)) in given
@@ -388,13 +423,13 @@ pub fn verdict_likelihoods(
     }
     let mut c = vec![0f32; given.len() * k];
     for (b, (row, &y)) in c.chunks_mut(k).zip(given).enumerate() {
-        let pi = posterior_noisy[b].clamp(0.0, 1.0);
+        let pi = posterior_noisy[b];
         for (i, v) in row.iter_mut().enumerate() {
             let stays = if i == y as usize { 1.0 - pi } else { 0.0 };
             *v = (stays + pi * flips[i * k + y as usize]) as f32;
         }
     }
-    c
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -501,7 +536,7 @@ mod tests {
         let mut posterior = vec![1.0; n];
         posterior[n - 2] = 0.0;
         posterior[n - 1] = 0.8;
-        let c = verdict_likelihoods(&given, k, &posterior, &flagged, &probs);
+        let c = verdict_likelihoods(&given, k, &posterior, &flagged, &probs).unwrap();
         let row = |b: usize| &c[b * k..(b + 1) * k];
         assert_eq!(row(n - 2), &[1.0, 0.0, 0.0]);
         // O[0] = (10 + 0.5, 0.5) / 11 off the diagonal; O[2] had no flips: uniform 0.5.
@@ -515,6 +550,12 @@ mod tests {
         for (g, w) in row(10).iter().zip(want) {
             assert!((*g as f64 - w).abs() < 1e-6, "{:?} vs {want:?}", row(10));
         }
+        // Bad inputs are named.
+        posterior[0] = f64::NAN;
+        let e = verdict_likelihoods(&given, k, &posterior, &flagged, &probs).unwrap_err();
+        assert!(e.to_string().contains("sample 0's posterior"), "{e}");
+        let e = verdict_likelihoods(&given, k, &posterior[1..], &flagged, &probs).unwrap_err();
+        assert!(e.to_string().contains("posteriors"), "{e}");
     }
 
     #[test]

@@ -477,9 +477,10 @@ pub enum Objective {
     /// Forward loss correction (Patrini et al., "Making Deep Neural Networks Robust to Label
     /// Noise: a Loss Correction Approach", CVPR 2017, §3.1) with one likelihood vector per
     /// sample: terms `(w, c)`, `c` `[B, K]` with `c_bi` = P(sample b's given label | true
-    /// class i), values in [0, 1]. Loss `−(1/B) Σ_m w_m Σ_b log ⟨p_b, c_mb⟩`, gradient at the
-    /// logits `(1/B) Σ_m w_m (p − p ⊙ c_m / ⟨p, c_m⟩)`. One term (w = 1) per plain batch;
-    /// a mixup batch has two, `(λ, c)` and `(1 − λ, c[π])`.
+    /// class i), values in [0, 1], each row with a positive entry. Loss
+    /// `−(1/B) Σ_m w_m Σ_b log ⟨p_b, c_mb⟩`, gradient at the logits
+    /// `(1/B) Σ_m w_m (p − p ⊙ c_m / ⟨p, c_m⟩)`, both computed in log space. One term (w = 1)
+    /// per plain batch; a mixup batch has two, `(λ, c)` and `(1 − λ, c[π])`.
     Likelihood(Vec<(f64, Tensor)>),
 }
 
@@ -559,20 +560,17 @@ fn objective_loss(logits: &Tensor, objective: &Objective) -> Result<Tensor, Mode
             Ok(((&log_p * t)?.sum_all()? * (-1.0 / b))?)
         }
         Objective::Likelihood(terms) => {
-            let p = candle_nn::ops::softmax(logits, D::Minus1)?;
+            let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
             let mut loss = Tensor::zeros((), logits.dtype(), logits.device())?;
             for (w, c) in terms {
-                let s = (&p * c)?.sum(1)?.clamp(LIKELIHOOD_FLOOR, 1f32)?;
-                loss = (loss + (s.log()?.sum_all()? * (-w / b))?)?;
+                // log ⟨p, c⟩ = logsumexp(log p + ln c), exact however small ⟨p, c⟩ is.
+                let log_s = (&log_p + c.log()?)?.log_sum_exp(1)?;
+                loss = (loss + (log_s.sum_all()? * (-w / b))?)?;
             }
             Ok(loss)
         }
     }
 }
-
-/// Lower bound on `⟨p, c⟩` in [`Objective::Likelihood`]: a sample whose likely classes all
-/// have probability 0 in f32 gets a finite loss (−log 1e-30 ≈ 69) and gradient `p`.
-const LIKELIHOOD_FLOOR: f32 = 1e-30;
 
 /// The objective's loss and its gradient at the logits `[B, K]`, by hand ([`Objective`]).
 fn logit_loss_and_grad(
@@ -588,14 +586,17 @@ fn logit_loss_and_grad(
             Ok((loss, g))
         }
         Objective::Likelihood(terms) => {
-            let p = candle_nn::ops::softmax(logits, D::Minus1)?;
+            // In log space: with j = log p + ln c (−∞ where c = 0), log ⟨p, c⟩ = logsumexp(j)
+            // and p ⊙ c / ⟨p, c⟩ = softmax(j), exact where ⟨p, c⟩ underflows f32.
+            let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            let p = log_p.exp()?;
             let mut loss = Tensor::zeros((), logits.dtype(), logits.device())?;
             let mut g = p.zeros_like()?;
             for (w, c) in terms {
-                let pc = (&p * c)?;
-                let s = pc.sum_keepdim(1)?.clamp(LIKELIHOOD_FLOOR, 1f32)?;
-                loss = (loss + (s.log()?.sum_all()? * (-w / b))?)?;
-                g = (g + ((&p - pc.broadcast_div(&s)?)? * (w / b))?)?;
+                let joint = (&log_p + c.log()?)?;
+                loss = (loss + (joint.log_sum_exp(1)?.sum_all()? * (-w / b))?)?;
+                let q = candle_nn::ops::softmax_last_dim(&joint)?;
+                g = (g + ((&p - q)? * (w / b))?)?;
             }
             Ok((loss, g))
         }
@@ -1192,6 +1193,58 @@ mod tests {
         assert!(e.to_string().contains("mixup"), "{e}");
     }
 
+    /// The likelihood objective stays exact where ⟨p, c⟩ underflows f32 (a logit gap of 400):
+    /// loss and gradient equal autograd's of the same formula and the closed form `p − q`.
+    #[test]
+    fn likelihood_objective_is_exact_when_saturated() {
+        let logits =
+            Var::from_slice(&[0f32, 200.0, -200.0, 1.0, 2.0, 3.0], (2, 3), &Device::Cpu).unwrap();
+        // Row 0 is likely only as class 2 or (0.5) class 0; row 1 only as class 1.
+        let c =
+            Tensor::from_slice(&[0.5f32, 0.0, 1.0, 0.0, 1.0, 0.0], (2, 3), &Device::Cpu).unwrap();
+        let objective = Objective::Likelihood(vec![(1.0, c)]);
+        let (loss, g) = logit_loss_and_grad(logits.as_tensor(), &objective).unwrap();
+        let reference = objective_loss(logits.as_tensor(), &objective).unwrap();
+        let ref_g = reference.backward().unwrap();
+        let ref_g = ref_g
+            .get(logits.as_tensor())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let g = g.to_vec2::<f32>().unwrap();
+        let (l, rl) = (
+            loss.to_scalar::<f32>().unwrap(),
+            reference.to_scalar::<f32>().unwrap(),
+        );
+        // Row 0: p = (e^-200, 1, e^-400), log ⟨p, c⟩ = log(0.5·e^-200 + e^-400) ≈ ln 0.5 - 200.
+        // Row 1: log p_1 = 2 - log(e + e^2 + e^3).
+        let lse1 = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+        let want = (-(0.5f64.ln() - 200.0) - (2.0 - lse1)) / 2.0;
+        assert!(
+            l.is_finite() && (l as f64 - want).abs() < 1e-3,
+            "loss {l} vs {want}"
+        );
+        assert!((l - rl).abs() < 1e-3, "loss {l} vs autograd {rl}");
+        // Row 0: p ≈ e_1 and q ≈ e_0 (class 0 is e^200 times likelier than class 2 under c).
+        let p1: Vec<f64> = [1f64, 2.0, 3.0].iter().map(|z| (z - lse1).exp()).collect();
+        let want = [
+            [-0.5, 0.5, 0.0],
+            [p1[0] / 2.0, (p1[1] - 1.0) / 2.0, p1[2] / 2.0],
+        ];
+        for r in 0..2 {
+            for k in 0..3 {
+                assert!(
+                    (g[r][k] as f64 - want[r][k]).abs() < 1e-5,
+                    "{g:?} vs {want:?}"
+                );
+                assert!(
+                    (g[r][k] - ref_g[r][k]).abs() < 1e-5,
+                    "{g:?} vs autograd {ref_g:?}"
+                );
+            }
+        }
+    }
+
     /// Forward correction with the noise's own transition matrix learns the true classes
     /// through pair noise (40 % of class c labelled c + 1) that plain training on the same
     /// labels copies; wrong likelihood rows are refused with the reason.
@@ -1201,7 +1254,6 @@ mod tests {
         let n = 2048;
         let mut noisy = split.train.select(&(0..n).collect::<Vec<_>>());
         let k = noisy.num_classes;
-        let truth = noisy.labels.clone();
         for (i, y) in noisy.labels.iter_mut().enumerate() {
             if i % 5 < 2 {
                 *y = (*y + 1) % k as u32;
@@ -1228,9 +1280,11 @@ mod tests {
             mixup: 0.0,
             ema: 0.0,
         };
+        // Scored on the (clean) test split: what the model learnt, not what it memorised.
+        let test = &split.test;
         let accuracy = |m: &Model| {
-            let p = predict(m, &noisy).unwrap();
-            p.iter().zip(&truth).filter(|(a, b)| a == b).count() as f64 / n as f64
+            let p = predict(m, test).unwrap();
+            p.iter().zip(&test.labels).filter(|(a, b)| a == b).count() as f64 / test.len() as f64
         };
         let plain = Model::new(mnist_spec(Arch::Mlp, 64), &Device::Cpu, 2).unwrap();
         train(&plain, &noisy, &cfg, &Progress::hidden(), "t").unwrap();
@@ -1246,8 +1300,8 @@ mod tests {
         .unwrap();
         let (a_plain, a_forward) = (accuracy(&plain), accuracy(&forward));
         assert!(
-            a_forward > 0.9 && a_forward > a_plain + 0.1,
-            "true-label accuracy: forward {a_forward}, plain {a_plain}"
+            a_forward > 0.85 && a_forward > a_plain + 0.15,
+            "test accuracy: forward {a_forward}, plain {a_plain}"
         );
         let mut bad = likelihoods.clone();
         bad[3] = 1.5;

@@ -381,7 +381,7 @@ pub struct CycleConfig {
     /// `clean` (the paper's: the clean partition) or `forward` (every sample, forward loss
     /// correction conditioned on its verdict).
     pub objective: FinetuneObjective,
-    /// Fine-tuning epochs over the buffered clean samples.
+    /// Fine-tuning epochs over the fine-tuning set (`objective`).
     pub epochs: usize,
     /// Samples the replay buffer must hold before a cycle may start (more data, better
     /// fine-tuning; at least 500).

@@ -149,7 +149,8 @@ pub struct CycleRecord {
     pub samples: usize,
     /// Of those, flagged noisy by the mixture.
     pub noisy: usize,
-    /// Clean samples fine-tuned on.
+    /// Samples fine-tuned on: the clean ones outside the evaluation set, or with
+    /// `cycle.objective = "forward"` every one outside it.
     pub finetune_samples: usize,
     /// Samples the two models were compared on.
     pub eval_samples: usize,
@@ -432,7 +433,7 @@ fn cycle_steps(
     if tune_idx.len() < 64 || eval.len() < cfg.cycle.guard.min_eval_samples {
         rec.outcome = CycleOutcome::Skipped;
         rec.reason = format!(
-            "cannot be judged: {} clean samples to fine-tune on (64 needed), {} to evaluate \
+            "cannot be judged: {} samples to fine-tune on (64 needed), {} to evaluate \
              (cycle.guard.min_eval_samples = {}; a trusted [cycle.validation] set avoids this)",
             tune_idx.len(),
             eval.len(),
@@ -468,7 +469,7 @@ fn cycle_steps(
                 &pick(&input.posterior_noisy),
                 &flagged,
                 &probs,
-            );
+            )?;
             train_forward(
                 &candidate,
                 &tune,

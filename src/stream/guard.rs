@@ -15,9 +15,10 @@
 //!    keeps its recall within `max_recall_drop`; and over the whole snapshot, a class the
 //!    current model predicts at least `min_class_predictions` times is still predicted at
 //!    least half as often as the current model predicts it or as the snapshot labels it,
-//!    whichever is fewer (a tiny class flagged wholesale must not vanish from the model; a
-//!    class the current model predicts twice as often as it is labelled — pair noise pushes
-//!    class c's samples into c + 1 — may come back to its share).
+//!    whichever is fewer, and at least a quarter as often as the current model (a tiny class
+//!    flagged wholesale must not vanish from the model; a class the current model predicts
+//!    twice as often as it is labelled — pair noise pushes class c's samples into c + 1 — may
+//!    come back to its share).
 
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +58,8 @@ pub struct GuardParams {
     /// pullover; pair-flipped classes) while the accuracy rises with confidence.
     pub max_recall_drop: f64,
     /// Classes the current model predicts at least this often on the snapshot must still be
-    /// predicted at least half as often.
+    /// predicted at least half as often as it predicts them or as the snapshot labels them,
+    /// whichever is fewer, and at least a quarter as often as it predicts them.
     pub min_class_predictions: usize,
     /// Where the held-out slice comes from ([`HoldoutScope`]).
     pub holdout: HoldoutScope,
@@ -133,7 +135,7 @@ pub struct ClassEvidence {
     pub predicted_before: usize,
     /// Snapshot samples the candidate predicts as this class.
     pub predicted_after: usize,
-    /// Snapshot samples labelled with it (records written before 2026-12-04 lack it: 0).
+    /// Snapshot samples labelled with it (records written before commit 1702249 lack it: 0).
     #[serde(default)]
     pub labelled: usize,
 }
@@ -163,6 +165,14 @@ pub enum Decision {
     Reject(String),
     /// Keep the current model: the evaluation set is too small to judge.
     Skip(String),
+}
+
+/// The count a class's predictions must keep at least half of: the current model's count, or
+/// the snapshot's label count where that is fewer, but never less than half the current
+/// model's count (a class the labels no longer carry, e.g. all flipped away, still may not
+/// vanish: at most a fourfold drop).
+fn vanishing_base(predicted_before: usize, labelled: usize) -> usize {
+    predicted_before.min(labelled.max(predicted_before / 2))
 }
 
 /// The whole snapshot's given labels and both models' predictions on it, all `[m]`.
@@ -273,7 +283,7 @@ pub fn judge(
             }
         }
         if c.predicted_before >= p.min_class_predictions
-            && 2 * c.predicted_after < c.predicted_before.min(c.labelled)
+            && 2 * c.predicted_after < vanishing_base(c.predicted_before, c.labelled)
         {
             return (
                 Decision::Reject(format!(
