@@ -858,6 +858,23 @@ pub const RELABEL_MIXUP: f64 = 1.0;
 /// where the schedule's `(1 + t) / (10 + t)` governs).
 pub const RELABEL_EMA: f64 = 0.999;
 
+/// The fresh model and the recipe the Relabel and Forward rows share: Retrain's seed and
+/// recipe for `cfg.epochs`, plus mixup at [`RELABEL_MIXUP`] and the weight average at
+/// [`RELABEL_EMA`].
+fn correction_start(
+    cfg: &ExperimentConfig,
+    spec: &ModelSpec,
+) -> Result<(Model, TrainConfig), ExperimentError> {
+    let seed = cfg.seed.wrapping_add(1);
+    let m = Model::new(spec.clone(), &cfg.device, seed)?;
+    let recipe = TrainConfig {
+        mixup: RELABEL_MIXUP,
+        ema: RELABEL_EMA,
+        ..recipe(cfg, cfg.epochs, Scope::All, 0.0, seed)
+    };
+    Ok((m, recipe))
+}
+
 /// The Relabel row: from scratch on [`corrected_set`] at [`RELABEL_CONFIDENCE`], with the
 /// same recipe as Retrain plus mixup at α = [`RELABEL_MIXUP`] (Zhang et al., ICLR 2018)
 /// for all `cfg.epochs`, ending with the moving average of its weights (decay
@@ -886,13 +903,7 @@ pub fn relabel_row(
         relabelled,
         "label-corrected set: clean partition plus confidently relabelled noisy samples"
     );
-    let seed = cfg.seed.wrapping_add(1);
-    let m = Model::new(spec.clone(), &cfg.device, seed)?;
-    let recipe = TrainConfig {
-        mixup: RELABEL_MIXUP,
-        ema: RELABEL_EMA,
-        ..recipe(cfg, cfg.epochs, Scope::All, 0.0, seed)
-    };
+    let (m, recipe) = correction_start(cfg, spec)?;
     let stats = train(&m, &set, &recipe, progress, "Relabel")?;
     row("Relabel", &m, &data.test, &stats, cfg.epochs, set.len())
 }
@@ -921,13 +932,7 @@ pub fn forward_row(
         &s1.partition.noisy,
         &s1.scores.probs,
     )?;
-    let seed = cfg.seed.wrapping_add(1);
-    let m = Model::new(spec.clone(), &cfg.device, seed)?;
-    let recipe = TrainConfig {
-        mixup: RELABEL_MIXUP,
-        ema: RELABEL_EMA,
-        ..recipe(cfg, cfg.epochs, Scope::All, 0.0, seed)
-    };
+    let (m, recipe) = correction_start(cfg, spec)?;
     let stats = train_forward(&m, &data.noisy, &likelihoods, &recipe, progress, "Forward")?;
     row(
         "Forward",
