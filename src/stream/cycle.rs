@@ -384,48 +384,38 @@ fn cycle_steps(
     clean.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(
         cfg.cycle.seed ^ input.version,
     ));
-    let (eval, eval_set, tune_idx, held) = match &input.validation {
-        Some(v) => (v.clone(), "validation", clean, Vec::new()),
+    // The held-out slice (none with a trusted validation set), then the fine-tuning set: the
+    // clean samples outside it, or with cycle.objective = forward every sample outside it.
+    let (eval, eval_set, held) = match &input.validation {
+        Some(v) => (v.clone(), "validation", Vec::new()),
         None if cfg.cycle.guard.holdout == HoldoutScope::Unseen => {
-            // Every unseen sample, flagged or not; the fine-tuning set stays the clean rest.
+            // Every unseen sample, flagged or not.
             let mut all: Vec<usize> = (0..a.n).collect();
             all.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(
                 cfg.cycle.seed ^ input.version ^ 0x5eed,
             ));
             let (held, _, set) =
                 split_holdout(&all, input.holdout_from, cfg.cycle.holdout_fraction);
-            let mut is_held = vec![false; a.n];
-            for &i in &held {
-                is_held[i] = true;
-            }
-            let tune = clean.into_iter().filter(|&i| !is_held[i]).collect();
-            (
-                data.select(&held),
-                if set == "holdout" {
-                    "holdout-unseen"
-                } else {
-                    set
-                },
-                tune,
-                held,
-            )
+            let set = if set == "holdout" {
+                "holdout-unseen"
+            } else {
+                set
+            };
+            (data.select(&held), set, held)
         }
         None => {
-            let (held, tune, set) =
+            let (held, _, set) =
                 split_holdout(&clean, input.holdout_from, cfg.cycle.holdout_fraction);
-            (data.select(&held), set, tune, held)
+            (data.select(&held), set, held)
         }
     };
-    // cycle.objective = forward: the flagged samples outside the evaluation set train too.
-    let tune_idx = match cfg.cycle.objective {
-        FinetuneObjective::Clean => tune_idx,
-        FinetuneObjective::Forward => {
-            let mut is_held = vec![false; a.n];
-            for &i in &held {
-                is_held[i] = true;
-            }
-            (0..a.n).filter(|&i| !is_held[i]).collect()
-        }
+    let mut is_held = vec![false; a.n];
+    for &i in &held {
+        is_held[i] = true;
+    }
+    let tune_idx: Vec<usize> = match cfg.cycle.objective {
+        FinetuneObjective::Clean => clean.into_iter().filter(|&i| !is_held[i]).collect(),
+        FinetuneObjective::Forward => (0..a.n).filter(|&i| !is_held[i]).collect(),
     };
     rec.eval_set = eval_set.into();
     rec.eval_samples = eval.len();
