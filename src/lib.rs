@@ -30,6 +30,7 @@
 //! - [`cnn_cpu`]: the CNN body's forward and backward on the CPU (im2col + GEMM), written out.
 //! - [`cpu`]: CPU threading: the matrix-product pool sized once, the compute run on it.
 
+pub mod app;
 pub mod attribution;
 pub mod bench;
 pub mod cnn_cpu;
@@ -37,6 +38,7 @@ pub mod corruption;
 pub mod cpu;
 pub mod data;
 pub mod evaluation;
+pub mod events;
 pub mod experiment;
 pub mod input_range;
 pub mod metrics;

@@ -535,7 +535,7 @@ fn run_serve(a: ServeArgs) -> Result<()> {
                 std::process::exit(0);
             });
         });
-        rlap::stream::daemon::serve(std::sync::Arc::new(cfg), rx).await
+        rlap::app::serve(std::sync::Arc::new(cfg), rx).await
     })?;
     tracing::info!(
         consumed = summary.consumed,
@@ -613,7 +613,7 @@ fn run_evaluate(a: EvaluateArgs) -> Result<()> {
 
 fn run_demo(a: DemoCliArgs, progress: &Progress) -> Result<()> {
     let config = if a.config.is_file() {
-        rlap::stream::config::load(&a.config)?
+        rlap::stream::config::load(&a.config)?.into_inner()
     } else {
         bail!(
             "{}: no such config file (run from the repository root, or pass --config)",

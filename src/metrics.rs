@@ -2,8 +2,9 @@
 //!
 //! This module owns every metric's name, type, unit and label set. Names follow Prometheus
 //! conventions: `rlap_` prefix, base units (seconds), `_total` for counters, and only bounded
-//! label values (outcomes, reasons from [`crate::stream::schema::INVALID_REASONS`], stages,
-//! partition numbers of the input topic). Each [`DaemonMetrics`] has its own registry, so
+//! label values (outcomes, dead-letter reasons, stages, partition numbers of the input
+//! topic). What updates them is [`crate::events`]: one typed event per notable thing, which
+//! logs and counts it. Each [`DaemonMetrics`] has its own registry, so
 //! several daemons can live in one process (tests).
 
 use prometheus::{
@@ -309,9 +310,6 @@ impl DaemonMetrics {
         }
         for o in ["accepted", "rejected", "skipped", "failed"] {
             m.cycles.with_label_values(&[o]);
-        }
-        for reason in crate::stream::schema::INVALID_REASONS {
-            m.invalid_samples.with_label_values(&[reason]);
         }
         m.skipped_messages.with_label_values(&["tombstone"]);
         m

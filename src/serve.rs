@@ -270,20 +270,14 @@ impl AppState {
         &self,
         handler: impl std::future::Future<Output = Response>,
     ) -> Response {
+        use crate::events::InternalEvent as _;
         let t = std::time::Instant::now();
         let r = handler.await;
-        let class = match r.status().as_u16() {
-            200..=299 => "2xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.metrics
-            .predict_requests
-            .with_label_values(&[class])
-            .inc();
-        self.metrics
-            .predict_seconds
-            .observe(t.elapsed().as_secs_f64());
+        crate::events::PredictServed {
+            status: r.status().as_u16(),
+            seconds: t.elapsed().as_secs_f64(),
+        }
+        .emit(&self.metrics);
         r
     }
 

@@ -167,6 +167,10 @@ pub struct VersionMetadata {
     pub acceptance: Option<AcceptanceEvidence>,
 }
 
+/// The platform name KServe and Triton use for ONNX Runtime models (`config.pbtxt`, and the
+/// Open Inference Protocol's model metadata).
+pub const PLATFORM: &str = "onnxruntime_onnx";
+
 /// File names inside a version folder.
 pub const ONNX_FILE: &str = "model.onnx";
 /// The masked candle weights (safetensors, [`Model::save`]).
@@ -196,7 +200,7 @@ pub fn triton_config(name: &str, input_dim: usize, num_classes: usize) -> String
          max_batch_size: {TRITON_MAX_BATCH_SIZE}\n\
          input [\n  {{\n    name: \"{input}\"\n    data_type: TYPE_FP32\n    dims: [ {input_dim} ]\n  }}\n]\n\
          output [\n  {{\n    name: \"{output}\"\n    data_type: TYPE_FP32\n    dims: [ {num_classes} ]\n  }}\n]\n",
-        platform = crate::serve::oip::PLATFORM,
+        platform = PLATFORM,
         input = export::INPUT,
         output = export::OUTPUT,
     )

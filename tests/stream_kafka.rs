@@ -144,7 +144,7 @@ fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() 
     let (_control, control_rx) = tokio::sync::mpsc::channel(1);
     let t_daemon = Instant::now();
     let task = rt.spawn(daemon::run(
-        Arc::new(cfg.clone()),
+        Arc::new(cfg.clone().check().unwrap()),
         metrics.clone(),
         stop_rx,
         status.clone(),
@@ -384,7 +384,7 @@ fn real_broker_two_replicas_share_the_stream_and_one_model() {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (_control, control_rx) = tokio::sync::mpsc::channel(1);
         let task = rt.spawn(daemon::run(
-            Arc::new(cfg.clone()),
+            Arc::new(cfg.clone().check().unwrap()),
             metrics.clone(),
             stop_rx,
             Arc::new(Mutex::new(None)),

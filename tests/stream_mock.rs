@@ -167,7 +167,7 @@ impl Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let (_control, control_rx) = mpsc::channel(1);
         let task = rt.spawn(daemon::run(
-            Arc::new(cfg.clone()),
+            Arc::new(cfg.clone().check().unwrap()),
             metrics.clone(),
             stop_rx,
             status.clone(),
@@ -1273,7 +1273,10 @@ fn readyz_is_false_while_no_broker_is_reachable() {
     cfg.api.listen = format!("127.0.0.1:{port}");
     let rt = runtime();
     let (stop, stop_rx) = watch::channel(false);
-    let task = rt.spawn(daemon::serve(Arc::new(cfg.clone()), stop_rx));
+    let task = rt.spawn(rlap::app::serve(
+        Arc::new(cfg.clone().check().unwrap()),
+        stop_rx,
+    ));
     rt.block_on(produce(produce_args(&cfg, "label-symmetric:0.2", 0, 1500)));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)

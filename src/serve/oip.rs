@@ -32,8 +32,9 @@ use super::{error, AppState, ErrorBody, Served};
 use crate::onnx::export::{INPUT, OUTPUT};
 use crate::store::StoreError;
 
-/// The platform name KServe and Triton use for ONNX Runtime models.
-pub const PLATFORM: &str = "onnxruntime_onnx";
+/// The platform name KServe and Triton use for ONNX Runtime models (the store writes it
+/// into each `config.pbtxt`).
+pub use crate::store::PLATFORM;
 /// The only tensor datatype rlap's models take and give.
 pub const DATATYPE: &str = "FP32";
 /// The header of the binary tensor extension: the length of the JSON part of the body.

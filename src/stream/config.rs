@@ -15,6 +15,7 @@ use crate::attribution::AttributionMode;
 use crate::model::Arch;
 use crate::partition::{Estimator, PartitionFeatures};
 use crate::stream::online_gmm::StepSize;
+pub use crate::stream::schema::VerdictFormat;
 use crate::stream::trigger::TriggerParams;
 
 /// A configuration that could not be loaded or is invalid; the message is one line per
@@ -115,17 +116,6 @@ impl Default for KafkaConfig {
             producer_properties: BTreeMap::new(),
         }
     }
-}
-
-/// How verdicts are encoded on the verdict topic (`kafka.verdict_format`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VerdictFormat {
-    /// `rlap.v1.Verdict` protobuf.
-    #[default]
-    Protobuf,
-    /// The same message as canonical proto3 JSON (camelCase names, int64 as strings).
-    Json,
 }
 
 impl KafkaConfig {
@@ -522,22 +512,16 @@ pub struct DaemonConfig {
     pub api: ApiConfig,
 }
 
-impl DaemonConfig {
-    /// Every problem, one line each, naming the key.
-    pub fn validate(&self) -> Vec<String> {
+impl KafkaConfig {
+    /// Problems of `[kafka]`, one line each, naming the key.
+    pub fn problems(&self) -> Vec<String> {
         let mut p = vec![];
-        let k = &self.kafka;
+        let k = self;
         if k.brokers.trim().is_empty() {
             p.push("kafka.brokers is empty".into());
         }
         if k.group_id.is_empty() {
             p.push("kafka.group_id is empty".into());
-        }
-        if self.bootstrap.finetune_clean && self.bootstrap.crossfit_folds < 2 {
-            p.push(format!(
-                "bootstrap.finetune_clean needs the cross-fitted verdicts: set bootstrap.crossfit_folds >= 2 (now {})",
-                self.bootstrap.crossfit_folds
-            ));
         }
         if k.input_topic.is_empty() {
             p.push("kafka.input_topic is empty".into());
@@ -599,7 +583,15 @@ impl DaemonConfig {
                 ));
             }
         }
-        let m = &self.model;
+        p
+    }
+}
+
+impl ModelConfig {
+    /// Problems of `[model]`, one line each, naming the key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = vec![];
+        let m = self;
         if m.name.is_empty() || m.name.starts_with('.') || m.name.contains('/') {
             p.push(format!(
                 "model.name = '{}': use a plain folder name",
@@ -628,10 +620,32 @@ impl DaemonConfig {
         if let Err(e) = crate::model::parse_device(&m.device) {
             p.push(format!("model.device = '{}': {e}", m.device));
         }
-        if self.bootstrap.samples < 256 || self.bootstrap.epochs == 0 {
+        p
+    }
+}
+
+impl BootstrapConfig {
+    /// Problems of `[bootstrap]`, one line each, naming the key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = vec![];
+        if self.samples < 256 || self.epochs == 0 {
             p.push("bootstrap.samples must be >= 256 and bootstrap.epochs >= 1".into());
         }
-        let s = &self.scoring;
+        if self.finetune_clean && self.crossfit_folds < 2 {
+            p.push(format!(
+                "bootstrap.finetune_clean needs the cross-fitted verdicts: set bootstrap.crossfit_folds >= 2 (now {})",
+                self.crossfit_folds
+            ));
+        }
+        p
+    }
+}
+
+impl ScoringConfig {
+    /// Problems of `[scoring]`, one line each, naming the key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = vec![];
+        let s = self;
         if s.batch_size == 0 || s.queue_batches == 0 {
             p.push("scoring.batch_size and scoring.queue_batches must be > 0".into());
         }
@@ -653,7 +667,15 @@ impl DaemonConfig {
                 s.input_shift_max_fraction
             ));
         }
-        let x = &self.mixture;
+        p
+    }
+}
+
+impl MixtureConfig {
+    /// Problems of `[mixture]`, one line each, naming the key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = vec![];
+        let x = self;
         if x.warmup_samples < 64 {
             p.push(format!(
                 "mixture.warmup_samples = {}: must be >= 64",
@@ -673,9 +695,16 @@ impl DaemonConfig {
         if x.reg_covar.is_nan() || x.reg_covar <= 0.0 {
             p.push("mixture.reg_covar must be > 0".into());
         }
-        p.extend(self.trigger.validate());
-        let c = &self.cycle;
-        if let Err(e) = crate::prune::prune_count(c.prune_fraction, m.hidden) {
+        p
+    }
+}
+
+impl CycleConfig {
+    /// Problems of `[cycle]` (the prune count depends on `model.hidden`), one line each.
+    pub fn problems(&self, model: &ModelConfig) -> Vec<String> {
+        let mut p = vec![];
+        let c = self;
+        if let Err(e) = crate::prune::prune_count(c.prune_fraction, model.hidden) {
             p.push(format!("cycle.prune_fraction: {e}"));
         }
         if c.epochs == 0 {
@@ -687,11 +716,10 @@ impl DaemonConfig {
                 c.mixup
             ));
         }
-        if c.min_samples < crate::stream::cycle::MIN_CYCLE_SAMPLES {
+        if c.min_samples < MIN_CYCLE_SAMPLES {
             p.push(format!(
                 "cycle.min_samples = {}: must be >= {}",
-                c.min_samples,
-                crate::stream::cycle::MIN_CYCLE_SAMPLES
+                c.min_samples, MIN_CYCLE_SAMPLES
             ));
         }
         if !(c.holdout_fraction > 0.0 && c.holdout_fraction < 0.5) {
@@ -706,16 +734,31 @@ impl DaemonConfig {
                 p.push(format!("cycle.validation.dataset: {e}"));
             }
         }
-        if let Err(e) = crate::stream::replay::ReplayBuffer::new(
-            self.replay.capacity,
-            self.replay.max_mib << 20,
-            m.num_features.max(1),
-            m.num_classes.max(1),
-            0,
+        p
+    }
+}
+
+impl ReplayConfig {
+    /// Problems of `[replay]` (its slots depend on the model's input and classes), one line each.
+    pub fn problems(&self, model: &ModelConfig) -> Vec<String> {
+        let mut p = vec![];
+        if let Err(e) = crate::stream::replay::ReplayBuffer::slots_per_class(
+            self.capacity,
+            self.max_mib << 20,
+            model.num_features.max(1),
+            model.num_classes.max(1),
         ) {
             p.push(e);
         }
-        let url = &self.api.public_url;
+        p
+    }
+}
+
+impl ApiConfig {
+    /// Problems of `[api]`, one line each, naming the key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = vec![];
+        let url = &self.public_url;
         if !url.is_empty()
             && !((url.starts_with("http://") || url.starts_with("https://"))
                 && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty())
@@ -726,13 +769,73 @@ impl DaemonConfig {
                 "api.public_url = '{url}': expected http[s]://host[:port][/prefix] (no query, no fragment) or empty"
             ));
         }
-        if self.api.enabled && self.api.listen.parse::<std::net::SocketAddr>().is_err() {
-            p.push(format!(
-                "api.listen = '{}': expected ip:port",
-                self.api.listen
-            ));
+        if self.enabled && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!("api.listen = '{}': expected ip:port", self.listen));
         }
         p
+    }
+}
+
+impl DaemonConfig {
+    /// Every problem, one line each, naming the key (section by section).
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = self.kafka.problems();
+        p.extend(self.model.problems());
+        p.extend(self.bootstrap.problems());
+        p.extend(self.scoring.problems());
+        p.extend(self.mixture.problems());
+        p.extend(self.trigger.validate());
+        p.extend(self.cycle.problems(&self.model));
+        p.extend(self.replay.problems(&self.model));
+        p.extend(self.api.problems());
+        p
+    }
+
+    /// Validate, then parse the keys held as text into their types (linfa's params →
+    /// valid params): only a [`ValidConfig`] starts an engine or a daemon.
+    ///
+    /// # Errors
+    /// [`ConfigError`] with one line per problem (see [`Self::validate`]).
+    pub fn check(self) -> Result<ValidConfig, ConfigError> {
+        let problems = self.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError(problems.join("\n")));
+        }
+        let one = |e: String| ConfigError(e);
+        let device = crate::model::parse_device(&self.model.device)
+            .map_err(|e| one(format!("model.device = '{}': {e}", self.model.device)))?;
+        let step = self.mixture.step_size().map_err(one)?;
+        let listen = if self.api.enabled {
+            Some(self.api.listen.parse().map_err(|_| {
+                one(format!(
+                    "api.listen = '{}': expected ip:port",
+                    self.api.listen
+                ))
+            })?)
+        } else {
+            None
+        };
+        let validation = match &self.cycle.validation {
+            None => None,
+            Some(v) => Some(ValidationSet {
+                dataset: v
+                    .dataset
+                    .parse()
+                    .map_err(|e| one(format!("cycle.validation.dataset: {e}")))?,
+                data_dir: v
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(crate::data::default_data_dir),
+                limit: v.limit,
+            }),
+        };
+        Ok(ValidConfig {
+            raw: self,
+            device,
+            step,
+            listen,
+            validation,
+        })
     }
 
     /// The image shape as a tuple, if any.
@@ -743,6 +846,53 @@ impl DaemonConfig {
         }
     }
 }
+
+/// The trusted validation set of `[cycle.validation]`, parsed.
+#[derive(Clone, Debug)]
+pub struct ValidationSet {
+    /// The data set (its test split is used).
+    pub dataset: crate::data::DatasetSpec,
+    /// Folder of the named data sets.
+    pub data_dir: PathBuf,
+    /// At most this many samples (stratified), 0 = all.
+    pub limit: usize,
+}
+
+/// A configuration that passed [`DaemonConfig::check`]: every key in range and the keys held
+/// as text (`model.device`, `mixture.step`, `api.listen`, `cycle.validation.dataset`) parsed
+/// once into their types. Reads as the [`DaemonConfig`] it came from (`Deref`); the engine
+/// and the daemon accept only this type.
+#[derive(Clone, Debug)]
+pub struct ValidConfig {
+    raw: DaemonConfig,
+    /// `model.device`.
+    pub device: candle_core::Device,
+    /// `mixture.step` with its parameters (`gamma0`, `n0`, `alpha` or `gamma`).
+    pub step: StepSize,
+    /// `api.listen`, when `api.enabled`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `[cycle.validation]`.
+    pub validation: Option<ValidationSet>,
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = DaemonConfig;
+
+    fn deref(&self) -> &DaemonConfig {
+        &self.raw
+    }
+}
+
+impl ValidConfig {
+    /// The configuration as written (to change a key, change it there and check again).
+    pub fn into_inner(self) -> DaemonConfig {
+        self.raw
+    }
+}
+
+/// Fewest samples a cycle runs on (the floor of `cycle.min_samples`; a cycle needs this
+/// many in the replay buffer).
+pub const MIN_CYCLE_SAMPLES: usize = 500;
 
 /// Keys earlier releases read, and what replaced them (said in one line rather than serde's
 /// bare "unknown field").
@@ -759,7 +909,7 @@ const MOVED_KEYS: &[(&str, &str)] = &[(
 pub fn load_from(
     path: &Path,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<DaemonConfig, ConfigError> {
+) -> Result<ValidConfig, ConfigError> {
     if !path.is_file() {
         return Err(ConfigError(format!(
             "{}: no such config file (see configs/default.toml)",
@@ -797,18 +947,15 @@ pub fn load_from(
     for (key, value) in librdkafka_properties_from_env(overrides_env.iter().cloned()) {
         cfg.kafka.properties.insert(key, value);
     }
-    let problems = cfg.validate();
-    if problems.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(ConfigError(
-            problems
-                .iter()
+    cfg.check().map_err(|ConfigError(lines)| {
+        ConfigError(
+            lines
+                .lines()
                 .map(|p| format!("{}: {p}", path.display()))
                 .collect::<Vec<_>>()
                 .join("\n"),
-        ))
-    }
+        )
+    })
 }
 
 /// Prefix of environment variables that set a librdkafka property of every client:
@@ -834,7 +981,7 @@ pub fn librdkafka_properties_from_env(
 ///
 /// # Errors
 /// See [`load_from`].
-pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+pub fn load(path: &Path) -> Result<ValidConfig, ConfigError> {
     load_from(path, std::env::vars())
 }
 

@@ -33,7 +33,6 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 
-use crate::attribution::{attribute, AttributionMode, Attributions};
 use crate::data::Dataset;
 use crate::evaluation::classification_report;
 use crate::model::{Model, ModelError};
@@ -42,16 +41,14 @@ use crate::partition::PartitionError;
 use crate::progress::Progress;
 use crate::prune::{neuron_scores, prune_count, select_top, Criterion, PruneError};
 use crate::store::{Metrics, ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
-use crate::stream::config::{DaemonConfig, Finetune, FinetuneObjective};
+use crate::stream::config::{DaemonConfig, Finetune, FinetuneObjective, ValidConfig};
+use crate::stream::features::attribute_all;
 use crate::stream::guard::{judge, Decision, HoldoutScope, Snapshot};
 use crate::stream::verdicter::Verdicter;
 use crate::train::{predict, train, train_forward, Optimizer, Scope, TrainConfig};
 
 /// A cycle never leaves more than this fraction of `fc`'s neurons pruned in all.
 pub const MAX_PRUNED_FRACTION: f64 = 0.5;
-
-/// Samples a cycle needs in the replay buffer.
-pub const MIN_CYCLE_SAMPLES: usize = 500;
 
 /// Fewest unseen clean samples the held-out slice is drawn from; with fewer (a cycle asked
 /// for through the API right after a swap) it falls back to all clean samples, and the
@@ -232,18 +229,6 @@ pub fn finetune_recipe(cfg: &DaemonConfig, seed: u64) -> TrainConfig {
     }
 }
 
-/// Attribute `data` with `model` (batches of 256, no progress bar).
-///
-/// # Errors
-/// [`ModelError`] from the forward/backward pass.
-pub fn attribute_all(
-    model: &Model,
-    data: &Dataset,
-    mode: AttributionMode,
-) -> Result<Attributions, ModelError> {
-    attribute(model, data, mode, 256, &Progress::hidden())
-}
-
 /// The verdict rule for `model`, a new version: the noise model carries `previous` over
 /// (see [`Verdicter::for_new_model`]); the mixture is re-fitted on the newest
 /// `mixture.warmup_samples` samples of `data`.
@@ -251,7 +236,7 @@ pub fn attribute_all(
 /// # Errors
 /// [`CycleError`] when attribution or the fit fails.
 pub fn warm_verdicter(
-    cfg: &DaemonConfig,
+    cfg: &ValidConfig,
     model: &Model,
     data: &Dataset,
     previous: Option<&Verdicter>,
@@ -301,7 +286,7 @@ fn metrics(data: &Dataset, predicted: &[u32]) -> Metrics {
 }
 
 /// Run one cycle (blocking; seconds to minutes). Publishes to `store` when accepted.
-pub fn run_cycle(cfg: &DaemonConfig, store: &ModelStore, input: CycleInput) -> CycleResult {
+pub fn run_cycle(cfg: &ValidConfig, store: &ModelStore, input: CycleInput) -> CycleResult {
     let mut record = CycleRecord::new(&input.cause, input.version, input.samples.len());
     match cycle_steps(cfg, store, input, &mut record) {
         Ok(accepted) => CycleResult { record, accepted },
@@ -317,7 +302,7 @@ pub fn run_cycle(cfg: &DaemonConfig, store: &ModelStore, input: CycleInput) -> C
 }
 
 fn cycle_steps(
-    cfg: &DaemonConfig,
+    cfg: &ValidConfig,
     store: &ModelStore,
     input: CycleInput,
     rec: &mut CycleRecord,

@@ -171,7 +171,7 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
         mock.create_topic(&t, p, 1)
             .map_err(|e| ToolError::Kafka(format!("mock topic {t}: {e}")))?;
     }
-    let cfg = Arc::new(cfg);
+    let cfg = Arc::new(cfg.check().map_err(|e| ToolError::Invalid(e.to_string()))?);
     let metrics = DaemonMetrics::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (_control_tx, control_rx) = tokio::sync::mpsc::channel(1);

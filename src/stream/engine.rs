@@ -32,17 +32,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::attribution::Attributions;
 use crate::data::Dataset;
+use crate::events::{BatchScored, CycleFinished, InternalEvent as _, LeadershipSet, ModelSwapped};
 use crate::input_range::InputRange;
 use crate::metrics::DaemonMetrics;
-use crate::model::{parse_device, Model, ModelError, ModelSpec};
+use crate::model::{Model, ModelError, ModelSpec};
 use crate::partition::{PartitionError, PartitionFeatures};
 use crate::progress::Progress;
 use crate::store::{ModelStore, PublishInfo, SampleWindow, StoreError, VersionMetadata};
-use crate::stream::config::DaemonConfig;
+use crate::stream::config::{ValidConfig, MIN_CYCLE_SAMPLES};
 use crate::stream::cycle::{
-    attribute_all, run_cycle, warm_verdicter, CycleError, CycleInput, CycleOutcome, CycleRecord,
-    CycleResult, MIN_CYCLE_SAMPLES,
+    run_cycle, warm_verdicter, CycleError, CycleInput, CycleOutcome, CycleRecord, CycleResult,
 };
+use crate::stream::features::{attribute_all, dataset_of};
 use crate::stream::replay::ReplayBuffer;
 use crate::stream::schema::{LabeledSample, ModelPublished, Verdict};
 use crate::stream::trigger::NoiseTrigger;
@@ -163,7 +164,7 @@ pub struct EngineStatus {
 
 /// The scoring engine (see the module docs).
 pub struct Engine {
-    cfg: Arc<DaemonConfig>,
+    cfg: Arc<ValidConfig>,
     store: ModelStore,
     metrics: DaemonMetrics,
     device: candle_core::Device,
@@ -230,12 +231,12 @@ impl Engine {
     /// [`EngineError`] when the store, the model or the validation set cannot be read, or the
     /// model does not match the configured input and classes.
     pub fn new(
-        cfg: Arc<DaemonConfig>,
+        cfg: Arc<ValidConfig>,
         store: ModelStore,
         metrics: DaemonMetrics,
         checkpoint: Option<Checkpoint>,
     ) -> Result<Self, EngineError> {
-        let device = parse_device(&cfg.model.device)?;
+        let device = cfg.device.clone();
         let replay = ReplayBuffer::new(
             cfg.replay.capacity,
             cfg.replay.max_mib << 20,
@@ -244,18 +245,10 @@ impl Engine {
             cfg.cycle.seed,
         )
         .map_err(EngineError::Mismatch)?;
-        let validation = match &cfg.cycle.validation {
+        let validation = match &cfg.validation {
             None => None,
             Some(v) => {
-                let spec: crate::data::DatasetSpec = v
-                    .dataset
-                    .parse()
-                    .map_err(|e: crate::data::DataError| EngineError::Mismatch(e.to_string()))?;
-                let dir = v
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(crate::data::default_data_dir);
-                let test = crate::data::load(&spec, &dir)
+                let test = crate::data::load(&v.dataset, &v.data_dir)
                     .map_err(|e| EngineError::Mismatch(format!("cycle.validation: {e}")))?
                     .test;
                 Some(if v.limit > 0 && v.limit < test.len() {
@@ -368,10 +361,11 @@ impl Engine {
         }
         *self.input_range.write().expect("input range lock") = range;
         self.version = v;
-        self.metrics.model_version.set(v as i64);
-        self.metrics
-            .model_swapped_timestamp
-            .set(crate::stream::unix_ms() as f64 / 1000.0);
+        ModelSwapped {
+            version: v,
+            at_ms: crate::stream::unix_ms(),
+        }
+        .emit(&self.metrics);
     }
 
     /// A follower holding its full bootstrap window, waiting for the leader's first model: the
@@ -398,11 +392,12 @@ impl Engine {
 
     /// Set whether this replica runs cycles (it owns input partition 0).
     pub fn set_leader(&mut self, leader: bool) {
-        if leader != self.leader {
-            tracing::info!(leader, "cycle leadership changed");
+        LeadershipSet {
+            leader,
+            changed: leader != self.leader,
         }
+        .emit(&self.metrics);
         self.leader = leader;
-        self.metrics.cycle_leader.set(i64::from(leader));
     }
 
     /// Ask for a cycle now (the API's `POST /v1/cycle`), regardless of the trigger.
@@ -530,19 +525,7 @@ impl Engine {
     }
 
     fn as_dataset(&self, items: &[Incoming]) -> Dataset {
-        let d = self.cfg.model.num_features;
-        let mut features = Vec::with_capacity(items.len() * d);
-        for it in items {
-            features.extend_from_slice(&it.sample.features);
-        }
-        Dataset {
-            name: "stream".into(),
-            features,
-            labels: items.iter().map(|it| it.sample.label).collect(),
-            dim: d,
-            num_classes: self.cfg.model.num_classes,
-            image_shape: self.cfg.image_shape(),
-        }
+        dataset_of(&self.cfg, items.iter().map(|it| &it.sample))
     }
 
     /// Train and publish the first model on `held`; returns the held samples' out-of-sample
@@ -802,46 +785,32 @@ impl Engine {
             });
         }
         self.verdicts += a.n as u64;
-        self.metrics
-            .attribution_batch_seconds
-            .observe(t.elapsed().as_secs_f64());
-        self.publish_gauges();
+        self.batch_scored(t.elapsed().as_secs_f64());
         Ok(())
     }
 
-    fn publish_gauges(&self) {
-        let m = &self.metrics;
+    fn batch_scored(&self, seconds: f64) {
         // A new version clears the window; keep showing the last full estimate until the new
         // window holds min_samples verdicts, so alerts on it do not reset at every swap.
-        if self.trigger.window_len() >= self.trigger.params.min_samples.max(1) {
-            m.noisy_fraction
-                .with_label_values(&["window"])
-                .set(self.trigger.window_fraction());
+        let window_full = self.trigger.window_len() >= self.trigger.params.min_samples.max(1);
+        let summary_space = self.cfg.scoring.features == PartitionFeatures::Summary;
+        BatchScored {
+            seconds,
+            noisy_fraction_window: window_full.then(|| self.trigger.window_fraction()),
+            noisy_fraction_ewma: self.trigger.ewma_fraction(),
+            provisional: self.gmm.as_ref().is_some_and(Verdicter::provisional),
+            weights_clean_noisy: self.gmm.as_ref().map(Verdicter::weights_clean_noisy),
+            means_clean_noisy: self
+                .gmm
+                .as_ref()
+                .and_then(Verdicter::mixture)
+                .filter(|_| summary_space)
+                .map(|g| {
+                    let m = g.means_clean_noisy();
+                    [[m[0][0], m[0][1]], [m[1][0], m[1][1]]]
+                }),
         }
-        m.noisy_fraction
-            .with_label_values(&["ewma"])
-            .set(self.trigger.ewma_fraction());
-        m.verdicts_provisional.set(i64::from(
-            self.gmm.as_ref().is_some_and(Verdicter::provisional),
-        ));
-        if let Some(g) = &self.gmm {
-            let w = g.weights_clean_noisy();
-            m.mixture_weight.with_label_values(&["clean"]).set(w[0]);
-            m.mixture_weight.with_label_values(&["noisy"]).set(w[1]);
-            if let Some(g) = g
-                .mixture()
-                .filter(|_| self.cfg.scoring.features == PartitionFeatures::Summary)
-            {
-                let means = g.means_clean_noisy();
-                for (c, name) in [(0, "clean"), (1, "noisy")] {
-                    for (d, dim) in ["log_attribution_norm", "log_loss"].iter().enumerate() {
-                        m.mixture_mean
-                            .with_label_values(&[name, dim])
-                            .set(means[c][d]);
-                    }
-                }
-            }
-        }
+        .emit(&self.metrics);
     }
 
     fn maybe_start_cycle(&mut self) {
@@ -1057,16 +1026,11 @@ impl Engine {
 
     fn finish_cycle(&mut self, result: CycleResult, events: &mut Vec<EngineEvent>) {
         let rec = result.record;
-        self.metrics
-            .cycles
-            .with_label_values(&[rec.outcome.as_str()])
-            .inc();
-        for (stage, s) in &rec.stage_seconds {
-            self.metrics
-                .cycle_stage_seconds
-                .with_label_values(&[stage])
-                .observe(*s);
+        CycleFinished {
+            outcome: rec.outcome.as_str(),
+            stage_seconds: &rec.stage_seconds,
         }
+        .emit(&self.metrics);
         let now = self.clock.elapsed().as_secs_f64();
         match (rec.outcome, result.accepted) {
             (CycleOutcome::Accepted, Some((model, meta, gmm))) => {

@@ -33,11 +33,37 @@ pub struct ReplayBuffer {
 }
 
 impl ReplayBuffer {
+    /// Slots per class of a buffer of at most `capacity` samples in all and at most
+    /// `max_bytes` of memory, split evenly over `num_classes` classes (no allocation: the
+    /// configuration check uses it).
+    ///
+    /// # Errors
+    /// A one-line message naming `replay.capacity` and `replay.max_mib` when the cap leaves
+    /// less than one slot per class.
+    pub fn slots_per_class(
+        capacity: usize,
+        max_bytes: usize,
+        num_features: usize,
+        num_classes: usize,
+    ) -> Result<usize, String> {
+        let by_bytes = max_bytes / bytes_per_sample(num_features);
+        let per_class = capacity.min(by_bytes) / num_classes.max(1);
+        if per_class == 0 {
+            let need = num_classes * bytes_per_sample(num_features);
+            return Err(format!(
+                "replay.capacity = {capacity} and replay.max_mib = {} leave no slot per class \
+                 ({num_classes} classes of {num_features} features need >= {need} bytes)",
+                max_bytes >> 20
+            ));
+        }
+        Ok(per_class)
+    }
+
     /// A buffer of at most `capacity` samples in all and at most `max_bytes` of memory,
     /// split evenly over `num_classes` classes.
     ///
     /// # Errors
-    /// A one-line message when the cap leaves less than one slot per class.
+    /// See [`Self::slots_per_class`].
     pub fn new(
         capacity: usize,
         max_bytes: usize,
@@ -45,16 +71,7 @@ impl ReplayBuffer {
         num_classes: usize,
         seed: u64,
     ) -> Result<Self, String> {
-        let by_bytes = max_bytes / bytes_per_sample(num_features);
-        let total = capacity.min(by_bytes);
-        let per_class = total / num_classes.max(1);
-        if per_class == 0 {
-            return Err(format!(
-                "replay.capacity = {capacity} and replay.max_bytes = {max_bytes} leave no slot per class \
-                 ({num_classes} classes of {num_features} features need >= {} bytes)",
-                num_classes * bytes_per_sample(num_features)
-            ));
-        }
+        let per_class = Self::slots_per_class(capacity, max_bytes, num_features, num_classes)?;
         Ok(Self {
             num_features,
             per_class,

@@ -173,16 +173,22 @@ pub fn decode(payload: &[u8], json: bool, expect: &Expect) -> Result<LabeledSamp
     Ok(s)
 }
 
+/// How verdicts are encoded on the verdict topic (`kafka.verdict_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictFormat {
+    /// `rlap.v1.Verdict` protobuf.
+    #[default]
+    Protobuf,
+    /// The same message as canonical proto3 JSON (camelCase names, int64 as strings).
+    Json,
+}
+
 /// Encode a verdict as `format` says: the payload and its `content-type` header value.
-pub fn encode_verdict(
-    v: &Verdict,
-    format: crate::stream::config::VerdictFormat,
-) -> (Vec<u8>, &'static [u8]) {
+pub fn encode_verdict(v: &Verdict, format: VerdictFormat) -> (Vec<u8>, &'static [u8]) {
     match format {
-        crate::stream::config::VerdictFormat::Protobuf => {
-            (v.encode_to_vec(), b"application/x-protobuf")
-        }
-        crate::stream::config::VerdictFormat::Json => (
+        VerdictFormat::Protobuf => (v.encode_to_vec(), b"application/x-protobuf"),
+        VerdictFormat::Json => (
             serde_json::to_vec(v).expect("a Verdict always serialises"),
             b"application/json",
         ),
@@ -321,7 +327,7 @@ mod tests {
 
     #[test]
     fn verdicts_round_trip_in_both_formats() {
-        use crate::stream::config::VerdictFormat;
+        use super::VerdictFormat;
         let v = Verdict {
             sample_id: "s-1".into(),
             noisy: true,

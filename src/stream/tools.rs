@@ -288,15 +288,7 @@ pub async fn produce(args: &ProduceArgs, progress: &Progress) -> Result<ProduceR
     Ok(report)
 }
 
-/// Whether a message's `content-type` header says `application/json`.
-pub fn is_json(m: &impl Message) -> bool {
-    m.headers().is_some_and(|h| {
-        h.iter().any(|hd| {
-            hd.key.eq_ignore_ascii_case(schema::CONTENT_TYPE_HEADER)
-                && hd.value.is_some_and(|v| v.starts_with(b"application/json"))
-        })
-    })
-}
+pub use crate::stream::kafka::is_json;
 
 /// Verdicts joined with the hidden truth.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::attribution::Attributions;
 use crate::noise_model::NoiseModel;
 use crate::partition::{PartitionError, PartitionFeatures};
-use crate::stream::config::DaemonConfig;
+use crate::stream::config::ValidConfig;
 use crate::stream::online_gmm::{OnlineGmm, StepSize, WarmUpParams};
 
 /// The verdict rule and its state (part of the checkpoint; a checkpoint written before the
@@ -46,14 +46,24 @@ impl Verdicter {
     /// cross-fitting, or samples that arrived after the model's training data).
     ///
     /// # Errors
-    /// [`PartitionError`] when the fit fails or the configuration is invalid.
+    /// [`PartitionError`] when the fit fails.
     pub fn warm_up(
-        cfg: &DaemonConfig,
+        cfg: &ValidConfig,
         a: &Attributions,
         labels: &[u32],
     ) -> Result<Self, PartitionError> {
-        let step = cfg.mixture.step_size().map_err(PartitionError::Invalid)?;
-        match cfg.scoring.estimator {
+        Self::fit(cfg.scoring.estimator, cfg, a, labels)
+    }
+
+    /// Fit `estimator` (whatever `scoring.estimator` says) with `cfg`'s other keys.
+    fn fit(
+        estimator: crate::partition::Estimator,
+        cfg: &ValidConfig,
+        a: &Attributions,
+        labels: &[u32],
+    ) -> Result<Self, PartitionError> {
+        let step = cfg.step;
+        match estimator {
             crate::partition::Estimator::NoiseModel => Ok(Self::NoiseModel {
                 noise_model: NoiseModel::fit(&a.probs, labels, cfg.model.num_classes)?,
                 step,
@@ -100,7 +110,7 @@ impl Verdicter {
     /// [`PartitionError`] when even the noise model cannot be fitted (no samples, non-finite
     /// probabilities, a bad configuration).
     pub fn warm_up_or_fallback(
-        cfg: &DaemonConfig,
+        cfg: &ValidConfig,
         a: &Attributions,
         labels: &[u32],
     ) -> Result<Self, PartitionError> {
@@ -108,9 +118,7 @@ impl Verdicter {
             Ok(v) => Ok(v),
             Err(e) if cfg.scoring.estimator == crate::partition::Estimator::Mixture => {
                 tracing::warn!(error = %e, samples = labels.len(), "the mixture cannot be fitted on this window; the noise model gives the verdicts until the next model version");
-                let mut noise = cfg.clone();
-                noise.scoring.estimator = crate::partition::Estimator::NoiseModel;
-                let mut v = Self::warm_up(&noise, a, labels)?;
+                let mut v = Self::fit(crate::partition::Estimator::NoiseModel, cfg, a, labels)?;
                 if let Self::NoiseModel { provisional, .. } = &mut v {
                     *provisional = true;
                 }
@@ -264,6 +272,7 @@ impl Verdicter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::config::DaemonConfig;
 
     /// `n` scored samples that are all the same one (a producer stuck on one message): the
     /// same attribution, loss and class probabilities, the same label.
@@ -293,7 +302,7 @@ mod tests {
         ] {
             let mut cfg = DaemonConfig::default();
             cfg.scoring.estimator = estimator;
-            let v = Verdicter::warm_up_or_fallback(&cfg, &a, &labels)
+            let v = Verdicter::warm_up_or_fallback(&cfg.clone().check().unwrap(), &a, &labels)
                 .unwrap_or_else(|e| panic!("{estimator:?}: {e}"));
             let post = v
                 .posterior(cfg.scoring.features, &a, &labels)
@@ -326,6 +335,7 @@ mod tests {
 #[cfg(test)]
 mod outlier_tests {
     use super::*;
+    use crate::stream::config::DaemonConfig;
     use rand::{Rng, SeedableRng};
 
     /// `n` agreeing, confident samples of class 3 whose attributions and losses differ only
@@ -367,15 +377,15 @@ mod outlier_tests {
         let (a, labels) = near_identical(3, 10, 16, 1e-2, &mut rng);
         let mut cfg = DaemonConfig::default();
         cfg.scoring.estimator = crate::partition::Estimator::Mixture;
-        assert!(Verdicter::warm_up(&cfg, &a, &labels).is_err());
-        let v = Verdicter::warm_up_or_fallback(&cfg, &a, &labels).unwrap();
+        assert!(Verdicter::warm_up(&cfg.clone().check().unwrap(), &a, &labels).is_err());
+        let v = Verdicter::warm_up_or_fallback(&cfg.clone().check().unwrap(), &a, &labels).unwrap();
         assert!(v.provisional() && v.mixture().is_none());
         assert!(v.for_new_model().is_none());
         // A checkpoint round trip keeps the mark.
         let back: Verdicter = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
         assert!(back.provisional());
         cfg.scoring.estimator = crate::partition::Estimator::NoiseModel;
-        let v = Verdicter::warm_up_or_fallback(&cfg, &a, &labels).unwrap();
+        let v = Verdicter::warm_up_or_fallback(&cfg.clone().check().unwrap(), &a, &labels).unwrap();
         assert!(!v.provisional() && v.for_new_model().is_some());
     }
 
@@ -390,7 +400,7 @@ mod outlier_tests {
         for estimator in [Estimator::NoiseModel, Estimator::Mixture] {
             let mut cfg = DaemonConfig::default();
             cfg.scoring.estimator = estimator;
-            let v = Verdicter::warm_up(&cfg, &a, &labels).unwrap();
+            let v = Verdicter::warm_up(&cfg.clone().check().unwrap(), &a, &labels).unwrap();
             let mut json = serde_json::to_value(&v).unwrap();
             let obj = json.as_object_mut().unwrap();
             for k in ["provisional", "nominal_batch", "schedule_t"] {
@@ -408,7 +418,8 @@ mod outlier_tests {
         let mut cfg = DaemonConfig::default();
         cfg.scoring.estimator = Estimator::Mixture;
         let (a, labels) = near_identical(3, 10, 16, 1e-2, &mut rng);
-        let stand_in = Verdicter::warm_up_or_fallback(&cfg, &a, &labels).unwrap();
+        let stand_in =
+            Verdicter::warm_up_or_fallback(&cfg.clone().check().unwrap(), &a, &labels).unwrap();
         assert!(stand_in.provisional());
         assert!(stand_in.clone().restored_as(Estimator::Mixture).is_none());
         let v = stand_in.restored_as(Estimator::NoiseModel).unwrap();
@@ -431,7 +442,7 @@ mod outlier_tests {
             cfg.scoring.estimator = estimator;
             let features = cfg.scoring.features;
             let (a, labels) = near_identical(400, k, hidden, 1e-4, &mut rng);
-            let mut v = Verdicter::warm_up_or_fallback(&cfg, &a, &labels)
+            let mut v = Verdicter::warm_up_or_fallback(&cfg.clone().check().unwrap(), &a, &labels)
                 .unwrap_or_else(|e| panic!("{estimator:?}: {e}"));
             // The mixture itself is under test, not a stand-in for it.
             assert_eq!(
