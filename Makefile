@@ -3,7 +3,7 @@
 # the Apache Kafka broker jars and the python clients' venv, idempotently.
 CARGO ?= cargo
 
-.PHONY: setup setup-kafka setup-prometheus setup-clients setup-peers setup-torch bench-peer demo experiment test bench bench-stream bench-quality bench-prune bench-repair bench-cycles lint
+.PHONY: setup setup-kafka setup-prometheus setup-clients setup-peers setup-torch bench-peer demo experiment test bench bench-stream bench-quality bench-prune bench-repair bench-cycles lint lint-py
 
 setup:
 	./scripts/setup-data.sh
@@ -99,6 +99,15 @@ bench-cycles: setup
 	$(CARGO) build --release
 	./scripts/many-cycles.sh
 
-lint:
+lint: lint-py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# The library's module graph (scripts/module_deps.py: no import loop, no upward import) and
+# pyflakes over every Python file (a venv in .cache/lint, made once).
+LINT_PY := .cache/lint/bin/python
+lint-py:
+	python3 scripts/module_deps.py
+	test -x $(LINT_PY) || python3 -m venv .cache/lint
+	$(LINT_PY) -m pyflakes --version >/dev/null 2>&1 || $(LINT_PY) -m pip install -q pyflakes
+	$(LINT_PY) -m pyflakes scripts/*.py benches/*.py examples/python/*.py tests/python/*.py docs/experiments/*.py

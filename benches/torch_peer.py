@@ -26,6 +26,7 @@ same figures as JSON.
 """
 import argparse
 import gzip
+import importlib
 import json
 import os
 import statistics
@@ -192,7 +193,7 @@ def rlap_figures(args, arch, threads, out):
 
 
 def driver(args):
-    import numpy  # noqa: F401  (fail early, before rlap runs, if the venv is incomplete)
+    importlib.import_module("numpy")  # fail early, before rlap runs, if the venv is incomplete
 
     if not Path(args.rlap).exists():
         sys.exit(f"torch_peer: no rlap binary at {args.rlap} (cargo build --release, or --rlap PATH)")

@@ -1,5 +1,5 @@
 //! `rlap serve`: the streaming daemon ([`crate::stream::daemon`]) and, when `api.enabled`,
-//! the HTTP API ([`crate::serve`]) composed in one process. The API reads the daemon's
+//! the HTTP API ([`crate::api`]) composed in one process. The API reads the daemon's
 //! handles (metrics, status, cycle requests); the daemon knows nothing of the API, so neither
 //! imports the other.
 //!
@@ -74,7 +74,7 @@ async fn start_api(
     api_stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, AppError> {
     let store = ModelStore::open(&cfg.model.store, cfg.model.retain)?;
-    let scfg = crate::serve::ServeConfig {
+    let scfg = crate::api::ServeConfig {
         bind,
         model: cfg.model.name.clone(),
         admin_token: Some(cfg.api.admin_token.clone()).filter(|t| !t.is_empty()),
@@ -87,7 +87,7 @@ async fn start_api(
     tracing::info!(library = %rt.library.display(), version = %rt.version, build = %rt.build, "ONNX Runtime loaded");
     let m = handles.metrics.clone();
     let state = tokio::task::spawn_blocking(move || {
-        crate::serve::AppState::with_daemon(store, scfg, m, Some(handles))
+        crate::api::AppState::with_daemon(store, scfg, m, Some(handles))
     })
     .await
     .map_err(|e| AppError::Api(e.to_string()))?;
@@ -95,10 +95,10 @@ async fn start_api(
         .await
         .map_err(|e| AppError::Api(format!("binding {bind}: {e}")))?;
     tracing::info!(addr = %bind, "HTTP API listening");
-    let watcher = tokio::spawn(crate::serve::watch_store(state.clone(), api_stop.clone()));
+    let watcher = tokio::spawn(crate::api::watch_store(state.clone(), api_stop.clone()));
     let mut stop = api_stop;
     Ok(tokio::spawn(async move {
-        let r = axum::serve(listener, crate::serve::router(state))
+        let r = axum::serve(listener, crate::api::router(state))
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|v| *v).await;
             })

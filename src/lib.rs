@@ -30,13 +30,14 @@
 //! - [`cnn_cpu`]: the CNN body's forward and backward on the CPU (im2col + GEMM), written out.
 //! - [`cpu`]: CPU threading: the matrix-product pool sized once, the compute run on it.
 
+pub mod api;
 pub mod app;
 pub mod attribution;
-pub mod bench;
 pub mod cnn_cpu;
 pub mod corruption;
 pub mod cpu;
 pub mod data;
+pub mod drivers;
 pub mod evaluation;
 pub mod events;
 pub mod experiment;
@@ -48,7 +49,6 @@ pub mod onnx;
 pub mod partition;
 pub mod progress;
 pub mod prune;
-pub mod serve;
 pub mod store;
 pub mod stream;
 pub mod train;

@@ -70,9 +70,65 @@ pub struct DaemonMetrics {
     pub predict_seconds: Histogram,
     /// `rlap_build_info{version}`: always 1.
     pub build_info: IntGaugeVec,
+    /// What each metric above is, in registration order.
+    infos: Vec<MetricInfo>,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+/// The Prometheus type of a collector, as the text format names it.
+trait Kind {
+    const KIND: &'static str;
+}
+impl Kind for IntCounter {
+    const KIND: &'static str = "counter";
+}
+impl Kind for IntCounterVec {
+    const KIND: &'static str = "counter";
+}
+impl Kind for IntGauge {
+    const KIND: &'static str = "gauge";
+}
+impl Kind for IntGaugeVec {
+    const KIND: &'static str = "gauge";
+}
+impl Kind for Gauge {
+    const KIND: &'static str = "gauge";
+}
+impl Kind for GaugeVec {
+    const KIND: &'static str = "gauge";
+}
+impl Kind for Histogram {
+    const KIND: &'static str = "histogram";
+}
+impl Kind for HistogramVec {
+    const KIND: &'static str = "histogram";
+}
+
+/// One metric rlap defines: what `rlap metrics --list` prints and deploy checks read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricInfo {
+    /// Full name (`rlap_…`).
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    /// Label names (histograms also carry `le` on their `_bucket` series).
+    pub labels: Vec<String>,
+    /// Help text.
+    pub help: String,
+}
+
+fn reg<T: prometheus::core::Collector + Kind + Clone + 'static>(
+    r: &Registry,
+    infos: &mut Vec<MetricInfo>,
+    c: T,
+) -> T {
+    for d in c.desc() {
+        infos.push(MetricInfo {
+            name: d.fq_name.clone(),
+            kind: T::KIND,
+            labels: d.variable_labels.clone(),
+            help: d.help.clone(),
+        });
+    }
     r.register(Box::new(c.clone()))
         .expect("metric names are unique");
     c
@@ -88,17 +144,20 @@ impl DaemonMetrics {
     /// Create and register every metric.
     pub fn new() -> Self {
         let r = Registry::new();
+        let mut infos = Vec::new();
         let secs = |name: &str, help: &str, buckets: Vec<f64>| {
             Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid")
         };
         let m = DaemonMetrics {
             samples_consumed: reg(
                 &r,
+                &mut infos,
                 IntCounter::new("rlap_samples_consumed_total", "Input messages received.")
                     .expect("valid"),
             ),
             verdicts: reg(
                 &r,
+                &mut infos,
                 IntCounterVec::new(
                     Opts::new(
                         "rlap_verdicts_total",
@@ -110,6 +169,7 @@ impl DaemonMetrics {
             ),
             invalid_samples: reg(
                 &r,
+                &mut infos,
                 IntCounterVec::new(
                     Opts::new(
                         "rlap_invalid_samples_total",
@@ -121,6 +181,7 @@ impl DaemonMetrics {
             ),
             skipped_messages: reg(
                 &r,
+                &mut infos,
                 IntCounterVec::new(
                     Opts::new(
                         "rlap_skipped_messages_total",
@@ -132,6 +193,7 @@ impl DaemonMetrics {
             ),
             noisy_fraction: reg(
                 &r,
+                &mut infos,
                 GaugeVec::new(
                     Opts::new(
                         "rlap_noisy_fraction",
@@ -143,6 +205,7 @@ impl DaemonMetrics {
             ),
             mixture_weight: reg(
                 &r,
+                &mut infos,
                 GaugeVec::new(
                     Opts::new("rlap_mixture_weight", "Verdict rule prior share: noise model joint noise rate (noisy) and complement, or online GMM weight."),
                     &["component"],
@@ -151,6 +214,7 @@ impl DaemonMetrics {
             ),
             mixture_mean: reg(
                 &r,
+                &mut infos,
                 GaugeVec::new(
                     Opts::new(
                         "rlap_mixture_mean",
@@ -162,6 +226,7 @@ impl DaemonMetrics {
             ),
             attribution_batch_seconds: reg(
                 &r,
+                &mut infos,
                 secs(
                     "rlap_attribution_batch_seconds",
                     "Attribution and mixture time of one micro-batch.",
@@ -170,6 +235,7 @@ impl DaemonMetrics {
             ),
             verdict_latency_seconds: reg(
                 &r,
+                &mut infos,
                 secs(
                     "rlap_verdict_latency_seconds",
                     "Sample receipt to verdict acknowledged by the broker.",
@@ -178,6 +244,7 @@ impl DaemonMetrics {
             ),
             consumer_lag: reg(
                 &r,
+                &mut infos,
                 IntGaugeVec::new(
                     Opts::new(
                         "rlap_consumer_lag_messages",
@@ -189,6 +256,7 @@ impl DaemonMetrics {
             ),
             consumer_rebalances: reg(
                 &r,
+                &mut infos,
                 IntCounterVec::new(
                     Opts::new(
                         "rlap_consumer_rebalances_total",
@@ -200,6 +268,7 @@ impl DaemonMetrics {
             ),
             consumer_errors: reg(
                 &r,
+                &mut infos,
                 IntCounter::new(
                     "rlap_consumer_errors_total",
                     "Errors reported by the consumer (MAXPOLL among them: the poll loop stalled and the replica left the group).",
@@ -208,6 +277,7 @@ impl DaemonMetrics {
             ),
             broker_reachable: reg(
                 &r,
+                &mut infos,
                 IntGauge::new(
                     "rlap_broker_reachable",
                     "1 when the last metadata request to the Kafka brokers succeeded (checked every 5 s), else 0.",
@@ -216,6 +286,7 @@ impl DaemonMetrics {
             ),
             cycles: reg(
                 &r,
+                &mut infos,
                 IntCounterVec::new(
                     Opts::new("rlap_cycles_total", "Model cycles by outcome."),
                     &["outcome"],
@@ -224,6 +295,7 @@ impl DaemonMetrics {
             ),
             cycle_stage_seconds: reg(
                 &r,
+                &mut infos,
                 HistogramVec::new(
                     HistogramOpts::new(
                         "rlap_cycle_stage_seconds",
@@ -236,10 +308,12 @@ impl DaemonMetrics {
             ),
             model_version: reg(
                 &r,
+                &mut infos,
                 IntGauge::new("rlap_model_version", "Model version scoring now.").expect("valid"),
             ),
             model_swapped_timestamp: reg(
                 &r,
+                &mut infos,
                 Gauge::new(
                     "rlap_model_swapped_timestamp_seconds",
                     "Unix time the current model version was swapped in.",
@@ -248,6 +322,7 @@ impl DaemonMetrics {
             ),
             cycle_leader: reg(
                 &r,
+                &mut infos,
                 IntGauge::new(
                     "rlap_cycle_leader",
                     "1 when this replica runs model cycles (owns input partition 0).",
@@ -256,6 +331,7 @@ impl DaemonMetrics {
             ),
             verdicts_provisional: reg(
                 &r,
+                &mut infos,
                 IntGauge::new(
                     "rlap_verdicts_provisional",
                     "1 while the configured mixture cannot be fitted and the noise model gives provisional verdicts (no cycle runs).",
@@ -264,6 +340,7 @@ impl DaemonMetrics {
             ),
             predict_requests: reg(
                 &r,
+                &mut infos,
                 IntCounterVec::new(
                     Opts::new(
                         "rlap_predict_requests_total",
@@ -275,6 +352,7 @@ impl DaemonMetrics {
             ),
             predict_seconds: reg(
                 &r,
+                &mut infos,
                 secs(
                     "rlap_predict_seconds",
                     "HTTP predict handling time.",
@@ -283,6 +361,7 @@ impl DaemonMetrics {
             ),
             build_info: reg(
                 &r,
+                &mut infos,
                 IntGaugeVec::new(
                     Opts::new("rlap_build_info", "Build information; always 1."),
                     &["version"],
@@ -290,6 +369,7 @@ impl DaemonMetrics {
                 .expect("valid"),
             ),
             registry: r,
+            infos,
         };
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, … (the
         // Prometheus client convention; read from /proc, so Linux only).
@@ -315,6 +395,28 @@ impl DaemonMetrics {
         m
     }
 
+    /// Every metric rlap defines (not the process collector's `process_*`), in registration
+    /// order, whether or not a series exists yet.
+    pub fn infos(&self) -> &[MetricInfo] {
+        &self.infos
+    }
+
+    /// [`Self::infos`] as `rlap metrics --list` prints them: one line per metric, tab-separated
+    /// name, type, comma-separated label names (`-` for none) and help.
+    pub fn list(&self) -> String {
+        self.infos
+            .iter()
+            .map(|m| {
+                let labels = if m.labels.is_empty() {
+                    "-".to_string()
+                } else {
+                    m.labels.join(",")
+                };
+                format!("{}\t{}\t{labels}\t{}\n", m.name, m.kind, m.help)
+            })
+            .collect()
+    }
+
     /// The registry in Prometheus text format 0.0.4.
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();
@@ -328,6 +430,26 @@ impl DaemonMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_list_names_every_registered_metric_once() {
+        let m = DaemonMetrics::new();
+        let list = m.list();
+        assert_eq!(list.lines().count(), m.infos().len());
+        assert!(list.contains("rlap_invalid_samples_total\tcounter\treason\t"));
+        assert!(list.contains("rlap_verdict_latency_seconds\thistogram\t-\t"));
+        assert!(list.contains("rlap_mixture_mean\tgauge\tcomponent,dimension\t"));
+        let mut names: Vec<_> = m.infos().iter().map(|i| i.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), m.infos().len());
+        // Every family the registry gathers (those with a series) is in the list.
+        for f in m.registry.gather() {
+            if f.name().starts_with("rlap_") {
+                assert!(names.contains(&f.name()), "{}", f.name());
+            }
+        }
+    }
 
     #[test]
     fn names_follow_conventions_and_encode() {

@@ -473,13 +473,18 @@ impl ModelStore {
 }
 
 /// Test hook: `RLAP_FAILPOINT_PUBLISH_SLEEP_MS` pauses a publish after its files are written
-/// and before the rename, so a test can kill the process mid-publish.
+/// and before the rename, so a test can kill the process mid-publish (`tests/publish_crash.rs`
+/// sets it on a child process). Read once per process, not on every publish.
 fn failpoint_sleep() {
-    if let Some(ms) = std::env::var("RLAP_FAILPOINT_PUBLISH_SLEEP_MS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
+    static PAUSE: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var("RLAP_FAILPOINT_PUBLISH_SLEEP_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(d) = pause {
+        std::thread::sleep(*d);
     }
 }
 

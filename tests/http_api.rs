@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use rlap::api::{router, watch_store, AppState, ServeConfig};
 use rlap::data::{default_data_dir, load, DatasetSpec};
 use rlap::model::{Arch, Model, ModelSpec};
 use rlap::progress::Progress;
-use rlap::serve::{router, watch_store, AppState, ServeConfig};
 use rlap::store::{ModelStore, PublishInfo, ONNX_FILE};
 use rlap::train::{train, TrainConfig};
 use serde_json::Value;
@@ -684,7 +684,7 @@ fn a_store_where_no_version_loads_stops_the_server_at_start_up() {
         .unwrap();
     let e = rt
         .block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), rlap::serve::run(store, cfg)).await
+            tokio::time::timeout(Duration::from_secs(30), rlap::api::run(store, cfg)).await
         })
         .expect("serve::run returns at start-up")
         .expect_err("no version loads");

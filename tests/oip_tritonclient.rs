@@ -8,10 +8,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
+use rlap::api::{router, AppState, ServeConfig};
 use rlap::data::{default_data_dir, load, DatasetSpec};
 use rlap::model::{Arch, Model, ModelSpec};
 use rlap::progress::Progress;
-use rlap::serve::{router, AppState, ServeConfig};
 use rlap::store::{ModelStore, PublishInfo};
 use rlap::train::{train, TrainConfig};
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use rlap::corruption::Corruption;
 use rlap::data::{default_data_dir, DatasetSpec};
+use rlap::drivers::topics::{self, ProduceArgs};
 use rlap::progress::Progress;
-use rlap::stream::tools::{self, ProduceArgs};
 use serde_json::Value;
 
 mod common;
@@ -156,7 +156,7 @@ fn prometheus_scrapes_the_daemon_and_the_noise_alert_fires() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(tools::produce(
+        .block_on(topics::produce(
             &ProduceArgs {
                 brokers: brokers.clone(),
                 topic: topic.clone(),
@@ -231,7 +231,7 @@ fn prometheus_scrapes_the_daemon_and_the_noise_alert_fires() {
     let scraped = query(&prom, "sum(rlap_verdicts_total)");
     let scraped_noisy = query(&prom, "sum(rlap_verdicts_total{outcome=\"noisy\"})");
     let scraped_dlq = query(&prom, "sum(rlap_invalid_samples_total)");
-    let report = tools::evaluate_verdicts(
+    let report = topics::evaluate_verdicts(
         &brokers,
         &topic,
         &format!("{topic}.verdicts"),

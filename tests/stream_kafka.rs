@@ -13,12 +13,12 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use rlap::data::{default_data_dir, DatasetSpec};
+use rlap::drivers::topics::{self, ProduceArgs};
 use rlap::metrics::DaemonMetrics;
 use rlap::progress::Progress;
 use rlap::stream::config::DaemonConfig;
 use rlap::stream::daemon;
 use rlap::stream::schema::{self, ModelPublished};
-use rlap::stream::tools::{self, ProduceArgs};
 
 mod common;
 use common::{kafka_broker, partitions, reader};
@@ -111,7 +111,7 @@ fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() 
         .unwrap();
     let (samples, malformed_every) = (5000, 500);
     let report = rt
-        .block_on(tools::produce(
+        .block_on(topics::produce(
             &ProduceArgs {
                 brokers: brokers.clone(),
                 topic: k.input_topic.clone(),
@@ -232,7 +232,7 @@ fn real_broker_every_sample_verdicted_once_with_dead_letters_and_announcement() 
     }
     eprintln!("committed offsets at the end of all 3 partitions ({total_committed} messages)");
 
-    let r = tools::evaluate_verdicts(
+    let r = topics::evaluate_verdicts(
         &brokers,
         &k.input_topic,
         &k.verdicts(),
@@ -350,7 +350,7 @@ fn real_broker_two_replicas_share_the_stream_and_one_model() {
     let (first, second) = (6000, 4000);
     let samples = first + second;
     let produce = |skip: usize, limit: usize| {
-        rt.block_on(tools::produce(
+        rt.block_on(topics::produce(
             &ProduceArgs {
                 brokers: brokers.clone(),
                 topic: k.input_topic.clone(),
@@ -434,7 +434,7 @@ fn real_broker_two_replicas_share_the_stream_and_one_model() {
     // rebalance re-delivers what a replica still held, so counters include duplicates).
     let t = Instant::now();
     loop {
-        let r = tools::evaluate_verdicts(&brokers, &k.input_topic, &k.verdicts(), None, 0, &[])
+        let r = topics::evaluate_verdicts(&brokers, &k.input_topic, &k.verdicts(), None, 0, &[])
             .unwrap();
         if r.input_samples == samples as u64 && r.missing == 0 {
             break;
@@ -469,7 +469,7 @@ fn real_broker_two_replicas_share_the_stream_and_one_model() {
     );
     assert_eq!(versions, [1, 1], "both replicas score with version 1");
     let r =
-        tools::evaluate_verdicts(&brokers, &k.input_topic, &k.verdicts(), None, 0, &[]).unwrap();
+        topics::evaluate_verdicts(&brokers, &k.input_topic, &k.verdicts(), None, 0, &[]).unwrap();
     eprint!("{}", r.text());
     assert_eq!(r.input_samples, report.samples + more.samples);
     assert_eq!(r.missing, 0, "a sample lost its verdict");

@@ -24,13 +24,13 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{Offset, TopicPartitionList};
 use rlap::data::{default_data_dir, DatasetSpec};
+use rlap::drivers::topics::{self, ProduceArgs, ProduceReport, VerdictReport};
 use rlap::metrics::DaemonMetrics;
 use rlap::progress::Progress;
 use rlap::stream::config::DaemonConfig;
 use rlap::stream::daemon::{self, DaemonError, DaemonSummary};
 use rlap::stream::engine::EngineStatus;
 use rlap::stream::schema::{self, LabeledSample, Verdict};
-use rlap::stream::tools::{self, ProduceArgs, ProduceReport, VerdictReport};
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 
@@ -144,7 +144,7 @@ fn produce_args(cfg: &DaemonConfig, corruption: &str, skip: usize, limit: usize)
 }
 
 async fn produce(args: ProduceArgs) -> ProduceReport {
-    let r = tools::produce(&args, &Progress::hidden()).await.unwrap();
+    let r = topics::produce(&args, &Progress::hidden()).await.unwrap();
     eprintln!(
         "produced {} samples ({} corrupted) + {} malformed into {} (skip {}) in {:.1} s",
         r.samples, r.corrupted, r.malformed, args.topic, args.skip, r.seconds
@@ -347,7 +347,7 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<Msg> {
 fn evaluate(truth: &HashMap<String, (bool, usize)>, cfg: &DaemonConfig) -> VerdictReport {
     let k = &cfg.kafka;
     let r =
-        tools::evaluate_against(truth, &k.brokers, &k.verdicts(), Some(&k.dlq()), 0, &[]).unwrap();
+        topics::evaluate_against(truth, &k.brokers, &k.verdicts(), Some(&k.dlq()), 0, &[]).unwrap();
     eprint!("{}", r.text());
     r
 }
@@ -360,7 +360,7 @@ fn verdicts(cfg: &DaemonConfig) -> Vec<Verdict> {
 }
 
 /// The reason `rlap produce` gives the n-th malformed message (0-based): it cycles through
-/// four kinds (see `tools::malformed`).
+/// four kinds (see `topics::malformed`).
 fn malformed_reason(n: usize) -> &'static str {
     ["decode", "feature_count", "non_finite", "label_range"][n % 4]
 }
@@ -995,7 +995,7 @@ enabled = false
     let mut r;
     loop {
         wait_verdicts(&mut c2, total as i64, Duration::from_secs(120));
-        r = tools::evaluate_against(
+        r = topics::evaluate_against(
             &truth,
             &cfg.kafka.brokers,
             &cfg.kafka.verdicts(),

@@ -18,11 +18,9 @@
 //! - [`demo`]: the whole loop on librdkafka's in-process mock cluster.
 //! - [`bench`]: `rlap bench-stream`: throughput, latency and memory against a real broker.
 
-pub mod bench;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
-pub mod demo;
 pub mod engine;
 pub mod features;
 pub mod guard;
@@ -35,7 +33,6 @@ pub mod scorer;
 pub mod sink;
 pub mod source;
 pub mod state;
-pub mod tools;
 pub mod trigger;
 pub mod verdicter;
 

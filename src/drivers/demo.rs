@@ -17,39 +17,57 @@ use serde::Serialize;
 
 use crate::corruption::Corruption;
 use crate::data::{load, DatasetSpec};
+use crate::drivers::topics::{self, ProduceArgs, ToolError, VerdictReport};
 use crate::metrics::DaemonMetrics;
 use crate::progress::Progress;
 use crate::stream::config::DaemonConfig;
 use crate::stream::cycle::CycleRecord;
 use crate::stream::daemon::{self, DaemonSummary};
-use crate::stream::tools::{self, ProduceArgs, ToolError, VerdictReport};
 
-/// What the demo streams and where it writes.
-#[derive(Clone, Debug)]
+/// What the demo streams and where it writes (also `rlap demo`'s options).
+#[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
-    /// The daemon configuration (brokers, store and state are overridden).
+    /// The daemon configuration (brokers, store and state are overridden); `rlap demo`
+    /// loads it from `--config`.
+    #[arg(skip)]
     pub config: DaemonConfig,
-    /// Data set streamed (training split).
+    /// mnist | fashion-mnist | idx:DIR[,K] | csv:TRAIN.csv,TEST.csv[,K] (K: number of
+    /// classes); its training split is streamed.
+    #[arg(long, default_value = "mnist")]
     pub dataset: DatasetSpec,
-    /// Folder of the named data sets.
+    /// Folder of the named data sets ($RLAP_DATA_DIR or ./data).
+    #[arg(long, default_value_os_t = crate::data::default_data_dir())]
     pub data_dir: PathBuf,
-    /// Corruption applied before streaming.
+    /// Corruption of the streamed samples.
+    #[arg(long, default_value = "label-symmetric:0.4")]
     pub corruption: Corruption,
-    /// Samples streamed (0 = all).
+    /// Samples streamed (0 = the whole training split).
+    #[arg(long, default_value_t = 0)]
     pub limit: usize,
     /// Every n-th message is malformed (0 = none).
+    #[arg(long, default_value_t = 1000)]
     pub malformed_every: usize,
     /// Seed of the corruption.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Stream a stratified subsample of the training split (see [`ProduceArgs::train_size`]).
+    /// Stream a stratified subsample of the training split (as `experiment --train-size`:
+    /// same seed, same samples and labels).
+    #[arg(long)]
     pub train_size: Option<usize>,
     /// Messages per second streamed in (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
     pub rate: u64,
-    /// Output folder (model store and state), emptied first.
+    /// Output folder (model store, state); emptied first.
+    #[arg(long = "out", default_value = "out/demo")]
     pub out_dir: PathBuf,
-    /// Write every verdict, joined with the hidden truth, as CSV here.
+    /// Write one CSV row per verdict, joined with the hidden truth, here:
+    /// `order,sample_id,given_label,corrupted,posterior_noisy,noisy,model_version`.
+    #[arg(long)]
     pub verdicts_csv: Option<PathBuf>,
-    /// Also train the Oracle ([`oracle_accuracy`]) and report its test accuracy.
+    /// Also train the Oracle (the first model's recipe on the first samples streamed, with
+    /// their true labels) and print its test accuracy beside the served
+    /// model's.
+    #[arg(long)]
     pub oracle: bool,
 }
 
@@ -57,7 +75,7 @@ pub struct DemoArgs {
 #[derive(Clone, Debug, Serialize)]
 pub struct DemoSummary {
     /// What `produce` sent.
-    pub produced: tools::ProduceReport,
+    pub produced: topics::ProduceReport,
     /// What the daemon did.
     pub daemon: DaemonSummary,
     /// Verdicts against the hidden truth.
@@ -207,7 +225,7 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
         // as 1,000 per partition lost samples once the pause landed.)
         throttle: Some((metrics.samples_consumed.clone(), 1500)),
     };
-    let mut produced = tools::produce(&produce_args, progress).await?;
+    let mut produced = topics::produce(&produce_args, progress).await?;
     let total = produced.samples + produced.malformed;
     let bar = progress.bar(total, "verdicts");
     let mut last = (0u64, Instant::now());
@@ -263,9 +281,9 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
     let csv = args.verdicts_csv.clone();
     let verdicts = tokio::task::spawn_blocking(move || {
         if let Some(p) = &csv {
-            tools::write_verdicts_csv(p, &truth, &b, &vt)?;
+            topics::write_verdicts_csv(p, &truth, &b, &vt)?;
         }
-        let mut r = tools::evaluate_against(&truth, &b, &vt, Some(&dlq), warmup, &[])?;
+        let mut r = topics::evaluate_against(&truth, &b, &vt, Some(&dlq), warmup, &[])?;
         // The truth came from the producer's memory, not from the input topic: its malformed
         // messages are the ones the producer wrote.
         r.input_without_truth = malformed;
@@ -283,7 +301,7 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
         let test = load(&ds, &dir)
             .map_err(crate::experiment::ExperimentError::from)?
             .test;
-        tools::version_accuracies(&store, &name, &test)
+        topics::version_accuracies(&store, &name, &test)
     })
     .await
     .map_err(|e| ToolError::Invalid(e.to_string()))??;

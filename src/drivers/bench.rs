@@ -269,6 +269,48 @@ pub enum ServeBenchError {
     Http(String),
 }
 
+/// `rlap bench`'s figures: attribution and epoch throughput, and where a CPU training step
+/// spends its time.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThroughputReport {
+    /// The first line: model, parameters, FLOPs, device, threads.
+    #[serde(skip)]
+    pub header: String,
+    /// Each measured figure.
+    pub results: Vec<BenchResult>,
+    /// The training step's breakdown (CPU only).
+    pub step_breakdown: Option<StepBreakdown>,
+}
+
+impl ThroughputReport {
+    /// The header, then [`Self::table`].
+    pub fn text(&self) -> String {
+        format!("{}\n{}", self.header, self.table())
+    }
+
+    /// A table of the figures and the breakdown line (`rlap bench` prints the header before
+    /// the minutes of measuring, this after).
+    pub fn table(&self) -> String {
+        let mut t = format!(
+            "{:<48} {:>12} {:>12} {:>9} {:>10}\n",
+            "work", "samples/s", "FLOP/sample", "GFLOP/s", "median s"
+        );
+        for r in &self.results {
+            t += &format!(
+                "{:<48} {:>12.0} {:>12.3e} {:>9.2} {:>10.4}\n",
+                r.name, r.samples_per_second, r.flops_per_sample, r.gflops, r.median_seconds
+            );
+        }
+        if let Some(b) = &self.step_breakdown {
+            t += &format!(
+                "training step at batch {} (median ms): forward {:.2}, autograd backward {:.2}, forward+backward as trained {:.2}, fused Adam {:.2}, candle-nn AdamW {:.2}\n",
+                b.batch, b.forward_ms, b.backward_ms, b.training_grads_ms, b.fused_adam_ms, b.candle_adamw_ms
+            );
+        }
+        t
+    }
+}
+
 /// Serving figures: ONNX Runtime in-process (rlap, through `ort`) beside python onnxruntime on
 /// the same model file and thread count, and HTTP latency at batch 1 on loopback.
 #[derive(Clone, Debug, Serialize)]
@@ -289,6 +331,44 @@ pub struct ServeBench {
     pub http_p50_ms: f64,
     pub http_p99_ms: f64,
     pub http_requests_per_second: f64,
+}
+
+impl ServeBench {
+    /// The figures as `rlap bench-serve` prints them, under a header naming `model`
+    /// (`mlp`/`cnn`) and its `parameters`.
+    pub fn text(&self, model: &str, parameters: usize) -> String {
+        let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0}"));
+        let ratio = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
+        let mut t = format!(
+            "rlap bench-serve: model {model} ({parameters} parameters), 1 intra-op thread on both sides\n"
+        );
+        t += &format!(
+            "{:<34} {:>12} {:>12} {:>8}\n",
+            "in-process ONNX Runtime", "rlap (ort)", "python ort", "ratio"
+        );
+        t += &format!(
+            "{:<34} {:>12.0} {:>12} {:>8}\n",
+            "batch 1 samples/s",
+            self.inproc_batch1_samples_per_second,
+            fmt(self.peer_batch1_samples_per_second),
+            ratio(self.ratio_batch1)
+        );
+        t += &format!(
+            "{:<34} {:>12.0} {:>12} {:>8}\n",
+            "batch 64 samples/s",
+            self.inproc_batch64_samples_per_second,
+            fmt(self.peer_batch64_samples_per_second),
+            ratio(self.ratio_batch64)
+        );
+        if let Some(e) = &self.peer_error {
+            t += &format!("python peer did not run: {e}\n");
+        }
+        t += &format!(
+            "HTTP POST /v1/predict batch 1, {} sequential requests on loopback: p50 {:.3} ms, p99 {:.3} ms, {:.0} requests/s\n",
+            self.http_requests, self.http_p50_ms, self.http_p99_ms, self.http_requests_per_second
+        );
+        t
+    }
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -317,8 +397,8 @@ fn inproc_samples_per_second(
 }
 
 /// Publish `model` to a temporary store, then measure in-process inference, the python
-/// onnxruntime peer (`benches/ort_peer.py`) and HTTP latency (`requests` sequential batch-1
-/// requests) against `rlap::serve` on 127.0.0.1.
+/// onnxruntime peer (`peer_script`, the repository's `benches/ort_peer.py`) and HTTP latency (`requests` sequential batch-1
+/// requests) against `rlap::api` on 127.0.0.1.
 ///
 /// # Errors
 /// [`ServeBenchError`]; a failing peer is reported in the result instead.
@@ -328,6 +408,7 @@ pub fn bench_serving(
     requests: usize,
     iters1: usize,
     iters64: usize,
+    peer_script: &std::path::Path,
 ) -> Result<ServeBench, ServeBenchError> {
     use crate::onnx::runtime::{find_library, OnnxModel};
     use crate::store::{ModelStore, PublishInfo, ONNX_FILE};
@@ -350,13 +431,22 @@ pub fn bench_serving(
         .and_then(|p| p.parent())
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_peer.py");
-    let peer = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(&onnx_path)
-        .args([d.to_string(), iters1.to_string(), iters64.to_string()])
-        .env("PYTHONPATH", &pythonpath)
-        .output();
+    let peer = if peer_script.is_file() {
+        std::process::Command::new("python3")
+            .arg(peer_script)
+            .arg(&onnx_path)
+            .args([d.to_string(), iters1.to_string(), iters64.to_string()])
+            .env("PYTHONPATH", &pythonpath)
+            .output()
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{}: no such peer script (run from the repository root or pass --peer-script)",
+                peer_script.display()
+            ),
+        ))
+    };
     let (mut p1, mut p64, mut peer_error) = (None, None, None);
     match peer {
         Ok(out) if out.status.success() => {
@@ -373,11 +463,11 @@ pub fn bench_serving(
                     .to_string(),
             )
         }
-        Err(e) => peer_error = Some(format!("python3: {e}")),
+        Err(e) => peer_error = Some(format!("python peer: {e}")),
     }
 
     // HTTP on loopback.
-    let cfg = crate::serve::ServeConfig {
+    let cfg = crate::api::ServeConfig {
         bind: "127.0.0.1:0".parse().expect("literal address"),
         model: "bench".into(),
         admin_token: None,
@@ -388,10 +478,10 @@ pub fn bench_serving(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let state = crate::serve::AppState::new(store, cfg);
+    let state = crate::api::AppState::new(store, cfg);
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
-    rt.spawn(async move { axum::serve(listener, crate::serve::router(state)).await });
+    rt.spawn(async move { axum::serve(listener, crate::api::router(state)).await });
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -456,6 +546,21 @@ pub struct DeviceParity {
     pub tolerance: f64,
     /// Whether both differences are within tolerance and the agreement is at least 0.999.
     pub passed: bool,
+}
+
+impl DeviceParity {
+    /// One line, as `rlap device-check` prints it (`device` as given).
+    pub fn text(&self, device: &str) -> String {
+        format!(
+            "device check, cpu vs {device} on {} MNIST samples (40 % symmetric label noise): label-gradient rel. diff {:.2e}, max-class rel. diff {:.2e} (tolerance {:.0e}), partition agreement {:.4} -> {}\n",
+            self.samples,
+            self.label_gradient_rel_diff,
+            self.max_class_rel_diff,
+            self.tolerance,
+            self.partition_agreement,
+            if self.passed { "PASS" } else { "FAIL" }
+        )
+    }
 }
 
 /// Train a small MLP on the CPU (seeded), copy it to `device` through a checkpoint, attribute

@@ -41,41 +41,59 @@ fn kafka<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> ToolError + '_ {
     move |e| ToolError::Kafka(format!("{what}: {e}"))
 }
 
-/// What to produce.
-#[derive(Clone, Debug)]
+/// What to produce (also `rlap produce`'s options).
+#[derive(Clone, Debug, clap::Args)]
 pub struct ProduceArgs {
-    /// Bootstrap servers.
+    /// Bootstrap servers, host:port[,host:port].
+    #[arg(long)]
     pub brokers: String,
-    /// Target topic.
+    /// Target topic (created if absent).
+    #[arg(long)]
     pub topic: String,
-    /// Data set (its training split is streamed, or the test split with `test_split`).
+    /// mnist | fashion-mnist | idx:DIR[,K] | csv:TRAIN.csv,TEST.csv[,K] (K: number of
+    /// classes); its training split is streamed.
+    #[arg(long, default_value = "mnist")]
     pub dataset: DatasetSpec,
-    /// Folder of the named data sets.
+    /// Folder of the named data sets ($RLAP_DATA_DIR or ./data).
+    #[arg(long, default_value_os_t = crate::data::default_data_dir())]
     pub data_dir: std::path::PathBuf,
-    /// Corruption applied before streaming (its mask goes into the truth header).
+    /// Corruption, e.g. label-symmetric:0.4, applied before streaming (the truth goes into
+    /// the rlap-truth-corrupted header).
+    #[arg(long, default_value = "label-symmetric:0.4")]
     pub corruption: Corruption,
     /// Seed of the corruption (and of the subsample).
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Stream a stratified subsample of this many samples of the training split, drawn as
     /// `rlap experiment --train-size` draws it (same seed: the same samples and labels).
+    #[arg(long)]
     pub train_size: Option<usize>,
     /// Messages per second at most (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
     pub rate: u64,
     /// Samples at most (0 = all).
+    #[arg(long, default_value_t = 0)]
     pub limit: usize,
     /// Skip this many samples first (to continue a stream).
+    #[arg(long, default_value_t = 0)]
     pub skip: usize,
     /// Partitions when the topic is created.
+    #[arg(long, default_value_t = 3)]
     pub partitions: i32,
-    /// Create the topic if absent.
+    /// Create the topic if absent (always, from the command line).
+    #[arg(skip = true)]
     pub create_topic: bool,
-    /// Every n-th message is malformed (0 = none), cycling through the invalid kinds.
+    /// Every n-th message is malformed, to exercise the dead-letter topic (0 = none),
+    /// cycling through the invalid kinds.
+    #[arg(long, default_value_t = 0)]
     pub malformed_every: usize,
-    /// Encode samples as JSON (with the `content-type: application/json` header).
+    /// Send JSON instead of protobuf (content-type: application/json header).
+    #[arg(long)]
     pub json: bool,
     /// Flow control for brokers with bounded logs (librdkafka's mock cluster keeps ~5 MB per
     /// partition): never get more than `.1` messages ahead of the counter `.0` (messages
     /// consumed by the daemon).
+    #[arg(skip)]
     pub throttle: Option<(prometheus::IntCounter, u64)>,
 }
 
@@ -93,6 +111,20 @@ pub struct ProduceReport {
     /// The hidden truth of every valid sample produced: id → (corrupted, index).
     #[serde(skip)]
     pub truth: HashMap<String, (bool, usize)>,
+}
+
+impl ProduceReport {
+    /// One line: what was sent to `topic`, how fast.
+    pub fn text(&self, topic: &str) -> String {
+        format!(
+            "produced {} samples ({} corrupted) and {} malformed messages to {topic} in {:.1} s ({:.0} msg/s)\n",
+            self.samples,
+            self.corrupted,
+            self.malformed,
+            self.seconds,
+            (self.samples + self.malformed) as f64 / self.seconds.max(1e-9)
+        )
+    }
 }
 
 /// Create `topic` with `partitions` partitions if it does not exist.
@@ -629,4 +661,13 @@ pub fn version_accuracies(
         ));
     }
     Ok(out)
+}
+
+/// One line of `(version, accuracy)` pairs, as `rlap evaluate-verdicts --store` prints them.
+pub fn version_accuracies_text(acc: &[(u64, f64)]) -> String {
+    let mut t = String::from("test-split accuracy by model version:");
+    for (v, x) in acc {
+        t += &format!(" v{v}={x:.4}");
+    }
+    t + "\n"
 }

@@ -1,41 +1,34 @@
-#!/usr/bin/env bash
-# Check the deployment and alerting files under deploy/ as far as a machine without Docker or a
-# Kubernetes cluster can:
-#   - every YAML under deploy/ parses (all documents), the Grafana dashboard JSON parses;
-#   - the generated k8s manifests are fresh (scripts/gen-k8s.py --check), the PrometheusRule's
-#     spec.groups equals alerts.yml's groups, the ConfigMap's rlap.toml equals deploy/rlap.toml;
-#   - every rlap_* metric (and its labels) used by the alert rules and the dashboard is one
-#     src/metrics.rs registers (histograms: also _bucket/_sum/_count and le);
-#   - every dashboard query is valid PromQL (promtool check rules on a generated rule file);
-#   - every alert has a severity (critical|warning|info), a summary, a description and a
-#     runbook_url naming a heading of docs/runbook.md;
-#   - alerts_test.yml has, for every alert and severity, a case that fires and one that does not;
-#   - promtool check config / check rules / test rules;
-#   - deploy/rlap.toml and the ConfigMap's copy are accepted by `rlap check-config`, with the
-#     RLAP__* overrides that compose and the StatefulSet set (fallback when the binary or the
-#     subcommand is missing: keys checked against configs/default.toml, with a warning);
-#   - cross references: k8s selectors, ports, volume/claim/ConfigMap names, probes; compose
-#     bind mounts and build paths; Grafana datasource uid and dashboard path; the Dockerfile's
-#     ONNX Runtime version against src/onnx/runtime.rs; the root .dockerignore.
-# Needs python3 with PyYAML; promtool comes from scripts/setup-prometheus.sh (fetched once).
-# Environment: RLAP_BIN (default target/release/rlap), PROMTOOL (default: setup-prometheus.sh's).
-# Exits non-zero with one line per problem. Writes nothing outside a temp folder.
-set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-
-if [ -z "${PROMTOOL:-}" ]; then
-  bin=$(scripts/setup-prometheus.sh)
-  PROMTOOL="$bin/promtool"
-fi
-export PROMTOOL
-export RLAP_BIN=${RLAP_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/rlap}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-export CHECK_TMP=$tmp
-
-python3 - <<'PY'
-import glob, json, os, re, subprocess, sys, tomllib
+#!/usr/bin/env python3
+"""Check the deployment and alerting files under deploy/ as far as a machine without Docker or a
+Kubernetes cluster can:
+  - every YAML under deploy/ parses (all documents), the Grafana dashboard JSON parses;
+  - the generated k8s manifests are fresh (scripts/gen-k8s.py --check), the PrometheusRule's
+    spec.groups equals alerts.yml's groups, the ConfigMap's rlap.toml equals deploy/rlap.toml;
+  - every rlap_* metric (and its labels) used by the alert rules and the dashboard is one
+    the binary defines (`rlap metrics --list`) (histograms: also _bucket/_sum/_count and le);
+  - every dashboard query is valid PromQL (promtool check rules on a generated rule file);
+  - every alert has a severity (critical|warning|info), a summary, a description and a
+    runbook_url naming a heading of docs/runbook.md;
+  - alerts_test.yml has, for every alert and severity, a case that fires and one that does not;
+  - promtool check config / check rules / test rules;
+  - deploy/rlap.toml and the ConfigMap's copy are accepted by `rlap check-config`, with the
+    RLAP__* overrides that compose and the StatefulSet set (fallback when the binary or the
+    subcommand is missing: keys checked against configs/default.toml, with a warning);
+  - cross references: k8s selectors, ports, volume/claim/ConfigMap names, probes; compose
+    bind mounts and build paths; Grafana datasource uid and dashboard path; the Dockerfile's
+    ONNX Runtime version against src/onnx/runtime.rs; the root .dockerignore.
+Needs python3 with PyYAML; promtool comes from scripts/setup-prometheus.sh (fetched once).
+Environment: RLAP_BIN (default target/release/rlap), PROMTOOL (default: setup-prometheus.sh's).
+Exits non-zero with one line per problem. Writes nothing outside a temp folder.
+"""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
 from pathlib import Path
 
 try:
@@ -43,10 +36,16 @@ try:
 except ImportError:
     sys.exit("check-deploy: python3 needs PyYAML (pip install pyyaml / apt-get install python3-yaml)")
 
-ROOT = Path.cwd()
-TMP = Path(os.environ["CHECK_TMP"])
-PROMTOOL = os.environ["PROMTOOL"]
-RLAP_BIN = os.environ["RLAP_BIN"]
+ROOT = Path(__file__).resolve().parent.parent
+os.chdir(ROOT)
+PROMTOOL = os.environ.get("PROMTOOL") or str(
+    Path(subprocess.run(["scripts/setup-prometheus.sh"], check=True, capture_output=True,
+                        text=True).stdout.strip().splitlines()[-1]) / "promtool")
+RLAP_BIN = os.environ.get("RLAP_BIN") or str(
+    Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release" / "rlap")
+_tmp = tempfile.TemporaryDirectory(prefix="check-deploy-")
+TMP = Path(_tmp.name)
+
 problems = []
 warnings = []
 done = []
@@ -129,33 +128,28 @@ elif cm_toml is not None and rlap_toml is not None and cm_toml != rlap_toml:
     problem("deploy/k8s/configmap.yaml: data.rlap.toml differs from deploy/rlap.toml")
 
 # ------------------------------------------------------------------ metric names and labels
-src = Path("src/metrics.rs").read_text()
-names = re.findall(r'"(rlap_[a-z_]+)"', src)
-if not names:
-    problem("src/metrics.rs: no \"rlap_...\" metric names found")
-histograms = set(re.findall(r'(?:secs|HistogramOpts::new)\(\s*"(rlap_[a-z_]+)"', src))
-labels = {}
-# Each registration reg(&r, ...): its name and the label list &["a", "b"] that follows, if any.
-for chunk in re.split(r"\breg\(\s*&r,", src)[1:]:
-    m = re.search(r'"(rlap_[a-z_]+)"', chunk)
-    if not m:
-        continue
-    body = chunk.split("reg(")[0]
-    lm = re.search(r"&\[([^\]]*)\]", body)
-    labels[m.group(1)] = set(re.findall(r'"([a-z_]+)"', lm.group(1))) if lm else set()
+# `rlap metrics --list`: name, type, label names (`-`: none), help; tab-separated.
 exposed = {}
-for n in set(names):
-    ls = labels.get(n, set())
-    if n in histograms:
-        exposed[n + "_bucket"] = ls | {"le"}
-        exposed[n + "_sum"] = ls
-        exposed[n + "_count"] = ls
+r = run([RLAP_BIN, "metrics", "--list"]) if os.access(RLAP_BIN, os.X_OK) else None
+if r is None or r.returncode != 0:
+    problem(f"{RLAP_BIN} metrics --list failed (build it first: cargo build --release): "
+            f"{(r.stderr.strip() if r else 'not built')}")
+else:
+    kinds = {}
+    for line in r.stdout.splitlines():
+        name, kind, labs, _help = line.split("\t", 3)
+        ls = set() if labs == "-" else set(labs.split(","))
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind == "histogram":
+            exposed[name + "_bucket"] = ls | {"le"}
+            exposed[name + "_sum"] = ls
+            exposed[name + "_count"] = ls
+        else:
+            exposed[name] = ls
+    if not kinds.get("histogram") or not kinds.get("counter"):
+        problem(f"{RLAP_BIN} metrics --list: expected counters and histograms, got {kinds}")
     else:
-        exposed[n] = ls
-if not histograms:
-    problem("src/metrics.rs: found no histogram (secs(...)/HistogramOpts::new(...)) - parser out of date?")
-if set(names) - set(labels):
-    problem(f"src/metrics.rs: could not find the registration of {sorted(set(names) - set(labels))}")
+        ok(f"rlap metrics --list: {sum(kinds.values())} metrics ({kinds})")
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "endpoint", "container"}
 SEL = re.compile(r"(rlap_[a-z_]+)(\{([^}]*)\})?")
 
@@ -166,7 +160,7 @@ def check_promql(expr, where):
         name, sel = m.group(1), m.group(3)
         used.add(name)
         if name not in exposed:
-            problem(f"{where}: {name} is not a metric rlap exposes (src/metrics.rs)")
+            problem(f"{where}: {name} is not a metric rlap exposes (rlap metrics --list)")
             continue
         for lab in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!=|!~|=)", sel or ""):
             if lab not in exposed[name] | TARGET_LABELS:
@@ -368,7 +362,6 @@ def fallback_check(text, label, env):
         problem(f"{label}: TOML does not parse: {e}")
         return
     known = default_keys()
-    sections = {k.split(".")[0] for k in known}
     def walk(tb, pre):
         for k, v in tb.items():
             key = ".".join(pre + [k])
@@ -589,4 +582,3 @@ if problems:
     print(f"check-deploy: {len(problems)} problem(s)", file=sys.stderr)
     sys.exit(1)
 print("check-deploy: all deployment checks passed")
-PY

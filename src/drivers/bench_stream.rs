@@ -35,8 +35,8 @@ use serde::Serialize;
 
 use crate::corruption::Corruption;
 use crate::data::DatasetSpec;
+use crate::drivers::topics::{self, ProduceArgs, ToolError};
 use crate::progress::Progress;
-use crate::stream::tools::{self, ProduceArgs, ToolError};
 
 /// Fewest warm-up samples of the soak, whatever `warmup_secs` says: the daemon holds the
 /// verdicts of its first `mixture.warmup_samples` (5,000 by default) until its mixture is
@@ -44,31 +44,62 @@ use crate::stream::tools::{self, ProduceArgs, ToolError};
 pub const MIN_WARMUP_SAMPLES: u64 = 10_000;
 
 /// Settings of the benchmark.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct StreamBenchArgs {
-    /// Bootstrap servers of a real broker.
+    /// Bootstrap servers of a real broker (e.g. from scripts/kafka.sh start).
+    #[arg(long)]
     pub brokers: String,
-    /// The `rlap` binary that runs the daemon.
+    /// The `rlap` binary that runs the daemon (the running one, from the command line).
+    #[arg(skip)]
     pub exe: PathBuf,
-    /// Working folder (store, state, configs, logs).
+    /// Working folder: store, state, configs, logs (emptied first).
+    #[arg(long, default_value_os_t = default_work_dir())]
     pub work_dir: PathBuf,
-    /// Folder of the named data sets.
+    /// Folder of the named data sets ($RLAP_DATA_DIR or ./data).
+    #[arg(long, default_value_os_t = crate::data::default_data_dir())]
     pub data_dir: PathBuf,
-    /// Samples of the throughput phase.
+    /// Samples of the throughput phase (pre-filled topic, drained as fast as possible).
+    #[arg(long, default_value_t = 200_000)]
     pub throughput_samples: usize,
-    /// Measured samples of the latency/memory phase (after the warm-up).
+    /// Measured samples of the latency/memory soak (after its warm-up).
+    #[arg(long, default_value_t = 1_000_000)]
     pub soak_samples: usize,
-    /// Fraction of the measured throughput the soak is fed at.
+    /// The soak is fed at this fraction of the measured throughput, in (0, 1].
+    #[arg(long = "rate-fraction", default_value_t = 0.5)]
     pub latency_rate_fraction: f64,
-    /// A fixed soak rate, messages/s, instead of the fraction (A/B runs, or half the target).
+    /// Feed the soak at this many messages/s instead of the fraction (the same load for
+    /// every run of an A/B comparison, e.g. 5000 for half the 10,000/s throughput target);
+    /// 0 = use the fraction.
+    #[arg(long)]
     pub soak_rate: Option<u64>,
-    /// Seconds of soak load before the measured samples (broker JIT warm-up), at the soak rate;
-    /// at least [`MIN_WARMUP_SAMPLES`] samples.
+    /// Seconds of soak load before the measured samples (at least 10,000 samples): a freshly started broker's JIT compiler competes for the cores at first (the
+    /// warm-up's figures are reported separately).
+    #[arg(long, default_value_t = 60)]
     pub warmup_secs: u64,
     /// Run model cycles during the soak (they compete for the 2 cores).
+    #[arg(long)]
     pub cycles: bool,
-    /// Port of the daemon's HTTP API (metrics).
+    /// Port of the daemon's HTTP API (its /metrics is read).
+    #[arg(long, default_value_t = 38181)]
     pub api_port: u16,
+}
+
+impl StreamBenchArgs {
+    /// Problems with the options, one line.
+    ///
+    /// # Errors
+    /// [`ToolError::Invalid`] naming the option.
+    pub fn check(&self) -> Result<(), ToolError> {
+        if !(self.latency_rate_fraction > 0.0 && self.latency_rate_fraction <= 1.0) {
+            return Err(ToolError::Invalid(
+                "--rate-fraction must lie in (0, 1]".into(),
+            ));
+        }
+        if self.throughput_samples < 20_000 || self.soak_samples == 0 {
+            return Err(ToolError::Invalid("--throughput-samples must be >= 20000 (the first 10000 bootstrap the model) and --soak-samples > 0".into()));
+        }
+        Ok(())
+    }
 }
 
 /// One RSS sample.
@@ -339,6 +370,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// # Errors
 /// [`ToolError`] when the broker, the data or the daemon fails.
 pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBenchReport, ToolError> {
+    a.check()?;
+    if a.work_dir.exists() {
+        std::fs::remove_dir_all(&a.work_dir)
+            .map_err(|e| ToolError::Invalid(format!("emptying {}: {e}", a.work_dir.display())))?;
+    }
     std::fs::create_dir_all(&a.work_dir).map_err(err)?;
     let tag = std::process::id();
     let port = a.api_port;
@@ -347,7 +383,7 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
     let t1 = format!("bench-throughput-{tag}");
     let n1 = a.throughput_samples;
     tracing::info!(samples = n1, topic = %t1, "phase 1: filling the topic");
-    tools::produce(&produce_args(a, &t1, n1, 0), progress).await?;
+    topics::produce(&produce_args(a, &t1, n1, 0), progress).await?;
     let d = Daemon::start(a, &t1, false)?;
     let mut rates: Vec<(f64, u64)> = vec![];
     let start = Instant::now();
@@ -386,12 +422,13 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
     let t2 = format!("bench-soak-{tag}");
     let rate = a
         .soak_rate
+        .filter(|r| *r > 0)
         .unwrap_or((sustained * a.latency_rate_fraction).max(1.0) as u64);
     let n2 = a.soak_samples;
     let warm = (rate * a.warmup_secs).max(MIN_WARMUP_SAMPLES);
     let fed = n2 + warm as usize;
-    tools::create_topic(&a.brokers, &t2, 3, &[]).await?;
-    tools::create_topic(&a.brokers, &format!("{t2}.verdicts"), 3, &[]).await?;
+    topics::create_topic(&a.brokers, &t2, 3, &[]).await?;
+    topics::create_topic(&a.brokers, &format!("{t2}.verdicts"), 3, &[]).await?;
     let d = Daemon::start(a, &t2, a.cycles)?;
     // Wait until the daemon has joined the group and owns partition 0 (the store already
     // holds version 1: no bootstrap), so the latency excludes the group join.
@@ -424,10 +461,10 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
                 idle = Instant::now();
                 if let Some(v) = m
                     .payload()
-                    .and_then(|p| crate::stream::schema::decode_verdict(p, tools::is_json(&m)))
+                    .and_then(|p| crate::stream::schema::decode_verdict(p, topics::is_json(&m)))
                 {
                     if let (Some(t), Some(seq)) =
-                        (v.event_time_ms, tools::id_position(&v.sample_id))
+                        (v.event_time_ms, topics::id_position(&v.sample_id))
                     {
                         lat.push(Timing {
                             seq,
@@ -446,7 +483,7 @@ pub async fn run(a: &StreamBenchArgs, progress: &Progress) -> Result<StreamBench
     let producer = {
         let args = produce_args(a, &t2, fed, rate);
         let p = progress.clone();
-        tokio::spawn(async move { tools::produce(&args, &p).await })
+        tokio::spawn(async move { topics::produce(&args, &p).await })
     };
     let mut rss = vec![];
     loop {
@@ -647,8 +684,8 @@ mod tests {
             measured.iter().map(|t| t.seq).collect::<Vec<_>>(),
             [10_002, 10_000]
         );
-        assert_eq!(tools::id_position("mnist-10000"), Some(10_000));
-        assert_eq!(tools::id_position("label-symmetric_0.4-mnist-7"), Some(7));
-        assert_eq!(tools::id_position("no-number"), None);
+        assert_eq!(topics::id_position("mnist-10000"), Some(10_000));
+        assert_eq!(topics::id_position("label-symmetric_0.4-mnist-7"), Some(7));
+        assert_eq!(topics::id_position("no-number"), None);
     }
 }

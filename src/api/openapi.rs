@@ -35,7 +35,7 @@ impl Modify for BearerAuth {
     info(
         title = "rlap model-serving API",
         version = "1",
-        description = "Predictions from the current model version, the model store's versions and files, the streaming daemon's status and admin operations (`Authorization: Bearer <token>`). The `/v2` routes are the Open Inference Protocol (KServe v2, Triton's HTTP protocol) on the same ONNX Runtime session as `/v1/predict`; there `{name}` is the served model and the binary tensor extension is accepted (request header `Inference-Header-Content-Length`). Generated from the code (src/serve.rs, src/serve/oip.rs)."
+        description = "Predictions from the current model version, the model store's versions and files, the streaming daemon's status and admin operations (`Authorization: Bearer <token>`). The `/v2` routes are the Open Inference Protocol (KServe v2, Triton's HTTP protocol) on the same ONNX Runtime session as `/v1/predict`; there `{name}` is the served model and the binary tensor extension is accepted (request header `Inference-Header-Content-Length`). Generated from the code (src/api.rs, src/api/oip.rs)."
     ),
     paths(
         super::predict,
