@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch Prometheus 2.42 and promtool from Debian's `prometheus` package, unpacked (not
-# installed: no root needed) into .cache/prometheus (git-ignored), for scripts/check-deploy.sh
+# installed: no root needed) into .cache/prometheus (git-ignored), for scripts/check_deploy.py
 # (promtool check config / check rules / test rules) and for running a local Prometheus
 # against `rlap serve`. Idempotent: nothing is fetched once the marker file is there.
 # Prints the bin folder on stdout (progress goes to stderr), e.g.

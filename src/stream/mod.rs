@@ -2,21 +2,19 @@
 //! prune-and-fine-tune cycles.
 //!
 //! Modules, in the order a sample meets them:
-//! - [`config`]: the TOML + environment configuration, validated at start-up.
-//! - [`schema`]: the protobuf schemas (`proto/rlap/v1`), decoding and validation of samples.
-//! - [`daemon`]: Kafka source → scorer thread → Kafka sink; offsets, dead letters, shutdown.
-//! - [`offsets`]: which offset may be stored (at-least-once bookkeeping).
-//! - [`engine`]: the scorer: bootstrap, warm-up, attribution → online GMM → verdicts.
-//! - [`verdicter`]: the verdict rule (online noise model, default, or online mixture).
-//! - [`online_gmm`]: stepwise EM of the two-component mixture.
-//! - [`trigger`]: windowed and EWMA noise rate, hysteresis, cool-down.
-//! - [`replay`]: the bounded class-balanced replay buffer.
-//! - [`cycle`]: regression sensitivity → prune → fine-tune → evaluate → accept → publish.
-//! - [`guard`]: the cycle's acceptance guard (size floor, confidence bound, per-class checks).
-//! - [`state`]: atomic checkpoints.
-//! - [`tools`]: `rlap produce` and `rlap evaluate-verdicts`.
-//! - [`demo`]: the whole loop on librdkafka's in-process mock cluster.
-//! - [`bench`]: `rlap bench-stream`: throughput, latency and memory against a real broker.
+//! - [`config`]: the TOML + environment configuration, checked once into a `ValidConfig`.
+//! - [`daemon`]: the wiring: clients, bounded channels, the stages, the shutdown order.
+//! - [`kafka`]: client settings, topics, the rebalance context, produce with retry.
+//! - [`source`]: poll, decode and validate ([`schema`]), input-shift check, micro-batches.
+//! - [`scorer`]: the [`engine`] on its own thread; checkpoints ([`state`]) on another.
+//! - [`engine`]: bootstrap, warm-up, [`features`] → verdict rule ([`verdicter`]: the online
+//!   noise model or [`online_gmm`]) → verdicts; [`trigger`], [`replay`].
+//! - [`cycle`]: regression sensitivity → prune → fine-tune → evaluate → [`guard`] → publish.
+//! - [`sink`]: verdicts, dead letters and model events produced; [`offsets`] stored once
+//!   acknowledged.
+//!
+//! The clients of the daemon (`produce`, `evaluate-verdicts`, the demo, `bench-stream`) live
+//! in [`crate::drivers`]; `rlap serve` (daemon + API) in [`crate::app`].
 
 pub mod config;
 pub mod cycle;
