@@ -109,5 +109,5 @@ LINT_PY := .cache/lint/bin/python
 lint-py:
 	python3 scripts/module_deps.py
 	test -x $(LINT_PY) || python3 -m venv .cache/lint
-	$(LINT_PY) -m pyflakes --version >/dev/null 2>&1 || $(LINT_PY) -m pip install -q pyflakes
+	$(LINT_PY) -m pyflakes --version >/dev/null 2>&1 || $(LINT_PY) -m pip install -q pyflakes==4.1.0
 	$(LINT_PY) -m pyflakes scripts/*.py benches/*.py examples/python/*.py tests/python/*.py docs/experiments/*.py

@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Architecture constants of src/model.rs.
+# Architecture constants of src/model/mod.rs.
 MLP_WIDTH, CONV1, CONV2, KERNEL, HIDDEN = 512, 16, 32, 5, 256
 
 

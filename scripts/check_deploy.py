@@ -5,7 +5,8 @@ Kubernetes cluster can:
   - the generated k8s manifests are fresh (scripts/gen-k8s.py --check), the PrometheusRule's
     spec.groups equals alerts.yml's groups, the ConfigMap's rlap.toml equals deploy/rlap.toml;
   - every rlap_* metric (and its labels) used by the alert rules and the dashboard is one
-    the binary defines (`rlap metrics --list`) (histograms: also _bucket/_sum/_count and le);
+    the binary defines (`rlap metrics --list`; histograms: also _bucket/_sum/_count and le),
+    so the binary must be built first (cargo build --release);
   - every dashboard query is valid PromQL (promtool check rules on a generated rule file);
   - every alert has a severity (critical|warning|info), a summary, a description and a
     runbook_url naming a heading of docs/runbook.md;
@@ -39,7 +40,7 @@ except ImportError:
 ROOT = Path(__file__).resolve().parent.parent
 os.chdir(ROOT)
 PROMTOOL = os.environ.get("PROMTOOL") or str(
-    Path(subprocess.run(["scripts/setup-prometheus.sh"], check=True, capture_output=True,
+    Path(subprocess.run(["scripts/setup-prometheus.sh"], check=True, stdout=subprocess.PIPE,
                         text=True).stdout.strip().splitlines()[-1]) / "promtool")
 RLAP_BIN = os.environ.get("RLAP_BIN") or str(
     Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release" / "rlap")

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """The library's module graph, checked: no import loop and no upward import.
 
-Reads every module of `src/` (not `src/bin/`: the binary may use anything), takes the
-`crate::…` paths its code names (comments, doc links and `#[cfg(test)]` modules left out,
-so a test may reach anywhere), resolves each to the longest module it names, and checks
+Reads every module of `src/` (not `src/bin/`: the binary may use anything; not the `tests`
+modules: a test may reach anywhere), takes the paths its code names — `crate::…`, `super::…`
+and grouped `crate::{…}` imports; string literals, comments and inline `#[cfg(test)]` modules
+left out — resolves each to the longest module it names, and checks
 
-  - that the graph has no cycle (Tarjan's strongly connected components), a module and its
-    own submodules counting as one; and
+  - that the graph has no cycle (Tarjan's strongly connected components), at every depth of
+    the module tree: a module and its submodules count as one node at the depth above them
+    (so `a::x -> b -> a` is a loop of `a` and `b`), siblings are separate nodes at theirs; an
+    edge between a module and one of its own ancestors or descendants (`use super::*` in a
+    submodule, `mod` and `pub use` in its parent) does not count; and
   - that every edge goes to a layer at or below the importer's, by the LAYERS table below,
     which is the order ARCHITECTURE.md describes.
 
@@ -58,22 +62,89 @@ def modules(root="src"):
                 continue
             path = os.path.join(dirpath, f)
             parts = os.path.relpath(path, root)[:-3].split(os.sep)
-            if parts[-1] in ("mod", "lib", "main"):
+            is_dir_module = parts[-1] in ("mod", "lib", "main")
+            if is_dir_module:
                 parts = parts[:-1]
+            if parts and parts[-1] == "tests":
+                continue
             if parts:
-                out["::".join(parts)] = path
+                out["::".join(parts)] = (path, is_dir_module)
     return out
 
 
-TEST_MOD = re.compile(r"^#\[cfg\(test\)\]\s*\n\s*(pub(\(crate\))?\s+)?mod\s+\w+\s*\{", re.M)
+STRING = re.compile(r'b?r(#*)"(.|\n)*?"\1|b?"(\\.|[^"\\])*"', re.S)
+TEST_ATTR = re.compile(r"#\[cfg\(test\)\]\s*(pub(\([a-z]+\))?\s+)?mod\s+\w+\s*\{")
 
 
 def code_of(path):
     src = open(path).read()
-    m = TEST_MOD.search(src)
-    if m:
-        src = src[: m.start()]
-    return re.sub(r"//[^\n]*", "", src)
+    src = STRING.sub('""', src)
+    src = re.sub(r"//[^\n]*", "", src)
+    src = re.sub(r"/\*.*?\*/", "", src, flags=re.S)
+    # Inline test modules: from the attribute to the matching closing brace.
+    while (m := TEST_ATTR.search(src)) is not None:
+        depth, i = 1, m.end()
+        while i < len(src) and depth:
+            depth += {"{": 1, "}": -1}.get(src[i], 0)
+            i += 1
+        src = src[: m.start()] + src[i:]
+    return src
+
+
+def expand(text):
+    """`a::{b, c::{d, e}}` -> ["a::b", "a::c::d", "a::c::e"] (top level of one use tree)."""
+    text = text.strip()
+    if "{" not in text:
+        return [text] if text else []
+    head, _, rest = text.partition("{")
+    inner = rest[: rest.rfind("}")]
+    items, depth, cur = [], 0, ""
+    for ch in inner:
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+            continue
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        cur += ch
+    items.append(cur)
+    out = []
+    for it in items:
+        for e in expand(it):
+            out.append(head + e if e not in ("self", "*") else head.rstrip(":"))
+    return out
+
+
+def references(code):
+    """Every `crate::…` or `super::…` path in `code`, grouped imports expanded."""
+    refs = []
+    for m in re.finditer(r"\b(crate|super)((?:::super)*)::\{", code):
+        depth, i = 1, m.end()
+        while i < len(code) and depth:
+            depth += {"{": 1, "}": -1}.get(code[i], 0)
+            i += 1
+        refs += expand(code[m.start():i])
+    refs += [m.group(0) for m in re.finditer(r"\b(?:crate|super)(?:::super)*(?:::[A-Za-z_][A-Za-z_0-9]*)+", code)]
+    return refs
+
+
+def resolve(ref, module, is_dir_module, mods):
+    """The longest module `ref` (seen from `module`) names, or None."""
+    parts = [p for p in ref.split("::") if p]
+    if parts[0] == "crate":
+        base, parts = [], parts[1:]
+    else:
+        # `super` of a file module `a::b` (src/a/b.rs) is `a`; of a directory module `a::b`
+        # (src/a/b/mod.rs) also `a`.
+        base = module.split("::")[:-1] if module else []
+        parts = parts[1:]
+        while parts and parts[0] == "super":
+            base, parts = base[:-1], parts[1:]
+    full = base + parts
+    for k in range(len(full), 0, -1):
+        cand = "::".join(full[:k])
+        if cand in mods:
+            return cand
+    return None
 
 
 def layer(m):
@@ -91,11 +162,9 @@ def related(a, b):
 
 def graph(mods):
     edges = defaultdict(set)
-    for m, path in mods.items():
-        for ref in re.findall(r"crate::([a-z_0-9]+(?:::[a-z_0-9]+)*)", code_of(path)):
-            parts = ref.split("::")
-            target = next(("::".join(parts[:k]) for k in range(len(parts), 0, -1)
-                           if "::".join(parts[:k]) in mods), None)
+    for m, (path, is_dir) in mods.items():
+        for ref in references(code_of(path)):
+            target = resolve(ref, m, is_dir, mods)
             if target and not related(m, target):
                 edges[m].add(target)
     return edges
@@ -146,8 +215,21 @@ def main():
             lm, lt = layer(m), layer(t)
             if lm is not None and lt is not None and lt > lm:
                 problems.append(f"upward import: {m} (layer {lm}) -> {t} (layer {lt})")
-    for comp in cycles(mods, edges):
-        problems.append("import loop: " + " <-> ".join(comp))
+    depth = max(len(m.split("::")) for m in mods)
+    seen = set()
+    for d in range(1, depth + 1):
+        cut = lambda m: "::".join(m.split("::")[:d])  # noqa: E731
+        nodes = {cut(m) for m in mods}
+        short = defaultdict(set)
+        for m, targets in edges.items():
+            for t in targets:
+                a, b = cut(m), cut(t)
+                if a != b and not related(a, b):
+                    short[a].add(b)
+        for comp in cycles(nodes, short):
+            if tuple(comp) not in seen:
+                seen.add(tuple(comp))
+                problems.append("import loop: " + " <-> ".join(comp))
     if "--print" in sys.argv:
         for m in sorted(mods):
             print(f"{m} [{layer(m)}] -> {' '.join(sorted(edges.get(m, ()))) or '-'}")

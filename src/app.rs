@@ -44,7 +44,7 @@ pub async fn serve(
     let (control_tx, control_rx) = mpsc::channel(1);
     // The API stops after the daemon has (also when the daemon fails).
     let (api_stop_tx, api_stop) = watch::channel(false);
-    let api = match cfg.listen {
+    let api = match cfg.listen() {
         Some(bind) => {
             let handles = DaemonHandles {
                 metrics: metrics.clone(),

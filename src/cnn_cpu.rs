@@ -17,7 +17,7 @@
 //! Samples are processed in chunks of [`CHUNK`] so the im2col buffers stay small (cache-sized
 //! for conv2) whatever the batch; the weight gradients accumulate across chunks. The matrix
 //! products use the `gemm` crate (candle's own GEMM) on the pool [`crate::cpu`] sizes.
-//! Layers and sizes follow `Model::new` (src/model.rs): conv1 `[16, C, 5, 5]`, conv2
+//! Layers and sizes follow `Model::new` (src/model/mod.rs): conv1 `[16, C, 5, 5]`, conv2
 //! `[32, 16, 5, 5]`, both valid, stride 1, each followed by ReLU and a 2×2 max-pool; the body's
 //! output is flattened in NCHW order `[n, 32·H4·W4]`.
 

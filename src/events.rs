@@ -133,18 +133,8 @@ pub struct DeadLettered {
     pub partition: i32,
     /// Source offset.
     pub offset: i64,
-    /// The dead-letter reason (one of `stream::schema::INVALID_REASONS`).
+    /// The dead-letter reason (one of [`crate::metrics::DEAD_LETTER_REASONS`]).
     pub reason: &'static str,
-}
-
-impl DeadLettered {
-    /// Create the `reason` series at zero, so dashboards and alerts see every documented
-    /// reason before its first dead letter.
-    pub fn declare_reasons(m: &DaemonMetrics, reasons: &[&str]) {
-        for r in reasons {
-            m.invalid_samples.with_label_values(&[r]);
-        }
-    }
 }
 
 impl InternalEvent for DeadLettered {
@@ -317,6 +307,16 @@ pub struct RunTotals {
 }
 
 impl RunTotals {
+    /// What was counted after `earlier` (a reading of the same metrics).
+    pub fn since(&self, earlier: &RunTotals) -> RunTotals {
+        RunTotals {
+            consumed: self.consumed.saturating_sub(earlier.consumed),
+            verdicts: self.verdicts.saturating_sub(earlier.verdicts),
+            noisy: self.noisy.saturating_sub(earlier.noisy),
+            dead_letters: self.dead_letters.saturating_sub(earlier.dead_letters),
+        }
+    }
+
     /// Read the totals from `m`.
     pub fn read(m: &DaemonMetrics) -> Self {
         use prometheus::core::Collector as _;
@@ -344,7 +344,6 @@ mod tests {
     #[test]
     fn events_count_what_the_totals_read() {
         let m = DaemonMetrics::new();
-        DeadLettered::declare_reasons(&m, &["decode", "oversize"]);
         assert_eq!(RunTotals::read(&m), RunTotals::default());
         for _ in 0..5 {
             MessageReceived.emit(&m);
@@ -372,6 +371,14 @@ mod tests {
             }
         );
         assert_eq!(m.verdict_latency_seconds.get_sample_count(), 3);
+        MessageReceived.emit(&m);
+        assert_eq!(
+            RunTotals::read(&m).since(&t),
+            RunTotals {
+                consumed: 1,
+                ..RunTotals::default()
+            }
+        );
         let text = m.encode();
         assert!(text.contains("rlap_invalid_samples_total{reason=\"oversize\"} 0"));
         assert!(text.contains("rlap_invalid_samples_total{reason=\"input_shift\"} 1"));

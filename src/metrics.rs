@@ -2,7 +2,7 @@
 //!
 //! This module owns every metric's name, type, unit and label set. Names follow Prometheus
 //! conventions: `rlap_` prefix, base units (seconds), `_total` for counters, and only bounded
-//! label values (outcomes, dead-letter reasons, stages, partition numbers of the input
+//! label values (outcomes, [`DEAD_LETTER_REASONS`], stages, partition numbers of the input
 //! topic). What updates them is [`crate::events`]: one typed event per notable thing, which
 //! logs and counts it. Each [`DaemonMetrics`] has its own registry, so
 //! several daemons can live in one process (tests).
@@ -11,6 +11,20 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Every dead-letter reason (`rlap_invalid_samples_total{reason}`, the `rlap-dlq-reason`
+/// header): what `stream::schema` validation and the source's input-shift check give.
+pub const DEAD_LETTER_REASONS: [&str; 9] = [
+    "oversize",
+    "decode",
+    "empty_id",
+    "feature_count",
+    "shape_mismatch",
+    "non_finite",
+    "feature_range",
+    "label_range",
+    "input_shift",
+];
 
 /// All metrics, registered in `registry`.
 #[derive(Clone)]
@@ -390,6 +404,9 @@ impl DaemonMetrics {
         }
         for o in ["accepted", "rejected", "skipped", "failed"] {
             m.cycles.with_label_values(&[o]);
+        }
+        for reason in DEAD_LETTER_REASONS {
+            m.invalid_samples.with_label_values(&[reason]);
         }
         m.skipped_messages.with_label_values(&["tombstone"]);
         m

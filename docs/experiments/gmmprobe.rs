@@ -1,7 +1,7 @@
 //! Probe behind the `--partition-features` decision: trains the MLP on Fashion-MNIST with 40 %
 //! symmetric label noise, reports the partition in both feature spaces and dumps the
 //! attributions, losses, given labels and the hidden mask to /tmp for
-//! `examples/partition_space.py`.
+//! `docs/experiments/partition_space.py`.
 //!
 //! Usage: `cargo run --release --example gmmprobe [EPOCHS=5]`. Expected here: the summary space
 //! reaches F1 ≈ 0.94; the paper's 256-d space fails in linfa 0.8.1 (NaN during EM) and reaches

@@ -3,7 +3,7 @@
 
     cargo run --release --example gmmprobe 5      # trains on Fashion-MNIST 40 % symmetric noise,
                                                   # dumps attributions, losses, labels, truth to /tmp
-    python3 examples/partition_space.py           # needs numpy and scikit-learn
+    python3 docs/experiments/partition_space.py          # needs numpy and scikit-learn
 
 Measured here (MLP, 5 epochs, label-gradient): z-scored 256-d attribution F1 0.47 / AUROC 0.48;
 per-class z-score 0.53; log / PCA variants <= 0.54; [ln||a||, ln CE] F1 0.94 / AUROC 0.98.

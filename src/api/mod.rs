@@ -278,6 +278,14 @@ impl AppState {
     }
 }
 
+/// A raw byte body (`type: string, format: binary`): `model.onnx`, or the binary part of an
+/// Open Inference Protocol request or answer.
+// For the document only: nothing constructs it.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct Binary(Vec<u8>);
+
 /// The API's routes (see `openapi/rlap.json`), the Open Inference Protocol's ([`oip`]) among
 /// them.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -81,7 +81,7 @@ pub(super) async fn version_metadata(
         ("version" = u64, Path, description = "Model version"),
     ),
     responses(
-        (status = 200, description = "model.onnx", body = openapi::Binary, content_type = "application/octet-stream"),
+        (status = 200, description = "model.onnx", body = Binary, content_type = "application/octet-stream"),
         (status = 404, description = "No such model or version", body = ErrorBody),
     ))]
 pub(super) async fn download_onnx(

@@ -7,15 +7,7 @@
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
-
-/// A raw byte body (`type: string, format: binary`): `model.onnx`, or the binary part of an
-/// Open Inference Protocol request or answer.
-// For the document only: nothing constructs it.
-#[derive(ToSchema)]
-#[schema(value_type = String, format = Binary)]
-#[allow(dead_code)]
-pub struct Binary(Vec<u8>);
+use utoipa::{Modify, OpenApi};
 
 /// Adds the `bearer` scheme the admin endpoints name in their `security`.
 struct BearerAuth;
@@ -35,7 +27,7 @@ impl Modify for BearerAuth {
     info(
         title = "rlap model-serving API",
         version = "1",
-        description = "Predictions from the current model version, the model store's versions and files, the streaming daemon's status and admin operations (`Authorization: Bearer <token>`). The `/v2` routes are the Open Inference Protocol (KServe v2, Triton's HTTP protocol) on the same ONNX Runtime session as `/v1/predict`; there `{name}` is the served model and the binary tensor extension is accepted (request header `Inference-Header-Content-Length`). Generated from the code (src/api.rs, src/api/oip.rs)."
+        description = "Predictions from the current model version, the model store's versions and files, the streaming daemon's status and admin operations (`Authorization: Bearer <token>`). The `/v2` routes are the Open Inference Protocol (KServe v2, Triton's HTTP protocol) on the same ONNX Runtime session as `/v1/predict`; there `{name}` is the served model and the binary tensor extension is accepted (request header `Inference-Header-Content-Length`). Generated from the code (src/api/)."
     ),
     paths(
         super::predict::predict,

@@ -72,8 +72,9 @@ pub struct StreamBenchArgs {
     /// 0 = use the fraction.
     #[arg(long)]
     pub soak_rate: Option<u64>,
-    /// Seconds of soak load before the measured samples (at least 10,000 samples): a freshly started broker's JIT compiler competes for the cores at first (the
-    /// warm-up's figures are reported separately).
+    /// Seconds of soak load before the measured samples (at least 10,000 samples): a freshly
+    /// started broker's JIT compiler competes for the cores at first (the warm-up's figures are
+    /// reported separately).
     #[arg(long, default_value_t = 60)]
     pub warmup_secs: u64,
     /// Run model cycles during the soak (they compete for the 2 cores).

@@ -173,6 +173,8 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
         cfg.model.num_classes = train.num_classes;
         cfg.model.image_shape = train.image_shape.map_or(vec![], |(c, h, w)| vec![c, h, w]);
     }
+    // Checked before anything is deleted: a config the demo's data does not fit stops here.
+    let cfg = Arc::new(cfg.check().map_err(|e| ToolError::Invalid(e.to_string()))?);
     if args.out_dir.exists() {
         std::fs::remove_dir_all(&args.out_dir)
             .map_err(|e| ToolError::Invalid(format!("{}: {e}", args.out_dir.display())))?;
@@ -189,7 +191,6 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
         mock.create_topic(&t, p, 1)
             .map_err(|e| ToolError::Kafka(format!("mock topic {t}: {e}")))?;
     }
-    let cfg = Arc::new(cfg.check().map_err(|e| ToolError::Invalid(e.to_string()))?);
     let metrics = DaemonMetrics::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (_control_tx, control_rx) = tokio::sync::mpsc::channel(1);

@@ -22,14 +22,13 @@ use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::events::{DeadLettered, RunTotals};
+use crate::events::RunTotals;
 use crate::metrics::DaemonMetrics;
 use crate::store::ModelStore;
 use crate::stream::config::ValidConfig;
 use crate::stream::engine::{Engine, EngineError};
 use crate::stream::kafka::{self, ClientError, InputConsumer, RebalanceContext};
 use crate::stream::offsets::OffsetTracker;
-use crate::stream::schema;
 use crate::stream::scorer::{Scorer, ScorerMsg, SharedStatus};
 use crate::stream::sink::{Sink, SinkMsg};
 use crate::stream::source::Source;
@@ -83,7 +82,7 @@ pub struct DaemonHandles {
 }
 
 /// Run the daemon until `shutdown` becomes true; returns what it did, read from `metrics`'
-/// counters (give each run its own [`DaemonMetrics`]).
+/// counters (what they gained during this run).
 ///
 /// # Errors
 /// [`DaemonError`] when a client, the store or the engine fails (never for a bad sample).
@@ -94,7 +93,8 @@ pub async fn run(
     status: SharedStatus,
     control: mpsc::Receiver<Control>,
 ) -> Result<DaemonSummary, DaemonError> {
-    DeadLettered::declare_reasons(&metrics, &schema::INVALID_REASONS);
+    // The summary counts this run's events only, also when `metrics` saw an earlier run.
+    let before = RunTotals::read(&metrics);
     let store = ModelStore::open(&cfg.model.store, cfg.model.retain)?;
     let checkpoint = state::load(&cfg.state.dir)?;
     let engine = {
@@ -148,7 +148,7 @@ pub async fn run(
     );
     let scorer = Scorer::new(&cfg, engine, status, leader_flag)
         .spawn(score_rx, control, sink_tx.clone())
-        .map_err(|e| DaemonError::Thread(format!("spawning the scorer: {e}")))?;
+        .map_err(|e| DaemonError::Thread(format!("spawning {e}")))?;
     let sink = tokio::spawn(
         Sink::new(&cfg, producer, consumer.clone(), tracker, metrics.clone()).run(sink_rx),
     );
@@ -170,7 +170,7 @@ pub async fn run(
     }
     let exit = scorer_result?;
     tracing::info!("daemon stopped");
-    let totals = RunTotals::read(&metrics);
+    let totals = RunTotals::read(&metrics).since(&before);
     Ok(DaemonSummary {
         consumed: totals.consumed,
         verdicts: totals.verdicts,

@@ -21,7 +21,7 @@ use crate::events::{
     InternalEvent as _, LagMeasured, PartitionsAssigned, PartitionsAssigning, PartitionsRevoked,
 };
 use crate::metrics::DaemonMetrics;
-use crate::stream::config::DaemonConfig;
+use crate::stream::config::ValidConfig;
 use crate::stream::offsets::OffsetTracker;
 use crate::stream::schema;
 
@@ -78,7 +78,7 @@ impl ConsumerContext for RebalanceContext {
 }
 
 /// librdkafka settings shared by every client: brokers plus `kafka.properties`.
-pub fn client_config(cfg: &DaemonConfig) -> ClientConfig {
+pub fn client_config(cfg: &ValidConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.brokers);
     for (k, v) in &cfg.kafka.properties {
@@ -89,7 +89,7 @@ pub fn client_config(cfg: &DaemonConfig) -> ClientConfig {
 
 /// The consumer's settings: [`client_config`], then `kafka.consumer_properties`, then the
 /// group and offset keys rlap owns (at-least-once: offsets are stored by the sink only).
-pub fn consumer_config(cfg: &DaemonConfig) -> ClientConfig {
+pub fn consumer_config(cfg: &ValidConfig) -> ClientConfig {
     let mut c = client_config(cfg);
     for (k, v) in &cfg.kafka.consumer_properties {
         c.set(k, v);
@@ -108,7 +108,7 @@ pub fn consumer_config(cfg: &DaemonConfig) -> ClientConfig {
 /// The producer's settings: rlap's `linger.ms = 5`, then `kafka.properties`, then
 /// `kafka.producer_properties` (either may change the batching), then idempotence with
 /// `acks=all`, which rlap owns.
-pub fn producer_config(cfg: &DaemonConfig) -> ClientConfig {
+pub fn producer_config(cfg: &ValidConfig) -> ClientConfig {
     let mut c = client_config(cfg);
     if c.get("linger.ms").is_none() {
         c.set("linger.ms", "5");
@@ -124,7 +124,7 @@ pub fn producer_config(cfg: &DaemonConfig) -> ClientConfig {
 ///
 /// # Errors
 /// [`ClientError`] when the admin request fails for another reason than "exists".
-pub async fn ensure_topics(cfg: &DaemonConfig, topics: &[String]) -> Result<(), ClientError> {
+pub async fn ensure_topics(cfg: &ValidConfig, topics: &[String]) -> Result<(), ClientError> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg)
         .create()
         .map_err(|e| ClientError(e.to_string()))?;
@@ -157,7 +157,7 @@ pub async fn ensure_topics(cfg: &DaemonConfig, topics: &[String]) -> Result<(), 
 
 /// Every topic the daemon writes to: verdicts, dead letters, model events, and the routed
 /// clean/quarantine copies when `kafka.route_by_verdict`.
-pub fn output_topics(cfg: &DaemonConfig) -> Vec<String> {
+pub fn output_topics(cfg: &ValidConfig) -> Vec<String> {
     let k = &cfg.kafka;
     let mut t = vec![k.verdicts(), k.dlq(), k.model_events_topic.clone()];
     if k.route_by_verdict {
@@ -248,6 +248,11 @@ pub fn is_json(m: &impl Message) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::config::DaemonConfig;
+
+    fn checked(c: &DaemonConfig) -> ValidConfig {
+        c.clone().check().unwrap()
+    }
 
     #[test]
     fn client_properties_layer_shared_then_own_then_rlaps() {
@@ -261,12 +266,12 @@ mod tests {
         c.kafka
             .producer_properties
             .insert("compression.type".into(), "lz4".into());
-        let consumer = consumer_config(&c);
+        let consumer = consumer_config(&checked(&c));
         assert_eq!(consumer.get("security.protocol"), Some("SSL"));
         assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(consumer.get("compression.type"), None);
-        let producer = producer_config(&c);
+        let producer = producer_config(&checked(&c));
         assert_eq!(producer.get("security.protocol"), Some("SSL"));
         assert_eq!(producer.get("compression.type"), Some("lz4"));
         assert_eq!(producer.get("session.timeout.ms"), None);
@@ -275,10 +280,10 @@ mod tests {
         c.kafka
             .producer_properties
             .insert("linger.ms".into(), "20".into());
-        assert_eq!(producer_config(&c).get("linger.ms"), Some("20"));
+        assert_eq!(producer_config(&checked(&c)).get("linger.ms"), Some("20"));
         c.kafka.properties.clear();
         c.kafka.producer_properties.clear();
-        assert_eq!(producer_config(&c).get("linger.ms"), Some("5"));
-        assert_eq!(producer_config(&c).get("acks"), Some("all"));
+        assert_eq!(producer_config(&checked(&c)).get("linger.ms"), Some("5"));
+        assert_eq!(producer_config(&checked(&c)).get("acks"), Some("all"));
     }
 }

@@ -56,18 +56,10 @@ impl std::fmt::Display for InvalidSample {
     }
 }
 
-/// Every reason label [`validate`] can return (bounded metric label set).
-pub const INVALID_REASONS: [&str; 9] = [
-    "oversize",
-    "decode",
-    "empty_id",
-    "feature_count",
-    "shape_mismatch",
-    "non_finite",
-    "feature_range",
-    "label_range",
-    "input_shift",
-];
+/// Every reason label [`validate`] (and the source's input-shift check) can give a dead
+/// letter: the bounded label set of `rlap_invalid_samples_total`, which [`crate::metrics`]
+/// owns and creates at zero.
+pub use crate::metrics::DEAD_LETTER_REASONS as INVALID_REASONS;
 
 pub use crate::data::MAX_ABS_FEATURE;
 

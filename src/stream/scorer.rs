@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::stream::config::DaemonConfig;
+use crate::stream::config::ValidConfig;
 use crate::stream::cycle::CycleRecord;
 use crate::stream::engine::{Checkpoint, Engine, EngineError, EngineStatus, Incoming};
 use crate::stream::sink::SinkMsg;
@@ -64,7 +64,7 @@ impl Scorer {
     /// The scorer for `engine`, checkpointing into `state.dir` every
     /// `state.checkpoint_interval_secs` (and after every cycle).
     pub fn new(
-        cfg: &DaemonConfig,
+        cfg: &ValidConfig,
         engine: Engine,
         status: SharedStatus,
         leader_flag: LeaderFlag,
@@ -104,11 +104,13 @@ impl Scorer {
                             tracing::warn!(error = %e, "checkpoint failed");
                         }
                     }
-                })?
+                })
+                .map_err(|e| std::io::Error::new(e.kind(), format!("the checkpoint writer: {e}")))?
         };
         std::thread::Builder::new()
             .name("rlap-scorer".into())
             .spawn(move || self.run(rx, control, sink, cp_tx, writer))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("the scorer: {e}")))
     }
 
     fn run(

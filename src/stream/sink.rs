@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::events::{DeadLettered, InternalEvent as _, MessageSkipped, VerdictsAcknowledged};
 use crate::metrics::DaemonMetrics;
-use crate::stream::config::DaemonConfig;
+use crate::stream::config::ValidConfig;
 use crate::stream::engine::{EngineEvent, Scored};
 use crate::stream::kafka::{headers, produce, InputConsumer};
 use crate::stream::offsets::OffsetTracker;
@@ -75,7 +75,7 @@ pub struct Sink {
 impl Sink {
     /// The sink for `cfg`'s topics; offsets are stored on `consumer`.
     pub fn new(
-        cfg: &DaemonConfig,
+        cfg: &ValidConfig,
         producer: FutureProducer,
         consumer: Arc<InputConsumer>,
         tracker: Arc<Mutex<OffsetTracker>>,

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::events::{BrokersChecked, ConsumerErrored, InternalEvent as _, MessageReceived};
 use crate::metrics::DaemonMetrics;
-use crate::stream::config::DaemonConfig;
+use crate::stream::config::ValidConfig;
 use crate::stream::engine::{Incoming, SharedInputRange};
 use crate::stream::kafka::{self, InputConsumer};
 use crate::stream::offsets::OffsetTracker;
@@ -64,7 +64,7 @@ impl Source {
     /// on the current version's training-input range, `leader_flag` what it reports
     /// leadership into.
     pub fn new(
-        cfg: &DaemonConfig,
+        cfg: &ValidConfig,
         consumer: Arc<InputConsumer>,
         tracker: Arc<Mutex<OffsetTracker>>,
         metrics: DaemonMetrics,

@@ -62,7 +62,7 @@ impl Verdicter {
         a: &Attributions,
         labels: &[u32],
     ) -> Result<Self, PartitionError> {
-        let step = cfg.step;
+        let step = cfg.step();
         match estimator {
             crate::partition::Estimator::NoiseModel => Ok(Self::NoiseModel {
                 noise_model: NoiseModel::fit(&a.probs, labels, cfg.model.num_classes)?,

@@ -60,8 +60,21 @@ pub struct DaemonConfig {
 impl DaemonConfig {
     /// Every problem, one line each, naming the key (section by section).
     pub fn validate(&self) -> Vec<String> {
+        self.problems_and_device().0
+    }
+
+    /// [`Self::validate`]'s problems, and `model.device` opened once (`None` when it names
+    /// no usable device, which is then one of the problems).
+    fn problems_and_device(&self) -> (Vec<String>, Option<candle_core::Device>) {
         let mut p = self.kafka.problems();
         p.extend(self.model.problems());
+        let device = match crate::model::parse_device(&self.model.device) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                p.push(format!("model.device = '{}': {e}", self.model.device));
+                None
+            }
+        };
         p.extend(self.bootstrap.problems());
         p.extend(self.scoring.problems());
         p.extend(self.mixture.problems());
@@ -69,7 +82,7 @@ impl DaemonConfig {
         p.extend(self.cycle.problems(&self.model));
         p.extend(self.replay.problems(&self.model));
         p.extend(self.api.problems());
-        p
+        (p, device)
     }
 
     /// Validate, then parse the keys held as text into their types (linfa's params →
@@ -78,13 +91,12 @@ impl DaemonConfig {
     /// # Errors
     /// [`ConfigError`] with one line per problem (see [`Self::validate`]).
     pub fn check(self) -> Result<ValidConfig, ConfigError> {
-        let problems = self.validate();
-        if !problems.is_empty() {
-            return Err(ConfigError(problems.join("\n")));
-        }
+        let (problems, device) = self.problems_and_device();
+        let device = match device {
+            Some(d) if problems.is_empty() => d,
+            _ => return Err(ConfigError(problems.join("\n"))),
+        };
         let one = |e: String| ConfigError(e);
-        let device = crate::model::parse_device(&self.model.device)
-            .map_err(|e| one(format!("model.device = '{}': {e}", self.model.device)))?;
         let step = self.mixture.step_size().map_err(one)?;
         let listen = if self.api.enabled {
             Some(self.api.listen.parse().map_err(|_| {
@@ -141,19 +153,17 @@ pub struct ValidationSet {
 
 /// A configuration that passed [`DaemonConfig::check`]: every key in range and the keys held
 /// as text (`model.device`, `mixture.step`, `api.listen`, `cycle.validation.dataset`) parsed
-/// once into their types. Reads as the [`DaemonConfig`] it came from (`Deref`); the engine
-/// and the daemon accept only this type.
+/// once into their types (read them through the accessors, not the raw text). Reads as the
+/// [`DaemonConfig`] it came from (`Deref`) and cannot be changed: to change a key, change the
+/// [`DaemonConfig`] ([`Self::into_inner`]) and check again. The engine, the daemon and its
+/// stages accept only this type.
 #[derive(Clone, Debug)]
 pub struct ValidConfig {
     raw: DaemonConfig,
-    /// `model.device`.
-    pub device: candle_core::Device,
-    /// `mixture.step` with its parameters (`gamma0`, `n0`, `alpha` or `gamma`).
-    pub step: StepSize,
-    /// `api.listen`, when `api.enabled`.
-    pub listen: Option<std::net::SocketAddr>,
-    /// `[cycle.validation]`.
-    pub validation: Option<ValidationSet>,
+    device: candle_core::Device,
+    step: StepSize,
+    listen: Option<std::net::SocketAddr>,
+    validation: Option<ValidationSet>,
 }
 
 impl std::ops::Deref for ValidConfig {
@@ -165,6 +175,26 @@ impl std::ops::Deref for ValidConfig {
 }
 
 impl ValidConfig {
+    /// `model.device`, opened.
+    pub fn device(&self) -> &candle_core::Device {
+        &self.device
+    }
+
+    /// `mixture.step` with its parameters (`gamma0`, `n0`, `alpha` or `gamma`).
+    pub fn step(&self) -> StepSize {
+        self.step
+    }
+
+    /// `api.listen`, when `api.enabled`.
+    pub fn listen(&self) -> Option<std::net::SocketAddr> {
+        self.listen
+    }
+
+    /// `[cycle.validation]`, parsed.
+    pub fn validation(&self) -> Option<&ValidationSet> {
+        self.validation.as_ref()
+    }
+
     /// The configuration as written (to change a key, change it there and check again).
     pub fn into_inner(self) -> DaemonConfig {
         self.raw

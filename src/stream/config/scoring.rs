@@ -220,9 +220,6 @@ impl ModelConfig {
         } else if m.arch == Arch::Cnn {
             p.push("model.arch = cnn needs model.image_shape".into());
         }
-        if let Err(e) = crate::model::parse_device(&m.device) {
-            p.push(format!("model.device = '{}': {e}", m.device));
-        }
         p
     }
 }

@@ -184,7 +184,7 @@ impl Engine {
         metrics: DaemonMetrics,
         checkpoint: Option<Checkpoint>,
     ) -> Result<Self, EngineError> {
-        let device = cfg.device.clone();
+        let device = cfg.device().clone();
         let replay = ReplayBuffer::new(
             cfg.replay.capacity,
             cfg.replay.max_mib << 20,
@@ -193,7 +193,7 @@ impl Engine {
             cfg.cycle.seed,
         )
         .map_err(EngineError::Mismatch)?;
-        let validation = match &cfg.validation {
+        let validation = match cfg.validation() {
             None => None,
             Some(v) => {
                 let test = crate::data::load(&v.dataset, &v.data_dir)
