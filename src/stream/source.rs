@@ -124,6 +124,7 @@ impl Source {
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
         let mut leader = None;
         let mut ticks = 0u64;
+        let mut broker_check: Option<tokio::task::JoinHandle<()>> = None;
         // Messages for the scorer that its full queue has not taken yet. While it is busy (the
         // bootstrap's training, a slow batch) the source pauses the input partitions and keeps
         // polling, so the consumer never exceeds max.poll.interval.ms and leaves the group; what
@@ -219,16 +220,17 @@ impl Source {
                     }
                     if score_tx.try_send(ScorerMsg::Tick).is_err() && score_tx.is_closed() { break; }
                     ticks += 1;
-                    if ticks % 10 == 1 {
+                    // At most one check in flight (a slow broker does not pile them up).
+                    if ticks % 10 == 1 && broker_check.as_ref().is_none_or(|h| h.is_finished()) {
                         // Blocking broker round trips (metadata, watermarks): off the runtime.
                         let (c, t, m) = (consumer.clone(), input_topic.clone(), metrics.clone());
-                        tokio::task::spawn_blocking(move || {
+                        broker_check = Some(tokio::task::spawn_blocking(move || {
                             let reachable = c.fetch_metadata(Some(&t), Duration::from_secs(2)).is_ok();
                             BrokersChecked { reachable }.emit(&m);
                             if reachable {
                                 kafka::report_lag(&c, &t, &m);
                             }
-                        });
+                        }));
                     }
                 }
                 _ = tokio::time::sleep(wait), if !batch.is_empty() => {
@@ -307,6 +309,13 @@ impl Source {
         }
         if !batch.is_empty() {
             let _ = score_tx.send(ScorerMsg::Batch(batch)).await;
+        }
+        // The check holds a handle on the consumer: wait for it (a few seconds at most), so the
+        // consumer is closed by the daemon while the brokers are still there, not later by
+        // this task (a close against gone brokers waits out the group session, and the
+        // runtime's shutdown waits for it: `rlap demo` sometimes lingered ~48 s at exit).
+        if let Some(h) = broker_check {
+            let _ = h.await;
         }
         tracing::info!("stopped consuming");
     }
