@@ -92,29 +92,19 @@ pub struct DaemonMetrics {
 trait Kind {
     const KIND: &'static str;
 }
-impl Kind for IntCounter {
-    const KIND: &'static str = "counter";
+
+macro_rules! kinds {
+    ($($t:ty => $k:literal),* $(,)?) => {
+        $(impl Kind for $t {
+            const KIND: &'static str = $k;
+        })*
+    };
 }
-impl Kind for IntCounterVec {
-    const KIND: &'static str = "counter";
-}
-impl Kind for IntGauge {
-    const KIND: &'static str = "gauge";
-}
-impl Kind for IntGaugeVec {
-    const KIND: &'static str = "gauge";
-}
-impl Kind for Gauge {
-    const KIND: &'static str = "gauge";
-}
-impl Kind for GaugeVec {
-    const KIND: &'static str = "gauge";
-}
-impl Kind for Histogram {
-    const KIND: &'static str = "histogram";
-}
-impl Kind for HistogramVec {
-    const KIND: &'static str = "histogram";
+
+kinds! {
+    IntCounter => "counter", IntCounterVec => "counter",
+    IntGauge => "gauge", IntGaugeVec => "gauge", Gauge => "gauge", GaugeVec => "gauge",
+    Histogram => "histogram", HistogramVec => "histogram",
 }
 
 /// One metric rlap defines: what `rlap metrics --list` prints and deploy checks read.

@@ -315,21 +315,28 @@ impl ThroughputReport {
 /// the same model file and thread count, and HTTP latency at batch 1 on loopback.
 #[derive(Clone, Debug, Serialize)]
 pub struct ServeBench {
-    /// rlap in-process, samples/s at batch 1 and 64 (median of 5 repeats).
+    /// rlap in-process, samples/s at batch 1 (median of 5 repeats).
     pub inproc_batch1_samples_per_second: f64,
+    /// rlap in-process, samples/s at batch 64 (median of 5 repeats).
     pub inproc_batch64_samples_per_second: f64,
-    /// python onnxruntime, same model and settings (None when the peer could not run).
+    /// python onnxruntime, same model and settings, samples/s at batch 1 (None when the peer
+    /// could not run).
     pub peer_batch1_samples_per_second: Option<f64>,
+    /// The same at batch 64.
     pub peer_batch64_samples_per_second: Option<f64>,
-    /// rlap / peer.
+    /// rlap / peer at batch 1.
     pub ratio_batch1: Option<f64>,
+    /// rlap / peer at batch 64.
     pub ratio_batch64: Option<f64>,
     /// Why the peer did not run, if it did not.
     pub peer_error: Option<String>,
-    /// `POST /v1/predict` with one image, sequential requests on one keep-alive connection.
+    /// `POST /v1/predict` with one image: sequential requests on one keep-alive connection.
     pub http_requests: usize,
+    /// Their median latency, milliseconds.
     pub http_p50_ms: f64,
+    /// Their 99th-percentile latency, milliseconds.
     pub http_p99_ms: f64,
+    /// Requests per second over the sequence.
     pub http_requests_per_second: f64,
 }
 
@@ -537,8 +544,9 @@ pub fn bench_serving(
 pub struct DeviceParity {
     /// Samples compared.
     pub samples: usize,
-    /// Per attribution mode: max |a_cpu − a_dev| / max |a_cpu|.
+    /// `label-gradient`: max |a_cpu − a_dev| / max |a_cpu|.
     pub label_gradient_rel_diff: f64,
+    /// `max-class`: the same.
     pub max_class_rel_diff: f64,
     /// Fraction of samples whose noisy flag agrees between the CPU and device partitions.
     pub partition_agreement: f64,

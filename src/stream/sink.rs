@@ -27,22 +27,38 @@ use crate::stream::schema::{self, InvalidSample, VerdictFormat};
 
 /// What the source and the scorer send the sink.
 pub enum SinkMsg {
+    /// One micro-batch's verdicts (from the scorer), produced to the verdict topic (and the
+    /// routed copies) and acknowledged together.
     Verdicts(Vec<Scored>),
+    /// An invalid message (from the source), produced to the dead-letter topic with its
+    /// reason and source position in headers.
     DeadLetter {
+        /// Source topic.
         topic: String,
+        /// Source partition.
         partition: i32,
+        /// Source offset.
         offset: i64,
+        /// The message's key, kept on the dead letter.
         key: Option<Vec<u8>>,
+        /// The message's payload as received (truncated to 1,000 bytes only if the broker
+        /// refuses it whole).
         payload: Vec<u8>,
+        /// Why it was refused: a reason of `metrics::DEAD_LETTER_REASONS` and a detail.
         why: InvalidSample,
     },
+    /// A model event of the engine (`ModelPublished`), produced to `kafka.model_events_topic`.
     Event(EngineEvent),
     /// A message that carries no sample and is not an error (a tombstone): acknowledged so its
     /// offset can be committed, counted under `reason`, not dead-lettered.
     Skipped {
+        /// Source topic.
         topic: String,
+        /// Source partition.
         partition: i32,
+        /// Source offset.
         offset: i64,
+        /// Why it carries no sample (`tombstone`).
         reason: &'static str,
     },
 }
