@@ -73,6 +73,12 @@ pub struct CycleConfig {
     /// off) of the cycle and of the bootstrap's optional clean fine-tune: mixed batches keep
     /// the fine-tune from memorising the wrong labels left in the clean partition.
     pub mixup: f64,
+    /// Class balance of the clean fine-tuning samples: each class's clean samples are
+    /// repeated until the class has the clean partition's overall share of its labels, at
+    /// most this many times (1 = off). The partition keeps fewer clean samples of a hard class
+    /// (its correct labels look noisy more often); fine-tuning on it as it is teaches the
+    /// model to stop predicting that class ([`crate::stream::cycle`]).
+    pub class_balance: f64,
     /// The acceptance guard (`[cycle.guard]`, [`crate::stream::guard`]).
     pub guard: crate::stream::guard::GuardParams,
     /// A trusted validation set replaces the held-out slice when given.
@@ -93,6 +99,7 @@ impl Default for CycleConfig {
             regrow: true,
             holdout_fraction: 0.1,
             mixup: 0.0,
+            class_balance: 4.0,
             guard: Default::default(),
             validation: None,
             seed: 2,
@@ -179,6 +186,13 @@ impl CycleConfig {
         }
         if c.epochs == 0 {
             p.push("cycle.epochs must be >= 1".into());
+        }
+        if !(c.class_balance >= 1.0 && c.class_balance <= 100.0) {
+            p.push(format!(
+                "cycle.class_balance = {}: must be in [1, 100] (the most a class's clean samples \
+                 are repeated; 1 = off)",
+                c.class_balance
+            ));
         }
         if !(c.mixup >= 0.0 && c.mixup <= 10.0) {
             p.push(format!(
