@@ -201,6 +201,11 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     t0 = time.time()
+    # The daemon's cycle cool-down (60 s by default, for production rates) is 2 s here: the
+    # demo streams the 40,000 samples in about 20 s, so with 60 s only one cycle could run
+    # in the two passes; at production rates a stream this long spans several cool-downs.
+    # An RLAP__TRIGGER__COOLDOWN_SECS in the environment wins.
+    cooldown = {"RLAP__TRIGGER__COOLDOWN_SECS": os.environ.get("RLAP__TRIGGER__COOLDOWN_SECS", "2")}
     # The demo's three input partitions interleave nondeterministically, so which samples train
     # the first model (and its test accuracy, by up to 0.1 on pair noise) varies between runs.
     # One partition would fix the order, but librdkafka's mock cluster keeps only ~5 MB per
@@ -250,7 +255,7 @@ def main():
                        "--seed", str(a.seed), "--limit", str(2 * m), "--malformed-every", "0",
                        "--quiet", "--out", os.path.join(a.out, f"demo-{tag}"),
                        "--verdicts-csv", vcsv, "--json", vcsv[:-4] + ".json", "--oracle"] + size,
-                      env=env, log=vcsv[:-4] + ".log")
+                      env={**cooldown, **env}, log=vcsv[:-4] + ".log")
             v = read_verdicts(vcsv)
             assert len(v["order"]) == 2 * m, f"{tag}: {len(v['order'])} verdicts for {2 * m} samples"
             # Same samples, same labels as offline: the stream's order i and i+m are sample i.

@@ -13,10 +13,11 @@
 //! data; see [`CycleInput::holdout_from`]), but never more than half of those, so the candidate
 //! also fine-tunes on new samples — is excluded from fine-tuning and compares the current and
 //! candidate models unless a trusted validation set is configured. Only clean samples are
-//! fine-tuned on, each class's repeated towards the clean partition's overall share of its
-//! labels (`cycle.class_balance`, [`class_balanced_rows`]). Drawing the slice from the clean samples alone favours the current model:
-//! they are the ones it agrees with. Drawing it from the
-//! current model's own training samples would favour that model: it has fitted their labels,
+//! fine-tuned on (with `cycle.objective = "clean"`, each class's repeated towards the clean
+//! partition's share of its labels outside the slice: `cycle.class_balance`,
+//! [`class_balanced_rows`]). Drawing the slice from the clean samples alone favours the
+//! current model: they are the ones it agrees with. Drawing it from the current model's own
+//! training samples would favour that model: it has fitted their labels,
 //! noisy ones included, and the pruned candidate partly forgets them. The acceptance guard
 //! ([`crate::stream::guard`]) skips a cycle whose evaluation set is too small to judge, and
 //! accepts a candidate only when it is better with statistical confidence and no class
@@ -148,9 +149,12 @@ pub struct CycleRecord {
     /// Of those, flagged noisy by the mixture.
     pub noisy: usize,
     /// Samples fine-tuned on: the clean ones outside the evaluation set, or with
-    /// `cycle.objective = "forward"` every one outside it (with `cycle.class_balance`,
-    /// repeats counted).
+    /// `cycle.objective = "forward"` every one outside it (distinct samples).
     pub finetune_samples: usize,
+    /// Rows the fine-tune ran over per epoch: `finetune_samples` plus the clean samples
+    /// `cycle.class_balance` repeated ([`class_balanced_rows`]).
+    #[serde(default)]
+    pub finetune_rows: usize,
     /// Samples the two models were compared on.
     pub eval_samples: usize,
     /// `holdout` (clean samples the current model has not trained on), `holdout-unseen` (any
@@ -189,6 +193,7 @@ impl CycleRecord {
             samples,
             noisy: 0,
             finetune_samples: 0,
+            finetune_rows: 0,
             eval_samples: 0,
             eval_set: String::new(),
             accuracy_before: None,
@@ -286,6 +291,10 @@ fn split_holdout(
 /// the fraction of a repeat drawn per row with `seed`), never fewer than once. Returns the
 /// rows to fine-tune on (repeats included; `train` shuffles them).
 ///
+/// # Panics
+/// When a label of a `clean` or `pool` row is `>= num_classes` (labels are checked on
+/// ingestion).
+///
 /// Why: a class the current model finds hard has its correct labels called noisy more often,
 /// so the clean partition under-represents it (Fashion-MNIST's shirts: 133 clean verdicts of
 /// 2,007 labels where 817 were correct, at 60 % symmetric noise), and fine-tuning on it as it
@@ -300,7 +309,7 @@ pub fn class_balanced_rows(
     max_weight: f64,
     seed: u64,
 ) -> Vec<usize> {
-    if max_weight <= 1.0 || clean.is_empty() {
+    if max_weight.is_nan() || max_weight <= 1.0 || clean.is_empty() {
         return clean.to_vec();
     }
     let (mut n, mut m) = (vec![0usize; num_classes], vec![0usize; num_classes]);
@@ -451,30 +460,38 @@ fn cycle_steps(
     for &i in &held {
         is_held[i] = true;
     }
-    let tune_idx: Vec<usize> = match cfg.cycle.objective {
+    // The rows the fine-tune runs over (the clean ones repeated per class by
+    // cycle.class_balance) and how many distinct samples they are.
+    let (tune_idx, distinct): (Vec<usize>, usize) = match cfg.cycle.objective {
         FinetuneObjective::Clean => {
             let tune_clean: Vec<usize> = clean.into_iter().filter(|&i| !is_held[i]).collect();
             let pool: Vec<usize> = (0..a.n).filter(|&i| !is_held[i]).collect();
-            class_balanced_rows(
+            let rows = class_balanced_rows(
                 &data.labels,
                 &tune_clean,
                 &pool,
                 data.num_classes,
                 cfg.cycle.class_balance,
                 cfg.cycle.seed ^ input.version ^ 0xba1,
-            )
+            );
+            (rows, tune_clean.len())
         }
-        FinetuneObjective::Forward => (0..a.n).filter(|&i| !is_held[i]).collect(),
+        FinetuneObjective::Forward => {
+            let rows: Vec<usize> = (0..a.n).filter(|&i| !is_held[i]).collect();
+            let n = rows.len();
+            (rows, n)
+        }
     };
     rec.eval_set = eval_set.into();
     rec.eval_samples = eval.len();
-    rec.finetune_samples = tune_idx.len();
-    if tune_idx.len() < 64 || eval.len() < cfg.cycle.guard.min_eval_samples {
+    rec.finetune_samples = distinct;
+    rec.finetune_rows = tune_idx.len();
+    if distinct < 64 || eval.len() < cfg.cycle.guard.min_eval_samples {
         rec.outcome = CycleOutcome::Skipped;
         rec.reason = format!(
             "cannot be judged: {} samples to fine-tune on (64 needed), {} to evaluate \
              (cycle.guard.min_eval_samples = {}; a trusted [cycle.validation] set avoids this)",
-            tune_idx.len(),
+            distinct,
             eval.len(),
             cfg.cycle.guard.min_eval_samples
         );
@@ -623,9 +640,15 @@ mod tests {
         let rows = class_balanced_rows(&labels, &clean, &pool, 2, 4.0, 7);
         let counts = (count_of(&rows, &labels, 0), count_of(&rows, &labels, 1));
         assert_eq!(counts, (90, 40));
-        // Fractional weights draw the fraction per row: 2.5x over 10 rows is 20 to 30 rows.
+        // A fractional weight draws its fraction per row: class 1 has 100 of its 1,000 pool
+        // rows called clean at a clean share of 0.5, so it wants 5x; capped at 2.5x that is
+        // about 250 rows (always rounding down or up would give 200 or 300).
+        let labels: Vec<u32> = (0..2000).map(|i| u32::from(i >= 1000)).collect();
+        let pool: Vec<usize> = (0..2000).collect();
+        let clean: Vec<usize> = (0..900).chain(1000..1100).collect();
         let rows = class_balanced_rows(&labels, &clean, &pool, 2, 2.5, 7);
-        assert!((20..=30).contains(&count_of(&rows, &labels, 1)));
+        let ones = count_of(&rows, &labels, 1);
+        assert!((225..=275).contains(&ones), "{ones} rows of class 1");
         // Off (1) or nothing clean: the clean rows as they are.
         assert_eq!(
             class_balanced_rows(&labels, &clean, &pool, 2, 1.0, 7),

@@ -73,11 +73,13 @@ pub struct CycleConfig {
     /// off) of the cycle and of the bootstrap's optional clean fine-tune: mixed batches keep
     /// the fine-tune from memorising the wrong labels left in the clean partition.
     pub mixup: f64,
-    /// Class balance of the clean fine-tuning samples: each class's clean samples are
-    /// repeated until the class has the clean partition's overall share of its labels, at
-    /// most this many times (1 = off). The partition keeps fewer clean samples of a hard class
-    /// (its correct labels look noisy more often); fine-tuning on it as it is teaches the
-    /// model to stop predicting that class ([`crate::stream::cycle`]).
+    /// Class balance of a cycle's clean fine-tune (`objective = "clean"` only; not the
+    /// bootstrap's optional fine-tune): each class's clean samples are repeated until the
+    /// class has the clean partition's overall share of its labels (outside the held-out
+    /// slice), at most this many times (1 = off). The partition keeps fewer clean samples of
+    /// a hard class (its correct labels look noisy more often); fine-tuning on it as it is
+    /// teaches the model to stop predicting that class
+    /// ([`crate::stream::cycle::class_balanced_rows`]).
     pub class_balance: f64,
     /// The acceptance guard (`[cycle.guard]`, [`crate::stream::guard`]).
     pub guard: crate::stream::guard::GuardParams,
@@ -187,17 +189,17 @@ impl CycleConfig {
         if c.epochs == 0 {
             p.push("cycle.epochs must be >= 1".into());
         }
+        if !(c.mixup >= 0.0 && c.mixup <= 10.0) {
+            p.push(format!(
+                "cycle.mixup = {}: must be in [0, 10] (mixup's Beta α; 0 = off)",
+                c.mixup
+            ));
+        }
         if !(c.class_balance >= 1.0 && c.class_balance <= 100.0) {
             p.push(format!(
                 "cycle.class_balance = {}: must be in [1, 100] (the most a class's clean samples \
                  are repeated; 1 = off)",
                 c.class_balance
-            ));
-        }
-        if !(c.mixup >= 0.0 && c.mixup <= 10.0) {
-            p.push(format!(
-                "cycle.mixup = {}: must be in [0, 10] (mixup's Beta α; 0 = off)",
-                c.mixup
             ));
         }
         if c.min_samples < MIN_CYCLE_SAMPLES {
