@@ -7,15 +7,17 @@
 //! - `label-gradient`: `a(x) = | ∂ℓ(f(x), y_given)/∂h ⊙ h |`, ℓ = cross-entropy (project
 //!   decision; label-aware, needed for label noise) `= | ((softmax − onehot(y))·W2) ⊙ relu(h) |`.
 //!
-//! `h` is the pre-ReLU output of `fc`. No autograd graph is built; on the CPU the closed forms
-//! after the two matrix products run as one fused pass per row, elsewhere as tensor
-//! operations. The tests hold both forms to the definitions computed literally by autograd. The same pass also returns `h` (the
-//! regressors of §3.3) and the per-sample cross-entropy (the clean-component rule of §3.2.2).
+//! `h` is the pre-ReLU output of `fc`. No autograd graph is built. On the CPU the MLP's
+//! forward runs on the host buffers (three GEMMs, the batch split by rows over the pool) and
+//! the closed forms as one fused pass per row, rows split over the pool; elsewhere (the CNN's
+//! head, other devices) as tensor operations. The tests hold both forms to the definitions
+//! computed literally by autograd. The same pass also returns `h` (the regressors of §3.3) and
+//! the per-sample cross-entropy (the clean-component rule of §3.2.2).
 
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 
 use crate::data::Dataset;
@@ -80,12 +82,164 @@ pub fn attribute_batch(
 ) -> Result<BatchAttribution, ModelError> {
     // Nothing here is differentiated by autograd: both modes are closed forms of the forward
     // quantities, one matrix expression per batch.
+    if let Some((hv, lv)) = mlp_forward_on_host(model, x)? {
+        return closed_form_on_host(model, hv, lv, y, mode);
+    }
     let h = model.fc(&model.body_detached(x)?)?.detach();
     let logits = model.head(&h)?.detach();
-    if h.device().is_cpu() && h.dtype() == candle_core::DType::F32 {
-        return closed_form_on_host(model, h, logits, y, mode);
+    if h.device().is_cpu() && h.dtype() == DType::F32 {
+        let hv = h.flatten_all()?.to_vec1::<f32>()?;
+        let lv = logits.flatten_all()?.to_vec1::<f32>()?;
+        return closed_form_on_host(model, hv, lv, y, mode);
     }
     closed_form_tensor_ops(model, h, logits, y, mode)
+}
+
+/// Run `f` on the elements of a contiguous f32 tensor on the CPU, in place (no copy);
+/// `None` for any other tensor.
+fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Some(f(&v[start..end])),
+        _ => None,
+    }
+}
+
+/// `(h, logits)` of a batch on the host, row-major: `[B, H]` (pre-ReLU) and `[B, K]`.
+type HostForward = (Vec<f32>, Vec<f32>);
+
+/// Rows per part when the MLP's host forward splits a batch over the pool.
+const MIN_ROWS_PER_PART: usize = 32;
+
+/// The MLP's weights on the host, borrowed: `body.0` `[F, D]` + `[F]`, `fc` `[H, F]` + `[H]`,
+/// `fc2` `[K, H]` + `[K]`.
+struct MlpWeights<'a> {
+    w0: &'a [f32],
+    b0: &'a [f32],
+    w: &'a [f32],
+    b: &'a [f32],
+    w2: &'a [f32],
+    b2: &'a [f32],
+}
+
+impl MlpWeights<'_> {
+    /// `h` `[n, H]` and `logits` `[n, K]` for the `n` input rows `x` `[n, D]`.
+    fn forward_rows(&self, x: &[f32], h: &mut [f32], logits: &mut [f32]) {
+        let (f, d) = (self.b0.len(), self.w0.len() / self.b0.len());
+        let (hidden, k) = (self.b.len(), self.b2.len());
+        let n = x.len() / d;
+        let mut z = vec![0f32; n * f];
+        crate::cnn_cpu::matmul(n, f, d, &mut z, false, x, (d, 1), self.w0, (1, d));
+        for row in z.chunks_mut(f) {
+            for (v, &c) in row.iter_mut().zip(self.b0) {
+                *v = (*v + c).max(0.0);
+            }
+        }
+        crate::cnn_cpu::matmul(n, hidden, f, h, false, &z, (f, 1), self.w, (1, f));
+        for row in h.chunks_mut(hidden) {
+            for (v, &c) in row.iter_mut().zip(self.b) {
+                *v += c;
+            }
+        }
+        let relu: Vec<f32> = h.iter().map(|v| v.max(0.0)).collect();
+        crate::cnn_cpu::matmul(
+            n,
+            k,
+            hidden,
+            logits,
+            false,
+            &relu,
+            (hidden, 1),
+            self.w2,
+            (1, hidden),
+        );
+        for row in logits.chunks_mut(k) {
+            for (v, &c) in row.iter_mut().zip(self.b2) {
+                *v += c;
+            }
+        }
+    }
+}
+
+/// The MLP's forward pass for attribution on the CPU, straight on the host buffers: inputs
+/// `x` `[B, D]` → body `relu(x·W0ᵀ + b0)` `[B, F]` → `h = z·Wᵀ + b` `[B, H]` (pre-ReLU) →
+/// logits `relu(h)·W2ᵀ + b2` `[B, K]`: three GEMMs ([`crate::cnn_cpu::matmul`], transposed
+/// weights read through their strides, nothing copied) with the bias and ReLU applied in
+/// place, the batch split by rows over the pool (each part single-threaded: no barrier
+/// between the three products). Returns `(h, logits)` row-major, the same values as
+/// [`Model::fc`] and [`Model::head`] up to float summation order; `None` where it does not
+/// apply (the CNN, another device or dtype, a non-contiguous tensor).
+///
+/// # Errors
+/// [`ModelError::Candle`] if `x` is not `[B, D]`.
+fn mlp_forward_on_host(model: &Model, x: &Tensor) -> Result<Option<HostForward>, ModelError> {
+    let spec = model.spec();
+    if spec.arch != crate::model::Arch::Mlp || !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (b, d) = x.dims2()?;
+    let (f, hidden, k) = (crate::model::MLP_WIDTH, spec.hidden, spec.num_classes);
+    let p = [
+        "body.0.weight",
+        "body.0.bias",
+        "fc.weight",
+        "fc.bias",
+        "fc2.weight",
+        "fc2.bias",
+    ]
+    .map(|name| model.param(name));
+    let expected = [d * f, f, f * hidden, hidden, hidden * k, k];
+    if b == 0 || p.iter().zip(expected).any(|(t, n)| t.elem_count() != n) {
+        return Ok(None);
+    }
+    let mut h = vec![0f32; b * hidden];
+    let mut logits = vec![0f32; b * k];
+    // Each operand read in place under its storage's read lock.
+    let done = with_host_f32(x, |xs| {
+        with_host_f32(p[0], |w0| {
+            with_host_f32(p[1], |b0| {
+                with_host_f32(p[2], |w| {
+                    with_host_f32(p[3], |bias| {
+                        with_host_f32(p[4], |w2| {
+                            with_host_f32(p[5], |b2| {
+                                let wt = MlpWeights {
+                                    w0,
+                                    b0,
+                                    w,
+                                    b: bias,
+                                    w2,
+                                    b2,
+                                };
+                                let parts = rayon::current_num_threads()
+                                    .min(b / MIN_ROWS_PER_PART)
+                                    .max(1);
+                                if parts == 1 {
+                                    return wt.forward_rows(xs, &mut h, &mut logits);
+                                }
+                                let rows = b.div_ceil(parts);
+                                use rayon::prelude::*;
+                                xs.par_chunks(rows * d)
+                                    .zip(h.par_chunks_mut(rows * hidden))
+                                    .zip(logits.par_chunks_mut(rows * k))
+                                    .for_each(|((x, h), l)| {
+                                        crate::cnn_cpu::as_part(|| wt.forward_rows(x, h, l))
+                                    });
+                            })
+                        })
+                    })
+                })
+            })
+        })
+    });
+    let done = done
+        .flatten()
+        .flatten()
+        .flatten()
+        .flatten()
+        .flatten()
+        .flatten();
+    Ok(done.map(|()| (h, logits)))
 }
 
 /// The closed forms of [`attribute_batch`] as tensor operations (any device).
@@ -135,15 +289,13 @@ fn closed_form_tensor_ops(
 /// `relu(h_j)·|max_k W2[k, j]|` (max-class).
 fn closed_form_on_host(
     model: &Model,
-    h: Tensor,
-    logits: Tensor,
+    hv: Vec<f32>,
+    lv: Vec<f32>,
     y: &Tensor,
     mode: AttributionMode,
 ) -> Result<BatchAttribution, ModelError> {
-    let (b, hidden) = h.dims2()?;
-    let k = logits.dim(1)?;
-    let hv = h.flatten_all()?.to_vec1::<f32>()?;
-    let lv = logits.flatten_all()?.to_vec1::<f32>()?;
+    let (hidden, k) = (model.spec().hidden, model.spec().num_classes);
+    let b = hv.len() / hidden.max(1);
     let yv = y.to_vec1::<u32>()?;
     let w2 = model.param("fc2.weight").flatten_all()?.to_vec1::<f32>()?; // [K, H]
     let w2_max: Vec<f32> = (0..hidden)
@@ -156,9 +308,11 @@ fn closed_form_on_host(
         .collect();
     let mut a = vec![0f32; b * hidden];
     let mut loss = vec![0f32; b];
-    let mut p = vec![0f32; k];
-    for (i, (ai, hi)) in a.chunks_mut(hidden).zip(hv.chunks(hidden)).enumerate() {
+    // One row's pass: its softmax `p` (scratch, K), cross-entropy and attribution.
+    let row = |i: usize, ai: &mut [f32], loss_i: &mut f32, p: &mut Vec<f32>| {
+        let hi = &hv[i * hidden..(i + 1) * hidden];
         let li = &lv[i * k..(i + 1) * k];
+        p.resize(k, 0.0);
         let m = li.iter().copied().fold(f32::MIN, f32::max);
         let mut z = 0f32;
         for (pc, &l) in p.iter_mut().zip(li) {
@@ -166,7 +320,7 @@ fn closed_form_on_host(
             z += *pc;
         }
         let label = yv[i] as usize;
-        loss[i] = z.ln() - (li[label] - m);
+        *loss_i = z.ln() - (li[label] - m);
         match mode {
             AttributionMode::LabelGradient => {
                 // g = (p − onehot(y))·W2, accumulated row by row of W2 (contiguous in j).
@@ -186,13 +340,20 @@ fn closed_form_on_host(
                 }
             }
         }
-    }
-    let device = h.device().clone();
+    };
+    // Rows split over the pool (the caller runs on one of its workers).
+    use rayon::prelude::*;
+    a.par_chunks_mut(hidden)
+        .zip(loss.par_iter_mut())
+        .enumerate()
+        .with_min_len(MIN_ROWS_PER_PART)
+        .for_each_init(Vec::new, |p, (i, (ai, li))| row(i, ai, li, p));
+    let device = model.device();
     Ok(BatchAttribution {
-        attributions: Tensor::from_vec(a, (b, hidden), &device)?,
-        activations: h,
-        loss: Tensor::from_vec(loss, b, &device)?,
-        logits,
+        attributions: Tensor::from_vec(a, (b, hidden), device)?,
+        activations: Tensor::from_vec(hv, (b, hidden), device)?,
+        loss: Tensor::from_vec(loss, b, device)?,
+        logits: Tensor::from_vec(lv, (b, k), device)?,
     })
 }
 
@@ -390,8 +551,8 @@ mod tests {
     }
 
     #[test]
-    /// The CPU's fused pass and the tensor operations (every other device) agree, and the
-    /// loss is the per-sample cross-entropy.
+    /// The CPU's host forward and fused pass and candle's forward with the tensor operations
+    /// (every other device) agree, and the loss is the per-sample cross-entropy.
     fn host_pass_equals_tensor_ops() {
         let split = mnist();
         let m = Model::new(mnist_spec(Arch::Mlp, 32), &Device::Cpu, 4).unwrap();
@@ -401,10 +562,13 @@ mod tests {
         for mode in [AttributionMode::LabelGradient, AttributionMode::MaxClass] {
             let h = m.fc(&m.body_detached(&x).unwrap()).unwrap().detach();
             let logits = m.head(&h).unwrap().detach();
-            let a = closed_form_on_host(&m, h.clone(), logits.clone(), &y, mode).unwrap();
-            let b = closed_form_tensor_ops(&m, h, logits.clone(), &y, mode).unwrap();
+            // The whole CPU path: the MLP's forward on the host, then the fused pass.
+            let a = attribute_batch(&m, &x, &y, mode).unwrap();
+            let b = closed_form_tensor_ops(&m, h.clone(), logits.clone(), &y, mode).unwrap();
             let ce = flat(&per_sample_cross_entropy(&logits, &y).unwrap());
             for (got, want) in [
+                (flat(&a.activations), flat(&h)),
+                (flat(&a.logits), flat(&logits)),
                 (flat(&a.attributions), flat(&b.attributions)),
                 (flat(&a.loss), flat(&b.loss)),
                 (flat(&a.loss), ce),

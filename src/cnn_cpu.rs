@@ -57,25 +57,29 @@ fn run_parts<R: Send>(
     ranges
         .par_iter()
         .zip(ws.0.par_iter_mut())
-        .map(|(r, w)| {
-            // Restored on the way out, also by a panic (a worker may run a part of another
-            // batch while it waits, so the flag it had is put back, not cleared).
-            struct Restore(bool);
-            impl Drop for Restore {
-                fn drop(&mut self) {
-                    IN_PART.set(self.0);
-                }
-            }
-            let _restore = Restore(IN_PART.replace(true));
-            work(r.clone(), w)
-        })
+        .map(|(r, w)| as_part(|| work(r.clone(), w)))
         .collect()
+}
+
+/// Run `work` as one part of a batch split over the pool: [`matmul`] inside it runs on this
+/// thread alone (the parts already keep every thread busy).
+pub(crate) fn as_part<R>(work: impl FnOnce() -> R) -> R {
+    // Restored on the way out, also by a panic (a worker may run a part of another batch
+    // while it waits, so the flag it had is put back, not cleared).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_PART.set(self.0);
+        }
+    }
+    let _restore = Restore(IN_PART.replace(true));
+    work()
 }
 
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, each operand given by its row and column
 /// strides in elements (so transposed views cost nothing).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,
