@@ -9,8 +9,9 @@
 //!
 //! `h` is the pre-ReLU output of `fc`. No autograd graph is built. On the CPU the MLP's
 //! forward runs on the host buffers (three GEMMs, the batch split by rows over the pool) and
-//! the closed forms as one fused pass per row, rows split over the pool; elsewhere (the CNN's
-//! head, other devices) as tensor operations. The tests hold both forms to the definitions
+//! the closed forms as one fused pass per row, rows split over the pool (the CNN's body runs
+//! in [`crate::cnn_cpu`], its `fc` and `fc2` as candle operations, then the same row pass); on
+//! other devices everything is tensor operations. The tests hold both forms to the definitions
 //! computed literally by autograd. The same pass also returns `h` (the regressors of §3.3) and
 //! the per-sample cross-entropy (the clean-component rule of §3.2.2).
 
@@ -109,7 +110,7 @@ fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
 /// `(h, logits)` of a batch on the host, row-major: `[B, H]` (pre-ReLU) and `[B, K]`.
 type HostForward = (Vec<f32>, Vec<f32>);
 
-/// Rows per part when the MLP's host forward splits a batch over the pool.
+/// Fewest rows per part when a batch is split over the pool (the last part may have fewer).
 const MIN_ROWS_PER_PART: usize = 32;
 
 /// The MLP's weights on the host, borrowed: `body.0` `[F, D]` + `[F]`, `fc` `[H, F]` + `[H]`,
@@ -169,7 +170,13 @@ impl MlpWeights<'_> {
 /// place, the batch split by rows over the pool (each part single-threaded: no barrier
 /// between the three products). Returns `(h, logits)` row-major, the same values as
 /// [`Model::fc`] and [`Model::head`] up to float summation order; `None` where it does not
-/// apply (the CNN, another device or dtype, a non-contiguous tensor).
+/// apply (the CNN, another device or dtype, a non-contiguous tensor, an empty batch, a
+/// parameter of another size than the spec's).
+///
+/// The parameters' storages are read-locked (`storage_and_layout`, a plain, task-fair read)
+/// for the whole pass: it must never run while the same parameters can be written, which
+/// holds because training and attribution on one model are sequential (the cycle trains a
+/// deep copy on its own pool).
 ///
 /// # Errors
 /// [`ModelError::Candle`] if `x` is not `[B, D]`.
@@ -294,9 +301,16 @@ fn closed_form_on_host(
     y: &Tensor,
     mode: AttributionMode,
 ) -> Result<BatchAttribution, ModelError> {
-    let (hidden, k) = (model.spec().hidden, model.spec().num_classes);
-    let b = hv.len() / hidden.max(1);
+    let (k, hidden) = model.param("fc2.weight").dims2()?; // W2 is [K, H]
     let yv = y.to_vec1::<u32>()?;
+    let b = yv.len();
+    if hv.len() != b * hidden || lv.len() != b * k {
+        return Err(ModelError::Invalid(format!(
+            "attribution: {} activations and {} logits for {b} labels, {hidden} neurons, {k} classes",
+            hv.len(),
+            lv.len()
+        )));
+    }
     let w2 = model.param("fc2.weight").flatten_all()?.to_vec1::<f32>()?; // [K, H]
     let w2_max: Vec<f32> = (0..hidden)
         .map(|j| {
@@ -552,33 +566,40 @@ mod tests {
 
     #[test]
     /// The CPU's host forward and fused pass and candle's forward with the tensor operations
-    /// (every other device) agree, and the loss is the per-sample cross-entropy.
+    /// (every other device) agree, and the loss is the per-sample cross-entropy; also when
+    /// the batch splits unevenly over the pool (97 rows on 3 threads: 33/33/31; 130 on 4).
     fn host_pass_equals_tensor_ops() {
         let split = mnist();
         let m = Model::new(mnist_spec(Arch::Mlp, 32), &Device::Cpu, 4).unwrap();
-        let idx: Vec<usize> = (0..64).collect();
-        let (x, y) = batch_tensors(&split.train, &idx, &Device::Cpu).unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for mode in [AttributionMode::LabelGradient, AttributionMode::MaxClass] {
-            let h = m.fc(&m.body_detached(&x).unwrap()).unwrap().detach();
-            let logits = m.head(&h).unwrap().detach();
-            // The whole CPU path: the MLP's forward on the host, then the fused pass.
-            let a = attribute_batch(&m, &x, &y, mode).unwrap();
-            let b = closed_form_tensor_ops(&m, h.clone(), logits.clone(), &y, mode).unwrap();
-            let ce = flat(&per_sample_cross_entropy(&logits, &y).unwrap());
-            for (got, want) in [
-                (flat(&a.activations), flat(&h)),
-                (flat(&a.logits), flat(&logits)),
-                (flat(&a.attributions), flat(&b.attributions)),
-                (flat(&a.loss), flat(&b.loss)),
-                (flat(&a.loss), ce),
-            ] {
-                assert_eq!(got.len(), want.len());
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "{mode}: {g} vs {w}"
-                    );
+        for (threads, n) in [(1, 64), (2, 64), (3, 97), (4, 130)] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let idx: Vec<usize> = (0..n).collect();
+            let (x, y) = batch_tensors(&split.train, &idx, &Device::Cpu).unwrap();
+            for mode in [AttributionMode::LabelGradient, AttributionMode::MaxClass] {
+                let h = m.fc(&m.body_detached(&x).unwrap()).unwrap().detach();
+                let logits = m.head(&h).unwrap().detach();
+                // The whole CPU path: the MLP's forward on the host, then the fused pass.
+                let a = pool.install(|| attribute_batch(&m, &x, &y, mode)).unwrap();
+                let b = closed_form_tensor_ops(&m, h.clone(), logits.clone(), &y, mode).unwrap();
+                let ce = flat(&per_sample_cross_entropy(&logits, &y).unwrap());
+                for (got, want) in [
+                    (flat(&a.activations), flat(&h)),
+                    (flat(&a.logits), flat(&logits)),
+                    (flat(&a.attributions), flat(&b.attributions)),
+                    (flat(&a.loss), flat(&b.loss)),
+                    (flat(&a.loss), ce),
+                ] {
+                    assert_eq!(got.len(), want.len());
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                            "{mode}, {threads} threads, {n} rows: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }
@@ -586,27 +607,24 @@ mod tests {
 
     #[test]
     fn whole_set_pass_has_one_row_per_sample_in_any_batching() {
-        let m = Model::new(mnist_spec(Arch::Cnn, 8), &Device::Cpu, 2).unwrap();
         let d = mnist().test.select(&(0..300).collect::<Vec<_>>());
-        let a = attribute(
-            &m,
-            &d,
-            AttributionMode::LabelGradient,
-            256,
-            &Progress::hidden(),
-        )
-        .unwrap();
-        let b = attribute(
-            &m,
-            &d,
-            AttributionMode::LabelGradient,
-            7,
-            &Progress::hidden(),
-        )
-        .unwrap();
-        assert_eq!((a.values.len(), a.loss.len()), (300 * 8, 300));
-        for (u, v) in a.values.iter().zip(&b.values) {
-            assert!((u - v).abs() < 1e-5);
+        for arch in [Arch::Cnn, Arch::Mlp] {
+            let m = Model::new(mnist_spec(arch, 8), &Device::Cpu, 2).unwrap();
+            let pass = |batch: usize| {
+                attribute(
+                    &m,
+                    &d,
+                    AttributionMode::LabelGradient,
+                    batch,
+                    &Progress::hidden(),
+                )
+                .unwrap()
+            };
+            let (a, b) = (pass(256), pass(7));
+            assert_eq!((a.values.len(), a.loss.len()), (300 * 8, 300), "{arch:?}");
+            for (u, v) in a.values.iter().zip(&b.values) {
+                assert!((u - v).abs() < 1e-5, "{arch:?}");
+            }
         }
     }
 }
