@@ -96,14 +96,32 @@ pub fn attribute_batch(
     closed_form_tensor_ops(model, h, logits, y, mode)
 }
 
-/// Run `f` on the elements of a contiguous f32 tensor on the CPU, in place (no copy);
-/// `None` for any other tensor.
-fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets()?;
-    match &*storage {
-        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Some(f(&v[start..end])),
-        _ => None,
+/// A contiguous tensor's storage, read-locked, with its element range: the host's view of it
+/// without a copy.
+struct HostView<'a> {
+    storage: candle_core::StorageRef<'a>,
+    range: std::ops::Range<usize>,
+}
+
+impl<'a> HostView<'a> {
+    /// `None` for a non-contiguous tensor.
+    fn new(t: &'a Tensor) -> Option<Self> {
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        Some(Self {
+            storage,
+            range: start..end,
+        })
+    }
+
+    /// The elements when the storage is f32 on the CPU, else `None`.
+    fn f32s(&self) -> Option<&[f32]> {
+        match &*self.storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+                Some(&v[self.range.clone()])
+            }
+            _ => None,
+        }
     }
 }
 
@@ -202,51 +220,44 @@ fn mlp_forward_on_host(model: &Model, x: &Tensor) -> Result<Option<HostForward>,
     }
     let mut h = vec![0f32; b * hidden];
     let mut logits = vec![0f32; b * k];
-    // Each operand read in place under its storage's read lock.
-    let done = with_host_f32(x, |xs| {
-        with_host_f32(p[0], |w0| {
-            with_host_f32(p[1], |b0| {
-                with_host_f32(p[2], |w| {
-                    with_host_f32(p[3], |bias| {
-                        with_host_f32(p[4], |w2| {
-                            with_host_f32(p[5], |b2| {
-                                let wt = MlpWeights {
-                                    w0,
-                                    b0,
-                                    w,
-                                    b: bias,
-                                    w2,
-                                    b2,
-                                };
-                                let parts = rayon::current_num_threads()
-                                    .min(b / MIN_ROWS_PER_PART)
-                                    .max(1);
-                                if parts == 1 {
-                                    return wt.forward_rows(xs, &mut h, &mut logits);
-                                }
-                                let rows = b.div_ceil(parts);
-                                use rayon::prelude::*;
-                                xs.par_chunks(rows * d)
-                                    .zip(h.par_chunks_mut(rows * hidden))
-                                    .zip(logits.par_chunks_mut(rows * k))
-                                    .for_each(|((x, h), l)| {
-                                        crate::cnn_cpu::as_part(|| wt.forward_rows(x, h, l))
-                                    });
-                            })
-                        })
-                    })
-                })
-            })
-        })
-    });
-    let done = done
-        .flatten()
-        .flatten()
-        .flatten()
-        .flatten()
-        .flatten()
-        .flatten();
-    Ok(done.map(|()| (h, logits)))
+    // Each operand read in place under its storage's read lock, held for the pass.
+    let Some(views) = std::iter::once(x)
+        .chain(p)
+        .map(HostView::new)
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let Some(&[xs, w0, b0, w, bias, w2, b2]) = views
+        .iter()
+        .map(HostView::f32s)
+        .collect::<Option<Vec<_>>>()
+        .as_deref()
+    else {
+        return Ok(None);
+    };
+    let wt = MlpWeights {
+        w0,
+        b0,
+        w,
+        b: bias,
+        w2,
+        b2,
+    };
+    let parts = rayon::current_num_threads()
+        .min(b / MIN_ROWS_PER_PART)
+        .max(1);
+    if parts == 1 {
+        wt.forward_rows(xs, &mut h, &mut logits);
+    } else {
+        let rows = b.div_ceil(parts);
+        use rayon::prelude::*;
+        xs.par_chunks(rows * d)
+            .zip(h.par_chunks_mut(rows * hidden))
+            .zip(logits.par_chunks_mut(rows * k))
+            .for_each(|((x, h), l)| crate::cnn_cpu::as_part(|| wt.forward_rows(x, h, l)));
+    }
+    Ok(Some((h, logits)))
 }
 
 /// The closed forms of [`attribute_batch`] as tensor operations (any device).
