@@ -28,7 +28,7 @@ LAYERS = {
     "cpu": 0, "progress": 0, "data": 0, "input_range": 0, "evaluation": 0,
     "corruption": 0, "metrics": 0, "events": 0,
     # The method's parts and the model's lifecycle.
-    "cnn_cpu": 1, "model": 1, "train": 1, "attribution": 1, "partition": 1,
+    "cnn_cpu": 1, "mlp_cpu": 1, "model": 1, "train": 1, "attribution": 1, "partition": 1,
     "noise_model": 1, "prune": 1, "onnx": 1, "store": 1,
     # Algorithm 1 offline.
     "experiment": 2,

@@ -8,7 +8,7 @@
 //!   decision; label-aware, needed for label noise) `= | ((softmax − onehot(y))·W2) ⊙ relu(h) |`.
 //!
 //! `h` is the pre-ReLU output of `fc`. No autograd graph is built. On the CPU the MLP's
-//! forward runs on the host buffers (three GEMMs, the batch split by rows over the pool) and
+//! forward runs on the host buffers ([`crate::mlp_cpu`], the batch split by rows over the pool) and
 //! the closed forms as one fused pass per row, rows split over the pool (the CNN's body runs
 //! in [`crate::cnn_cpu`], its `fc` and `fc2` as candle operations, then the same row pass); on
 //! other devices everything is tensor operations. The tests hold both forms to the definitions
@@ -83,8 +83,8 @@ pub fn attribute_batch(
 ) -> Result<BatchAttribution, ModelError> {
     // Nothing here is differentiated by autograd: both modes are closed forms of the forward
     // quantities, one matrix expression per batch.
-    if let Some((hv, lv)) = mlp_forward_on_host(model, x)? {
-        return closed_form_on_host(model, hv, lv, y, mode);
+    if let Some(pass) = crate::mlp_cpu::forward(model, x)? {
+        return closed_form_on_host(model, pass.h, pass.logits, y, mode);
     }
     let h = model.fc(&model.body_detached(x)?)?.detach();
     let logits = model.head(&h)?.detach();
@@ -94,170 +94,6 @@ pub fn attribute_batch(
         return closed_form_on_host(model, hv, lv, y, mode);
     }
     closed_form_tensor_ops(model, h, logits, y, mode)
-}
-
-/// A contiguous tensor's storage, read-locked, with its element range: the host's view of it
-/// without a copy.
-struct HostView<'a> {
-    storage: candle_core::StorageRef<'a>,
-    range: std::ops::Range<usize>,
-}
-
-impl<'a> HostView<'a> {
-    /// `None` for a non-contiguous tensor.
-    fn new(t: &'a Tensor) -> Option<Self> {
-        let (storage, layout) = t.storage_and_layout();
-        let (start, end) = layout.contiguous_offsets()?;
-        Some(Self {
-            storage,
-            range: start..end,
-        })
-    }
-
-    /// The elements when the storage is f32 on the CPU, else `None`.
-    fn f32s(&self) -> Option<&[f32]> {
-        match &*self.storage {
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
-                Some(&v[self.range.clone()])
-            }
-            _ => None,
-        }
-    }
-}
-
-/// `(h, logits)` of a batch on the host, row-major: `[B, H]` (pre-ReLU) and `[B, K]`.
-type HostForward = (Vec<f32>, Vec<f32>);
-
-/// Fewest rows per part when a batch is split over the pool (the last part may have fewer).
-const MIN_ROWS_PER_PART: usize = 32;
-
-/// The MLP's weights on the host, borrowed: `body.0` `[F, D]` + `[F]`, `fc` `[H, F]` + `[H]`,
-/// `fc2` `[K, H]` + `[K]`.
-struct MlpWeights<'a> {
-    w0: &'a [f32],
-    b0: &'a [f32],
-    w: &'a [f32],
-    b: &'a [f32],
-    w2: &'a [f32],
-    b2: &'a [f32],
-}
-
-impl MlpWeights<'_> {
-    /// `h` `[n, H]` and `logits` `[n, K]` for the `n` input rows `x` `[n, D]`.
-    fn forward_rows(&self, x: &[f32], h: &mut [f32], logits: &mut [f32]) {
-        let (f, d) = (self.b0.len(), self.w0.len() / self.b0.len());
-        let (hidden, k) = (self.b.len(), self.b2.len());
-        let n = x.len() / d;
-        let mut z = vec![0f32; n * f];
-        crate::cnn_cpu::matmul(n, f, d, &mut z, false, x, (d, 1), self.w0, (1, d));
-        for row in z.chunks_mut(f) {
-            for (v, &c) in row.iter_mut().zip(self.b0) {
-                *v = (*v + c).max(0.0);
-            }
-        }
-        crate::cnn_cpu::matmul(n, hidden, f, h, false, &z, (f, 1), self.w, (1, f));
-        for row in h.chunks_mut(hidden) {
-            for (v, &c) in row.iter_mut().zip(self.b) {
-                *v += c;
-            }
-        }
-        let relu: Vec<f32> = h.iter().map(|v| v.max(0.0)).collect();
-        crate::cnn_cpu::matmul(
-            n,
-            k,
-            hidden,
-            logits,
-            false,
-            &relu,
-            (hidden, 1),
-            self.w2,
-            (1, hidden),
-        );
-        for row in logits.chunks_mut(k) {
-            for (v, &c) in row.iter_mut().zip(self.b2) {
-                *v += c;
-            }
-        }
-    }
-}
-
-/// The MLP's forward pass for attribution on the CPU, straight on the host buffers: inputs
-/// `x` `[B, D]` → body `relu(x·W0ᵀ + b0)` `[B, F]` → `h = z·Wᵀ + b` `[B, H]` (pre-ReLU) →
-/// logits `relu(h)·W2ᵀ + b2` `[B, K]`: three GEMMs ([`crate::cnn_cpu::matmul`], transposed
-/// weights read through their strides, nothing copied) with the bias and ReLU applied in
-/// place, the batch split by rows over the pool (each part single-threaded: no barrier
-/// between the three products). Returns `(h, logits)` row-major, the same values as
-/// [`Model::fc`] and [`Model::head`] up to float summation order; `None` where it does not
-/// apply (the CNN, another device or dtype, a non-contiguous tensor, an empty batch, a
-/// parameter of another size than the spec's).
-///
-/// The parameters' storages are read-locked (`storage_and_layout`, a plain, task-fair read)
-/// for the whole pass: it must never run while the same parameters can be written, which
-/// holds because training and attribution on one model are sequential (the cycle trains a
-/// deep copy on its own pool).
-///
-/// # Errors
-/// [`ModelError::Candle`] if `x` is not `[B, D]`.
-fn mlp_forward_on_host(model: &Model, x: &Tensor) -> Result<Option<HostForward>, ModelError> {
-    let spec = model.spec();
-    if spec.arch != crate::model::Arch::Mlp || !x.device().is_cpu() || x.dtype() != DType::F32 {
-        return Ok(None);
-    }
-    let (b, d) = x.dims2()?;
-    let (f, hidden, k) = (crate::model::MLP_WIDTH, spec.hidden, spec.num_classes);
-    let p = [
-        "body.0.weight",
-        "body.0.bias",
-        "fc.weight",
-        "fc.bias",
-        "fc2.weight",
-        "fc2.bias",
-    ]
-    .map(|name| model.param(name));
-    let expected = [d * f, f, f * hidden, hidden, hidden * k, k];
-    if b == 0 || p.iter().zip(expected).any(|(t, n)| t.elem_count() != n) {
-        return Ok(None);
-    }
-    let mut h = vec![0f32; b * hidden];
-    let mut logits = vec![0f32; b * k];
-    // Each operand read in place under its storage's read lock, held for the pass.
-    let Some(views) = std::iter::once(x)
-        .chain(p)
-        .map(HostView::new)
-        .collect::<Option<Vec<_>>>()
-    else {
-        return Ok(None);
-    };
-    let Some(&[xs, w0, b0, w, bias, w2, b2]) = views
-        .iter()
-        .map(HostView::f32s)
-        .collect::<Option<Vec<_>>>()
-        .as_deref()
-    else {
-        return Ok(None);
-    };
-    let wt = MlpWeights {
-        w0,
-        b0,
-        w,
-        b: bias,
-        w2,
-        b2,
-    };
-    let parts = rayon::current_num_threads()
-        .min(b / MIN_ROWS_PER_PART)
-        .max(1);
-    if parts == 1 {
-        wt.forward_rows(xs, &mut h, &mut logits);
-    } else {
-        let rows = b.div_ceil(parts);
-        use rayon::prelude::*;
-        xs.par_chunks(rows * d)
-            .zip(h.par_chunks_mut(rows * hidden))
-            .zip(logits.par_chunks_mut(rows * k))
-            .for_each(|((x, h), l)| crate::cnn_cpu::as_part(|| wt.forward_rows(x, h, l)));
-    }
-    Ok(Some((h, logits)))
 }
 
 /// The closed forms of [`attribute_batch`] as tensor operations (any device).
@@ -371,7 +207,7 @@ fn closed_form_on_host(
     a.par_chunks_mut(hidden)
         .zip(loss.par_iter_mut())
         .enumerate()
-        .with_min_len(MIN_ROWS_PER_PART)
+        .with_min_len(crate::mlp_cpu::MIN_ROWS_PER_PART)
         .for_each_init(Vec::new, |p, (i, (ai, li))| row(i, ai, li, p));
     let device = model.device();
     Ok(BatchAttribution {

@@ -15,7 +15,8 @@
 //!   [`progress`]: indicatif progress bars, silenced by `--quiet`.
 //! - [`model`]: candle MLP and CNN with the paper's `fc` → ReLU → `fc2` head, prune mask,
 //!   checkpoints, structural removal of pruned neurons, device parsing; [`cnn_cpu`]: the CNN
-//!   body's forward and backward on the CPU (im2col + GEMM), written out.
+//!   body's forward and backward on the CPU (im2col + GEMM), written out; [`mlp_cpu`]: the
+//!   MLP's forward and backward on the CPU's host buffers (GEMMs, rows split over the pool).
 //! - [`train`]: fused Adam/SGD steps and the seeded training loop (all parameters or head only).
 //! - [`attribution`]: §3.2.1, `max-class` and `label-gradient`, batched.
 //! - [`partition`]: §3.2.2, z-score + 2-component GMM + label-free clean-component rule.
@@ -48,6 +49,7 @@ pub mod events;
 pub mod experiment;
 pub mod input_range;
 pub mod metrics;
+pub mod mlp_cpu;
 pub mod model;
 pub mod noise_model;
 pub mod onnx;

@@ -29,8 +29,9 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, ModelEr
 /// MLP, All:  δu = (δh · fc.w) ⊙ 1[u ≥ 0] with z = relu(u), u = body.0(x)
 ///            ∂body.0.w = δuᵀ · x, ∂body.0.b = Σ_b δu           [512, D], [512]
 /// ```
-/// The CNN's body uses the CPU kernels of [`crate::cnn_cpu`] on the CPU and candle's autograd
-/// elsewhere. The test `hand_written_gradients_match_autograd` checks every path against
+/// On the CPU the MLP's passes run on the host buffers ([`crate::mlp_cpu`], the same formulas)
+/// and the CNN's body uses the CPU kernels of [`crate::cnn_cpu`]; elsewhere candle's
+/// operations (and its autograd for the CNN's body). The test `hand_written_gradients_match_autograd` checks every path against
 /// `loss.backward()`.
 ///
 /// # Errors
@@ -100,6 +101,14 @@ pub fn objective_loss_and_grads(
             Ok((loss, grads))
         }
         (Arch::Mlp, Scope::All) => {
+            if let Some((loss, named)) = crate::mlp_cpu::loss_and_grads(model, input, |logits| {
+                logit_loss_and_grad(logits, objective)
+            })? {
+                for (name, g) in named {
+                    grads.insert(model.param(name), g);
+                }
+                return Ok((loss, grads));
+            }
             let u = input
                 .matmul(&model.param("body.0.weight").t()?)?
                 .broadcast_add(model.param("body.0.bias"))?;
