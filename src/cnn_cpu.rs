@@ -4,8 +4,9 @@
 //! This module owns the CPU fast path of [`crate::model::Model::body`] for the CNN and of its
 //! training gradients ([`crate::train::loss_and_grads`]); other devices keep candle's ops and
 //! autograd. Its strided [`matmul`] and [`as_part`] also run the MLP's passes
-//! ([`crate::mlp_cpu`]). candle 0.11's CPU convolution builds a fresh im2col tensor per op and batch, computes
-//! input gradients with a per-pixel `conv_transpose2d` loop (also conv1's, which nothing reads),
+//! ([`crate::mlp_cpu`]). candle 0.11's CPU convolution builds a fresh im2col tensor per op
+//! and batch, computes input gradients with a per-pixel `conv_transpose2d` loop (also
+//! conv1's, which nothing reads),
 //! and its max-pool backward scales every unique maximum's gradient by 1/4 (it multiplies by the
 //! window's mean of the "is max" mask instead of dividing by the tie count). Here:
 //! ```text

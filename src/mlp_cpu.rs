@@ -7,8 +7,9 @@
 //! ([`crate::attribution`]) and for training's gradients ([`crate::train::loss_and_grads`]);
 //! other devices, dtypes and the CNN keep candle's operations. The operands are read in place
 //! through their storages (`storage_and_layout`, no copies), the transposed weights through
-//! their strides ([`crate::cnn_cpu::matmul`]). Each part of the batch (≥
-//! [`MIN_ROWS_PER_PART`] rows, one per thread) runs its products on its thread
+//! their strides ([`crate::cnn_cpu::matmul`]). Each part of the batch (one per thread, cut
+//! so that there are [`MIN_ROWS_PER_PART`] rows a part or more, the last part and a smaller
+//! batch's single part shorter) runs its products on its thread
 //! ([`crate::cnn_cpu::as_part`]): at the batch sizes trained (64) and attributed (256) a GEMM
 //! split over threads waits at a barrier per product, rows split over the pool do not. Within
 //! a part the quantities are feature-major (`uᵀ` `[F, n]`, …), so that every product reads
@@ -23,9 +24,11 @@
 //! ReLU's backward is candle's (`≥ 0`), so a pruned neuron (pre-activation exactly 0) keeps
 //! its gradient as autograd gives it (the optimizer masks it). No gradient of the data.
 //!
-//! The parameters' storages are read-locked for a whole pass: a pass must never run while the
-//! same parameters can be written, which holds because training and attribution on one model
-//! are sequential (the cycle trains a deep copy on its own pool).
+//! The input's and the parameters' storages are read-locked (candle's task-fair, non-recursive
+//! read) for a whole pass: a pass must never run while the same tensors can be written, which
+//! holds because training and attribution on one model are sequential (the cycle trains a
+//! deep copy on its own pool); and the objective [`loss_and_grads`] calls in the middle must
+//! not write or lock them either.
 
 use candle_core::{DType, Tensor};
 
@@ -293,8 +296,8 @@ impl Weights<'_> {
         let (mut dw2, mut db2) = (vec![0f32; k * hidden], vec![0f32; k]);
         // Output rows split over the pool, ∂W0's and ∂W's blocks interleaved (∂W0's are
         // larger) so that each thread gets one of each; fc2's small gradient is one block.
-        let threads = rayon::current_num_threads().max(1);
-        let (r0, r1) = (f.div_ceil(threads), hidden.div_ceil(threads).max(1));
+        let threads = rayon::current_num_threads();
+        let (r0, r1) = (f.div_ceil(threads), hidden.div_ceil(threads));
         let mut blocks0 = dw0.chunks_mut(r0 * d).zip(db0.chunks_mut(r0)).enumerate();
         let mut blocks1 = dw.chunks_mut(r1 * f).zip(db.chunks_mut(r1)).enumerate();
         let mut blocks = Vec::new();
@@ -364,11 +367,12 @@ fn with_weights<R>(
 
 /// The MLP's forward pass of `x` `[B, D]` on the host ([`Pass`]): the same values as
 /// [`Model::fc`] and [`Model::head`] up to float summation order; `None` where the host path
-/// does not apply ([`Model`] not an MLP, `x` not f32 on the CPU or not contiguous, an empty
-/// batch).
+/// does not apply: [`Model`] not an MLP, an empty batch, `x` or a parameter not f32 on the CPU
+/// or not contiguous, a parameter of another size than `D`, the spec and `W2`'s shape imply
+/// (an `x` of the wrong width included: candle's path then reports it).
 ///
 /// # Errors
-/// [`ModelError::Candle`] if `x` is not `[B, D]`.
+/// [`ModelError::Candle`] if `x` or `W2` is not 2-D.
 pub(crate) fn forward(model: &Model, x: &Tensor) -> Result<Option<Pass>, ModelError> {
     with_weights(model, x, |wt, xs| wt.forward(xs))
 }
@@ -378,8 +382,11 @@ pub(crate) fn forward(model: &Model, x: &Tensor) -> Result<Option<Pass>, ModelEr
 /// `at_logits` maps the logits `[B, K]` (a tensor on the CPU) to the loss and its gradient
 /// there `[B, K]` (the objective's; `crate::train`'s `logit_loss_and_grad`).
 ///
+/// `at_logits` runs while `x` and the parameters are read-locked (module doc): it must not
+/// write or lock them.
+///
 /// # Errors
-/// [`ModelError::Candle`] if `x` is not `[B, D]`; `at_logits`'s errors; a one-line
+/// [`ModelError::Candle`] if `x` or `W2` is not 2-D; `at_logits`'s errors; a one-line
 /// [`ModelError::Invalid`] if its gradient is not `[B, K]`.
 pub(crate) fn loss_and_grads(
     model: &Model,
@@ -431,7 +438,7 @@ mod tests {
 
     /// The host gradients of the labels' cross-entropy against candle's autograd on a pruned
     /// model (rows of `fc` exactly zero), on 1- to 4-thread pools and batches that split into
-    /// uneven parts; the forward's `h` and logits against candle's forward.
+    /// uneven parts or a single short one; the forward's `h` and logits against candle's forward.
     #[test]
     fn host_gradients_equal_autograd_on_any_pool() {
         let split = mnist();
@@ -445,7 +452,15 @@ mod tests {
                 assert!((g - w).abs() <= 1e-4 * scale, "{what}: {g} vs {w}");
             }
         };
-        for (threads, n) in [(1, 64), (2, 64), (2, 65), (3, 97), (4, 130)] {
+        for (threads, n) in [
+            (1, 64),
+            (2, 64),
+            (2, 65),
+            (3, 20),
+            (4, 50),
+            (3, 97),
+            (4, 130),
+        ] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()

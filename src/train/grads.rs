@@ -29,10 +29,11 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, ModelEr
 /// MLP, All:  δu = (δh · fc.w) ⊙ 1[u ≥ 0] with z = relu(u), u = body.0(x)
 ///            ∂body.0.w = δuᵀ · x, ∂body.0.b = Σ_b δu           [512, D], [512]
 /// ```
-/// On the CPU the MLP's passes run on the host buffers ([`crate::mlp_cpu`], the same formulas)
-/// and the CNN's body uses the CPU kernels of [`crate::cnn_cpu`]; elsewhere candle's
-/// operations (and its autograd for the CNN's body). The test `hand_written_gradients_match_autograd` checks every path against
-/// `loss.backward()`.
+/// On the CPU with f32, contiguous operands the MLP's passes run on the host buffers
+/// ([`crate::mlp_cpu`], the same formulas) and the CNN's body uses the CPU kernels of
+/// [`crate::cnn_cpu`]; otherwise candle's operations (and its autograd for the CNN's body).
+/// The test `hand_written_gradients_match_autograd` checks the host path and the tensor
+/// operations (a non-contiguous input) against `loss.backward()`.
 ///
 /// # Errors
 /// [`ModelError::Candle`] on a shape mismatch or device error.
