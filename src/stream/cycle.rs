@@ -232,7 +232,7 @@ pub fn finetune_recipe(cfg: &DaemonConfig, seed: u64) -> TrainConfig {
         scope,
         seed,
         mixup: cfg.cycle.mixup,
-        ema: 0.0,
+        ema: cfg.cycle.ema,
     }
 }
 

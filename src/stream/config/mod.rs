@@ -355,7 +355,8 @@ mod tests {
     #[test]
     fn every_problem_is_one_line_naming_its_key() {
         let f = write(
-            "[trigger]\nnoisy_fraction = 1.5\n[scoring]\nthreshold = 0\n[mixture]\nalpha = 0.2\n",
+            "[trigger]\nnoisy_fraction = 1.5\n[scoring]\nthreshold = 0\n[mixture]\nalpha = 0.2\n\
+             [cycle]\nema = 1.0\n",
         );
         let e = load_from(f.path(), vec![]).unwrap_err().0;
         let lines: Vec<&str> = e.lines().collect();
@@ -367,6 +368,7 @@ mod tests {
         );
         assert!(lines.iter().any(|l| l.contains("scoring.threshold")), "{e}");
         assert!(lines.iter().any(|l| l.contains("mixture.alpha")), "{e}");
+        assert!(lines.iter().any(|l| l.contains("cycle.ema = 1")), "{e}");
         let f = write("[kafka]\nbrokerz = \"x\"\n");
         let e = load_from(f.path(), vec![]).unwrap_err().0;
         assert!(e.contains("brokerz") && !e.contains('\n'), "{e}");

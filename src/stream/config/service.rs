@@ -81,6 +81,14 @@ pub struct CycleConfig {
     /// teaches the model to stop predicting that class
     /// ([`crate::stream::cycle::class_balanced_rows`]).
     pub class_balance: f64,
+    /// Decay of the moving average of the weights the cycle's fine-tune (and the bootstrap's
+    /// optional clean fine-tune) ends with
+    /// ([`crate::train::TrainConfig::ema`]; 0 = off, the paper's recipe; at most 0.9999;
+    /// default 0.999, where a 3-epoch cycle's `(1 + t) / (10 + t)` schedule governs: about
+    /// the last tenth of its steps). The candidate is the average of the fine-tune's last
+    /// steps instead of its last step, which smooths out the step-to-step swings that wrong
+    /// labels left in the clean partition cause (README "Does the repair work").
+    pub ema: f64,
     /// The acceptance guard (`[cycle.guard]`, [`crate::stream::guard`]).
     pub guard: crate::stream::guard::GuardParams,
     /// A trusted validation set replaces the held-out slice when given.
@@ -102,6 +110,7 @@ impl Default for CycleConfig {
             holdout_fraction: 0.1,
             mixup: 0.0,
             class_balance: 4.0,
+            ema: 0.999,
             guard: Default::default(),
             validation: None,
             seed: 2,
@@ -200,6 +209,12 @@ impl CycleConfig {
                 "cycle.class_balance = {}: must be in [1, 100] (the most a class's clean samples \
                  are repeated; 1 = off)",
                 c.class_balance
+            ));
+        }
+        if !(c.ema >= 0.0 && c.ema <= 0.9999) {
+            p.push(format!(
+                "cycle.ema = {}: must be in [0, 0.9999] (the weight average's decay; 0 = off)",
+                c.ema
             ));
         }
         if c.min_samples < MIN_CYCLE_SAMPLES {
