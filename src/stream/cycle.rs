@@ -10,9 +10,11 @@
 //! slice — `holdout_fraction` of the samples (`cycle.guard.holdout = "unseen"`, default,
 //! compared by their given labels) or of the clean ones (`"clean"`), drawn after a seeded
 //! shuffle from those the current model has not trained on (they arrived after its training
-//! data; see [`CycleInput::holdout_from`]), but never more than half of those, so the candidate
-//! also fine-tunes on new samples — is excluded from fine-tuning and compares the current and
-//! candidate models unless a trusted validation set is configured. Only clean samples are
+//! data, and no copy of whose input arrived before; see [`CycleInput::holdout_from`]), but
+//! never more than half of those, so the candidate also fine-tunes on new samples — is
+//! excluded from fine-tuning, every copy of its inputs with it ([`content_keys`]: a sample
+//! streamed twice would otherwise be fine-tuned on and judged on), and compares the current
+//! and candidate models unless a trusted validation set is configured. Only clean samples are
 //! fine-tuned on (with `cycle.objective = "clean"`, each class's repeated towards the clean
 //! partition's share of its labels outside the slice: `cycle.class_balance`,
 //! [`class_balanced_rows`]). Drawing the slice from the clean samples alone favours the
@@ -28,6 +30,8 @@
 //! `prune_fraction·H` more and never beyond `MAX_PRUNED_FRACTION·H` in all (later cycles then
 //! only fine-tune).
 
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -157,6 +161,11 @@ pub struct CycleRecord {
     pub finetune_rows: usize,
     /// Samples the two models were compared on.
     pub eval_samples: usize,
+    /// Snapshot rows left out of fine-tuning because they copy the input of a held-out row
+    /// (a sample that arrived twice: a replayed topic, an at-least-once redelivery), so the
+    /// candidate is never judged on an input it trained on ([`content_keys`]).
+    #[serde(default)]
+    pub holdout_copies: usize,
     /// `holdout` (clean samples the current model has not trained on), `holdout-unseen` (any
     /// samples it has not trained on, `cycle.guard.holdout = "unseen"`), `holdout-all` (the
     /// fallback: any clean samples, see [`MIN_UNSEEN_HOLDOUT`]) or `validation` (trusted set).
@@ -195,6 +204,7 @@ impl CycleRecord {
             finetune_samples: 0,
             finetune_rows: 0,
             eval_samples: 0,
+            holdout_copies: 0,
             eval_set: String::new(),
             accuracy_before: None,
             accuracy_after: None,
@@ -258,16 +268,16 @@ pub fn warm_verdicter(
 }
 
 /// Split the (shuffled) clean rows into (held out, fine-tune, eval-set name): the held-out
-/// slice is `fraction` of them, but at most half of the rows `>= holdout_from` (unseen by
+/// slice is `fraction` of them, but at most half of the rows `is_unseen` accepts (unseen by
 /// the current model), taken from those, while at least [`MIN_UNSEEN_HOLDOUT`] of those
 /// exist; else `fraction` of all clean rows.
 fn split_holdout(
     clean: &[usize],
-    holdout_from: usize,
+    is_unseen: impl Fn(usize) -> bool,
     fraction: f64,
 ) -> (Vec<usize>, Vec<usize>, &'static str) {
     let m = ((clean.len() as f64) * fraction).round() as usize;
-    let unseen = clean.iter().filter(|&&i| i >= holdout_from).count();
+    let unseen = clean.iter().filter(|&&i| is_unseen(i)).count();
     if unseen < MIN_UNSEEN_HOLDOUT {
         let (held, tune) = clean.split_at(m);
         return (held.to_vec(), tune.to_vec(), "holdout-all");
@@ -275,13 +285,55 @@ fn split_holdout(
     let m = m.min(unseen / 2);
     let (mut held, mut tune) = (Vec::with_capacity(m), Vec::with_capacity(clean.len() - m));
     for &i in clean {
-        if i >= holdout_from && held.len() < m {
+        if is_unseen(i) && held.len() < m {
             held.push(i);
         } else {
             tune.push(i);
         }
     }
     (held, tune, "holdout")
+}
+
+/// The held-out rows among `rows` (shuffled snapshot indices) and the eval-set name, by
+/// [`split_holdout`], where a row is unseen by the current model when it is at or after
+/// `holdout_from` and no row before `holdout_from` has its content key (`keys`, one per
+/// snapshot row: [`content_keys`]).
+fn holdout_rows(
+    rows: &[usize],
+    keys: &[u64],
+    holdout_from: usize,
+    fraction: f64,
+) -> (Vec<usize>, &'static str) {
+    let seen: HashSet<u64> = keys[..holdout_from.min(keys.len())]
+        .iter()
+        .copied()
+        .collect();
+    let unseen = |i: usize| i >= holdout_from && !seen.contains(&keys[i]);
+    let (held, _, set) = split_holdout(rows, unseen, fraction);
+    (held, set)
+}
+
+/// Per snapshot row (`keys`: [`content_keys`]): whether it is one of `held` or a copy of
+/// one's input.
+fn copies_of(held: &[usize], keys: &[u64]) -> Vec<bool> {
+    let held_keys: HashSet<u64> = held.iter().map(|&i| keys[i]).collect();
+    keys.iter().map(|k| held_keys.contains(k)).collect()
+}
+
+/// A key per row of `data` that two rows share exactly when their inputs are bit-for-bit
+/// equal (the features' `f32` bits through SipHash; a collision between different inputs
+/// has probability about `n² / 2⁶⁵`). Labels are not part of the key: an input the candidate
+/// fine-tuned on under any label is not unseen.
+pub fn content_keys(data: &Dataset) -> Vec<u64> {
+    (0..data.len())
+        .map(|i| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for v in data.row(i) {
+                v.to_bits().hash(&mut h);
+            }
+            h.finish()
+        })
+        .collect()
 }
 
 /// The clean fine-tuning rows with each class brought towards the clean partition's overall
@@ -429,7 +481,10 @@ fn cycle_steps(
     }
     lap(rec, "regression");
 
-    // 3. Split the clean samples into fine-tuning and held-out slices.
+    // 3. Split the clean samples into fine-tuning and held-out slices. A row is unseen by the
+    //    current model when it arrived after the model's training data and no copy of its
+    //    input arrived before (a sample streamed twice is not new the second time).
+    let keys = content_keys(data);
     let mut clean: Vec<usize> = (0..a.n).filter(|&i| !noisy[i]).collect();
     clean.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(
         cfg.cycle.seed ^ input.version,
@@ -444,8 +499,8 @@ fn cycle_steps(
             all.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(
                 cfg.cycle.seed ^ input.version ^ 0x5eed,
             ));
-            let (held, _, set) =
-                split_holdout(&all, input.holdout_from, cfg.cycle.holdout_fraction);
+            let (held, set) =
+                holdout_rows(&all, &keys, input.holdout_from, cfg.cycle.holdout_fraction);
             let set = if set == "holdout" {
                 "holdout-unseen"
             } else {
@@ -454,15 +509,18 @@ fn cycle_steps(
             (data.select(&held), set, held)
         }
         None => {
-            let (held, _, set) =
-                split_holdout(&clean, input.holdout_from, cfg.cycle.holdout_fraction);
+            let (held, set) = holdout_rows(
+                &clean,
+                &keys,
+                input.holdout_from,
+                cfg.cycle.holdout_fraction,
+            );
             (data.select(&held), set, held)
         }
     };
-    let mut is_held = vec![false; a.n];
-    for &i in &held {
-        is_held[i] = true;
-    }
+    // Out of fine-tuning: the held-out rows and every copy of their inputs.
+    let is_held = copies_of(&held, &keys);
+    rec.holdout_copies = is_held.iter().filter(|&&b| b).count() - held.len();
     // The rows the fine-tune runs over (the clean ones repeated per class by
     // cycle.class_balance) and how many distinct samples they are.
     let (tune_idx, distinct): (Vec<usize>, usize) = match cfg.cycle.objective {
@@ -665,10 +723,67 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_streamed_twice_is_neither_unseen_nor_fine_tuned_on_beside_its_held_copy() {
+        // 1,000 rows of 4 features: rows 0..400 trained the current model; 400..1000 arrived
+        // after: rows 700..950 are copies of 400..650 (the topic replayed) and rows 950..1000
+        // copies of rows 0..50, which the model trained on (under other labels, too).
+        let mut features = Vec::new();
+        for i in 0..1000usize {
+            let src = match i {
+                950.. => i - 950,
+                700..=949 => i - 300,
+                _ => i,
+            };
+            features.extend((0..4).map(|j| (src * 4 + j) as f32 / 7.0));
+        }
+        let data = Dataset {
+            name: "replayed".into(),
+            features,
+            labels: (0..1000).map(|i| (i % 3) as u32).collect(),
+            dim: 4,
+            num_classes: 3,
+            image_shape: None,
+        };
+        let keys = content_keys(&data);
+        assert_eq!(keys[999], keys[49]);
+        assert_eq!(keys[700], keys[400]);
+        assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 700);
+        let mut rows: Vec<usize> = (0..1000).collect();
+        rows.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(3));
+        let (held, set) = holdout_rows(&rows, &keys, 400, 0.2);
+        assert_eq!((held.len(), set), (200, "holdout"));
+        assert!(
+            held.iter().all(|&i| (400..950).contains(&i)),
+            "only rows after the model's data whose inputs it has not seen"
+        );
+        let excluded = copies_of(&held, &keys);
+        // Each held row's other copy (if it has one) is out of fine-tuning too.
+        for &i in &held {
+            let twin = match i {
+                400..=649 => Some(i + 300),
+                700..=949 => Some(i - 300),
+                _ => None,
+            };
+            if let Some(t) = twin {
+                assert!(
+                    excluded[t],
+                    "row {t}, a copy of held-out row {i}, fine-tunes"
+                );
+            }
+        }
+        let extra = excluded.iter().filter(|&&b| b).count() - held.len();
+        assert!(extra > 50, "{extra} copies excluded");
+        assert!(excluded
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| !b || held.iter().any(|&h| keys[h] == keys[i])));
+    }
+
+    #[test]
     fn holdout_comes_from_rows_the_current_model_has_not_trained_on() {
         // 1,000 clean rows (shuffled order), the current model trained on rows < 600.
         let clean: Vec<usize> = (0..1000).map(|i| (i * 7919) % 1000).collect();
-        let (held, tune, set) = split_holdout(&clean, 600, 0.1);
+        let (held, tune, set) = split_holdout(&clean, |i| i >= 600, 0.1);
         assert_eq!(set, "holdout");
         assert_eq!(held.len(), 100);
         assert!(held.iter().all(|&i| i >= 600));
@@ -681,11 +796,11 @@ mod tests {
             "a partition of the clean rows"
         );
         // Few unseen rows: half of them are held out, the other half fine-tunes.
-        let (held, tune, set) = split_holdout(&clean, 850, 0.2);
+        let (held, tune, set) = split_holdout(&clean, |i| i >= 850, 0.2);
         assert_eq!((held.len(), set), (75, "holdout"));
         assert_eq!(tune.iter().filter(|&&i| i >= 850).count(), 75);
         // Too few unseen rows: the fallback draws from all clean rows and says so.
-        let (held, tune, set) = split_holdout(&clean, 950, 0.1);
+        let (held, tune, set) = split_holdout(&clean, |i| i >= 950, 0.1);
         assert_eq!((held.len(), tune.len(), set), (100, 900, "holdout-all"));
         assert!(held.iter().any(|&i| i < 950));
     }
