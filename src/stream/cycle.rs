@@ -608,10 +608,14 @@ fn cycle_steps(
         before: &sb,
         after: &sa,
     };
+    // The recall check counts the held-out labels the verdicts call clean (all of a trusted
+    // validation set's).
+    let trusted: Vec<bool> = held.iter().map(|&i| !noisy[i]).collect();
     let (decision, evidence) = judge(
         &eval.labels,
         &pb,
         &pa,
+        input.validation.is_none().then_some(trusted.as_slice()),
         snapshot,
         data.num_classes,
         &cfg.cycle.guard,
