@@ -21,8 +21,10 @@ at process start: RAYON_NUM_THREADS for rlap, torch.set_num_threads for PyTorch)
   make bench-peer                       # CPU, MLP and CNN: default, 1 and 2 threads
   .cache/torch/bin/python benches/torch_peer.py --device cuda:0 --batch 256,1024,4096
 
-The last lines printed are the table (figure | rlap | PyTorch | ratio) and, with --json, the
-same figures as JSON.
+The last lines printed are the table (figure | rlap | PyTorch | ratio), then on CPU the
+machine's dense-f32 ceiling per thread setting (PyTorch's sgemm on 2048x2048 matrices, the
+rate a BLAS gets closest to the FMA units' peak at) with the MLP attribution rows in GFLOP/s
+beside it, and, with --json, the figures as JSON.
 """
 import argparse
 import gzip
@@ -40,6 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Architecture constants of src/model/mod.rs.
 MLP_WIDTH, CONV1, CONV2, KERNEL, HIDDEN = 512, 16, 32, 5, 256
+# Floating-point operations of one MLP attribution forward (body, fc, fc2), per sample.
+MLP_ATTRIBUTION_FLOP = 2 * (784 * MLP_WIDTH + MLP_WIDTH * HIDDEN + HIDDEN * 10)
+# Side of the square sgemm that measures the dense-f32 ceiling.
+SGEMM_N = 2048
 
 
 def load_mnist(data_dir, n):
@@ -168,6 +174,17 @@ def worker(args):
             sync()
             secs.append(time.perf_counter() - t)
         results[f"train epoch {arch} batch {args.train_batch}"] = n / statistics.median(secs)
+    if dev.type == "cpu":
+        # The machine's dense-f32 ceiling at this thread count: one large square sgemm, where
+        # PyTorch's BLAS runs closest to the FMA units' peak.
+        a, b = torch.randn(SGEMM_N, SGEMM_N), torch.randn(SGEMM_N, SGEMM_N)
+        torch.mm(a, b)
+        secs = []
+        for _ in range(5):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            secs.append(time.perf_counter() - t)
+        results["ceiling sgemm"] = 2 * SGEMM_N**3 / statistics.median(secs) / 1e9
     print(json.dumps(results))
 
 
@@ -199,7 +216,7 @@ def driver(args):
         sys.exit(f"torch_peer: no rlap binary at {args.rlap} (cargo build --release, or --rlap PATH)")
     # 0 = each side's own default (rlap: RAYON_NUM_THREADS unset; PyTorch: its default).
     settings = args.threads if args.device == "cpu" else [0]
-    rlap, peer = {}, {}
+    rlap, peer, ceiling = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             for t in settings:
@@ -218,7 +235,9 @@ def driver(args):
                     env["OMP_NUM_THREADS"] = str(t)
                 out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
                 for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items():
-                    if not k.startswith("check"):
+                    if k == "ceiling sgemm":
+                        ceiling.setdefault(t, []).append(v)
+                    elif not k.startswith("check"):
                         peer.setdefault((k, t), []).append(v)
             print(f"torch_peer: round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     rows = []
@@ -238,6 +257,18 @@ def driver(args):
         th = row["threads"] or "default"
         print(f"{row['figure']:<44} {th:>7} {row['rlap_samples_per_second']:>10.0f} "
               f"{row['pytorch_samples_per_second']:>10.0f} {row['ratio']:>6.2f}")
+    # How far the MLP's attribution is from what the machine can do at all: its forward is
+    # dense f32 GEMMs, so the large sgemm's rate bounds it.
+    for t, v in sorted(ceiling.items()):
+        g = statistics.median(v)
+        th = t or "default"
+        print(f"ceiling, {th} threads: PyTorch sgemm {SGEMM_N}^3 {g:.0f} GFLOP/s = at most "
+              f"{g * 1e9 / MLP_ATTRIBUTION_FLOP:.0f} MLP attribution samples/s "
+              f"({MLP_ATTRIBUTION_FLOP / 1e6:.2f} MFLOP each)")
+        for row in rows:
+            if row["threads"] == t and row["figure"].startswith("attribution") and " mlp " in row["figure"]:
+                print(f"  {row['figure']}: rlap {row['rlap_samples_per_second'] * MLP_ATTRIBUTION_FLOP / 1e9:.0f}"
+                      f" GFLOP/s, PyTorch {row['pytorch_samples_per_second'] * MLP_ATTRIBUTION_FLOP / 1e9:.0f} GFLOP/s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=2))
