@@ -96,7 +96,9 @@ pub struct AcceptanceEvidence {
     /// Two-sided interval of the paired accuracy difference (after − before): `[low, high]`.
     #[schema(value_type = [f64; 2])]
     pub difference_interval: (f64, f64),
-    /// Recall per class `[K]` of the parent on the evaluation set (None: no sample of it).
+    /// Recall per class `[K]` of the parent on the evaluation labels the guard trusts: all of a
+    /// trusted validation set, or the clean-flagged ones of the held-out slice (None: no such
+    /// sample of the class).
     pub recall_before: Vec<Option<f64>>,
     /// Recall per class `[K]` of this version.
     pub recall_after: Vec<Option<f64>>,

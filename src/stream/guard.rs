@@ -14,7 +14,9 @@
 //! 3. **No class collapses**: every class with at least `min_class_samples` evaluation samples
 //!    keeps its recall within `max_recall_drop` (on a held-out slice of the stream, counted on
 //!    the labels the verdicts call clean: under pair noise a class's given labels include the
-//!    samples flipped into it, see [`judge`]); and over the whole snapshot, a class the
+//!    samples flipped into it, see [`judge`]; the current model's recall on a class it
+//!    predicts more often than the snapshot labels it is first discounted to that share, see
+//!    `recall_at_label_share`); and over the whole snapshot, a class the
 //!    current model predicts at least `min_class_predictions` times is still predicted at
 //!    least half as often as the current model predicts it or as the snapshot labels it,
 //!    whichever is fewer, and at least a quarter as often as the current model (a tiny class
@@ -170,6 +172,22 @@ pub enum Decision {
     Skip(String),
 }
 
+/// The current model's recall `rb` on a class discounted to the rate the snapshot labels it:
+/// `rb · min(1, labelled / predicted_before)`. Recall rewards predicting a class more often
+/// than it occurs (predicting it everywhere gives recall 1); a current model that predicts a
+/// class twice as often as it is labelled (pair noise: it learned to put class c − 1's samples
+/// there) would keep only about this recall if it predicted the class at its label share
+/// with the same precision, so a candidate that brings the class back to its share is
+/// measured against this, not against the inflated recall. A class the current model predicts
+/// no more often than it is labelled keeps `rb` (as does a snapshot without labels of it).
+fn recall_at_label_share(rb: f64, predicted_before: usize, labelled: usize) -> f64 {
+    if labelled == 0 || predicted_before <= labelled {
+        rb
+    } else {
+        rb * labelled as f64 / predicted_before as f64
+    }
+}
+
 /// The count a class's predictions must keep at least half of: the current model's count, or
 /// the snapshot's label count where that is fewer, but never less than half the current
 /// model's count (a class the labels no longer carry, e.g. all flipped away, still may not
@@ -200,7 +218,9 @@ pub struct Snapshot<'a> {
 /// c + 1 are class c), and a current model that learned the flip "recalls" them; a candidate
 /// that predicts their true class loses that recall (MNIST, 40 % pair noise: 0.87 → 0.50)
 /// while its test accuracy rises by 20–30 pt. On the labels the verdicts trust, a real
-/// collapse still shows.
+/// collapse still shows, as far as the verdicts are right: flipped labels the verdicts call
+/// clean still count, so under heavy class-conditional noise the check can still fire on a
+/// candidate that unlearns them (it then keeps the current model, the safe side).
 pub fn judge(
     labels: &[u32],
     before: &[u32],
@@ -227,11 +247,14 @@ pub fn judge(
     let (pb, pa) = (count(snapshot.before), count(snapshot.after));
     let labelled = count(snapshot.labels);
     let (mut tot, mut hit_b, mut hit_a) = (vec![0usize; k], vec![0usize; k], vec![0usize; k]);
+    let (mut right_b, mut right_a) = (0usize, 0usize);
     let mut d_sum = 0.0;
     let mut d_sq = 0.0;
     for i in 0..n {
         let y = labels[i] as usize;
         let (b, a) = (before[i] == labels[i], after[i] == labels[i]);
+        right_b += usize::from(b);
+        right_a += usize::from(a);
         if y < k && trusted.is_none_or(|t| t[i]) {
             tot[y] += 1;
             hit_b[y] += usize::from(b);
@@ -242,8 +265,8 @@ pub fn judge(
         d_sq += d * d;
     }
     let nf = n.max(1) as f64;
-    ev.accuracy_before = hit_b.iter().sum::<usize>() as f64 / nf;
-    ev.accuracy_after = hit_a.iter().sum::<usize>() as f64 / nf;
+    ev.accuracy_before = right_b as f64 / nf;
+    ev.accuracy_after = right_a as f64 / nf;
     let mean = d_sum / nf;
     let var = if n > 1 {
         (d_sq - nf * mean * mean) / (nf - 1.0)
@@ -286,16 +309,25 @@ pub fn judge(
     }
     for c in &ev.classes {
         if let (Some(rb), Some(ra)) = (c.recall_before, c.recall_after) {
-            if c.samples >= p.min_class_samples && rb - ra > p.max_recall_drop {
+            let rb_at_share = recall_at_label_share(rb, c.predicted_before, c.labelled);
+            if c.samples >= p.min_class_samples && rb_at_share - ra > p.max_recall_drop {
                 return (
                     Decision::Reject(format!(
-                        "class {} recall collapses {rb:.3} -> {ra:.3} on {} samples{}; {summary}",
+                        "class {} recall collapses {rb:.3} -> {ra:.3} on {} samples{}{}; {summary}",
                         c.class,
                         c.samples,
                         if trusted.is_some() {
                             " the verdicts call clean"
                         } else {
                             ""
+                        },
+                        if rb_at_share < rb {
+                            format!(
+                                " ({rb_at_share:.3} at its label share: the current model predicts it {} times, the snapshot labels it {})",
+                                c.predicted_before, c.labelled
+                            )
+                        } else {
+                            String::new()
                         }
                     )),
                     ev,
@@ -476,6 +508,14 @@ mod tests {
             .classes
             .iter()
             .all(|c| c.samples < 400 && c.samples > 150));
+        // The accuracies are on every evaluation label, whatever the recall check counts.
+        let mean_d = (ev.difference_interval.0 + ev.difference_interval.1) / 2.0;
+        assert!(
+            (ev.accuracy_after - ev.accuracy_before - mean_d).abs() < 1e-9,
+            "{ev:?}"
+        );
+        let right = |m: &[u32]| m.iter().zip(&labels).filter(|(q, y)| q == y).count();
+        assert!((ev.accuracy_before - right(&b) as f64 / 4000.0).abs() < 1e-12);
         // A real collapse still shows on the trusted labels.
         let mut a3 = a.clone();
         for i in 0..labels.len() {
@@ -515,6 +555,66 @@ mod tests {
             Decision::Reject(r) => assert!(r.contains("class 9 vanishes"), "{r}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn recall_inflated_by_over_prediction_is_not_a_collapse_to_lose() {
+        // 1,000 rows, 100 per true class. 80 of class 1's samples are labelled 2 and the
+        // verdicts call them clean (the current model agrees); the other 20 are flagged. The
+        // current model predicts 2 for every class-1 and class-3 sample (300 predictions of a
+        // class labelled 180 times), everything else right; the candidate predicts every true
+        // class.
+        let t: Vec<u32> = (0..1000).map(|i| (i % 10) as u32).collect();
+        let labels: Vec<u32> = (0..1000)
+            .map(|i| match (t[i], i / 10) {
+                (1, r) if r < 80 => 2,
+                (c, _) => c,
+            })
+            .collect();
+        let trusted: Vec<bool> = (0..1000).map(|i| !(t[i] == 1 && labels[i] == 1)).collect();
+        let before: Vec<u32> = t
+            .iter()
+            .map(|&c| if c == 1 || c == 3 { 2 } else { c })
+            .collect();
+        let after = t.clone();
+        let snapshot = Snapshot {
+            labels: &labels,
+            before: &before,
+            after: &after,
+        };
+        let p = GuardParams::default();
+        let (d, ev) = judge(&labels, &before, &after, Some(&trusted), snapshot, 10, &p);
+        let c2 = &ev.classes[2];
+        assert_eq!(
+            (c2.samples, c2.predicted_before, c2.labelled),
+            (180, 300, 180)
+        );
+        let (rb, ra) = (c2.recall_before.unwrap(), c2.recall_after.unwrap());
+        assert!(
+            rb - ra > p.max_recall_drop,
+            "{rb} -> {ra}: a drop counted raw"
+        );
+        assert!(
+            (recall_at_label_share(rb, 300, 180) - 0.6).abs() < 1e-12,
+            "1.0 at 300 predictions for 180 labels is 0.6 at the label share"
+        );
+        assert!(matches!(d, Decision::Accept(_)), "{d:?}");
+        // Below what the current model would keep at the label share, it still collapses.
+        let mut worse = after.clone();
+        for (i, w) in worse.iter_mut().enumerate() {
+            if t[i] == 2 && i / 10 < 60 {
+                *w = 5;
+            }
+        }
+        let snapshot = Snapshot {
+            after: &worse,
+            ..snapshot
+        };
+        let (d, _) = judge(&labels, &before, &worse, Some(&trusted), snapshot, 10, &p);
+        assert!(
+            matches!(&d, Decision::Reject(r) if r.contains("class 2 recall collapses") && r.contains("at its label share")),
+            "{d:?}"
+        );
     }
 
     #[test]
