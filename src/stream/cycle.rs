@@ -30,7 +30,7 @@
 //! `prune_fraction·H` more and never beyond `MAX_PRUNED_FRACTION·H` in all (later cycles then
 //! only fine-tune).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
@@ -295,20 +295,23 @@ fn split_holdout(
 }
 
 /// The held-out rows among `rows` (shuffled snapshot indices) and the eval-set name, by
-/// [`split_holdout`], where a row is unseen by the current model when it is at or after
-/// `holdout_from` and no row before `holdout_from` has its content key (`keys`, one per
-/// snapshot row: [`content_keys`]).
+/// [`split_holdout`], where a row counts as unseen by the current model when it is at or
+/// after `holdout_from` and is the first row of this snapshot with its content key (`keys`,
+/// one per snapshot row: [`content_keys`]): no copy of its input came earlier in the
+/// snapshot. A copy the store evicted before this snapshot is not caught.
 fn holdout_rows(
     rows: &[usize],
     keys: &[u64],
     holdout_from: usize,
     fraction: f64,
 ) -> (Vec<usize>, &'static str) {
-    let seen: HashSet<u64> = keys[..holdout_from.min(keys.len())]
-        .iter()
-        .copied()
-        .collect();
-    let unseen = |i: usize| i >= holdout_from && !seen.contains(&keys[i]);
+    // The first row of each input: a later copy is never unseen, so the held-out slice holds
+    // distinct inputs and the "at most half" of split_holdout counts distinct inputs.
+    let mut first: HashMap<u64, usize> = HashMap::with_capacity(keys.len());
+    for (i, &k) in keys.iter().enumerate() {
+        first.entry(k).or_insert(i);
+    }
+    let unseen = |i: usize| i >= holdout_from && first[&keys[i]] == i;
     let (held, _, set) = split_holdout(rows, unseen, fraction);
     (held, set)
 }
@@ -483,7 +486,8 @@ fn cycle_steps(
 
     // 3. Split the clean samples into fine-tuning and held-out slices. A row is unseen by the
     //    current model when it arrived after the model's training data and no copy of its
-    //    input arrived before (a sample streamed twice is not new the second time).
+    //    input came earlier in this snapshot (a sample streamed twice is not new the second
+    //    time; a copy already evicted from the store is not caught).
     let keys = content_keys(data);
     let mut clean: Vec<usize> = (0..a.n).filter(|&i| !noisy[i]).collect();
     clean.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(
@@ -755,10 +759,16 @@ mod tests {
         let mut rows: Vec<usize> = (0..1000).collect();
         rows.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(3));
         let (held, set) = holdout_rows(&rows, &keys, 400, 0.2);
-        assert_eq!((held.len(), set), (200, "holdout"));
+        // 300 distinct unseen inputs (rows 400..700): at most half of them are held out.
+        assert_eq!((held.len(), set), (150, "holdout"));
         assert!(
-            held.iter().all(|&i| (400..950).contains(&i)),
-            "only rows after the model's data whose inputs it has not seen"
+            held.iter().all(|&i| (400..700).contains(&i)),
+            "only first copies of inputs that arrived after the model's data"
+        );
+        assert_eq!(
+            held.iter().map(|&i| keys[i]).collect::<HashSet<_>>().len(),
+            held.len(),
+            "no input twice in the held-out slice"
         );
         let excluded = copies_of(&held, &keys);
         // Each held row's other copy (if it has one) is out of fine-tuning too.
