@@ -22,6 +22,7 @@ as shipped inside the scikit-learn wheel, written to data/digits/{train,test}.cs
 
 Usage: python3 benches/quality.py [--rlap target/release/rlap] [--out out/quality]
        [--train-size 20000] [--only fashion-mnist|digits] [--noise sym0.2,...]
+       [--validation 2000] [--reuse-offline]
 Needs: pip install scikit-learn cleanlab (make bench-quality installs them into .cache/peers).
 Prints a Markdown table and writes OUT/quality.md and OUT/quality.json.
 """
@@ -196,6 +197,9 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--noise", default="none,sym0.2,sym0.4,sym0.6,pair0.4,human0.4")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--validation", type=int, default=0,
+                    help="give each Fashion-MNIST stream a trusted validation set of this many "
+                         "training samples outside the streamed subsample (rlap demo --validation)")
     ap.add_argument("--reuse-offline", action="store_true",
                     help="reuse the offline posteriors already in --out (to compare stream settings)")
     a = ap.parse_args()
@@ -254,7 +258,8 @@ def main():
             secs = sh([a.rlap, "demo", "--dataset", spec, "--corruption", corruption,
                        "--seed", str(a.seed), "--limit", str(2 * m), "--malformed-every", "0",
                        "--quiet", "--out", os.path.join(a.out, f"demo-{tag}"),
-                       "--verdicts-csv", vcsv, "--json", vcsv[:-4] + ".json", "--oracle"] + size,
+                       "--verdicts-csv", vcsv, "--json", vcsv[:-4] + ".json", "--oracle"] + size
+                      + (["--validation", str(a.validation)] if a.validation and n else []),
                       env={**cooldown, **env}, log=vcsv[:-4] + ".log")
             v = read_verdicts(vcsv)
             assert len(v["order"]) == 2 * m, f"{tag}: {len(v['order'])} verdicts for {2 * m} samples"

@@ -6,9 +6,11 @@
 //! bootstraps a model, scores every sample and runs cycles; when every message has its verdict
 //! or dead letter the daemon shuts down gracefully and the demo prints the verdicts against
 //! the hidden truth, the cycles, and each published version's accuracy on the clean test
-//! split (evaluation only: nothing of the test split or the truth reaches the daemon).
+//! split (evaluation only: nothing of the test split or the truth reaches the daemon; with
+//! `--validation`, a trusted validation set of training samples that are never streamed does,
+//! as `[cycle.validation]`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,6 +71,12 @@ pub struct DemoArgs {
     /// model's.
     #[arg(long)]
     pub oracle: bool,
+    /// Hold back this many samples of the training split outside the streamed subsample
+    /// (needs `--train-size`; stratified, with their true labels) and give them to the daemon
+    /// as its trusted `[cycle.validation]` set, written to `OUT/validation.csv` (0 = none:
+    /// cycles are judged on the held-out slice of the stream).
+    #[arg(long, default_value_t = 0)]
+    pub validation: usize,
 }
 
 /// The closing summary.
@@ -173,11 +181,30 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
         cfg.model.num_classes = train.num_classes;
         cfg.model.image_shape = train.image_shape.map_or(vec![], |(c, h, w)| vec![c, h, w]);
     }
+    let validation_csv = args.out_dir.join("validation.csv");
+    if args.validation > 0 {
+        cfg.cycle.validation = Some(crate::stream::config::ValidationConfig {
+            dataset: format!(
+                "csv:{p},{p},{}",
+                cfg.model.num_classes,
+                p = validation_csv.display()
+            ),
+            data_dir: None,
+            limit: 0,
+        });
+    }
     // Checked before anything is deleted: a config the demo's data does not fit stops here.
     let cfg = Arc::new(cfg.check().map_err(|e| ToolError::Invalid(e.to_string()))?);
     if args.out_dir.exists() {
         std::fs::remove_dir_all(&args.out_dir)
             .map_err(|e| ToolError::Invalid(format!("{}: {e}", args.out_dir.display())))?;
+    }
+    if args.validation > 0 {
+        let a = args.clone();
+        let path = validation_csv.clone();
+        tokio::task::spawn_blocking(move || write_held_back_validation(&a, &path))
+            .await
+            .map_err(|e| ToolError::Invalid(e.to_string()))??;
     }
     let k = &cfg.kafka;
     for (t, p) in [
@@ -328,6 +355,52 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
     })
 }
 
+/// Write `args.validation` samples of the training split that the demo does not stream (the
+/// complement of `--train-size`'s stratified subsample; stratified again, seed `args.seed`)
+/// to `path` as a CSV (label, then the features), with their true labels: the trusted
+/// validation set of `--validation`.
+///
+/// # Errors
+/// [`ToolError::Invalid`] without `--train-size` or when fewer samples are left than asked
+/// for; [`ToolError`] when the data cannot be loaded or the file cannot be written.
+pub fn write_held_back_validation(args: &DemoArgs, path: &Path) -> Result<(), ToolError> {
+    let Some(n) = args.train_size else {
+        return Err(ToolError::Invalid(
+            "--validation needs --train-size: the validation samples come from the training \
+             split's samples outside the streamed subsample"
+                .into(),
+        ));
+    };
+    let train = load(&args.dataset, &args.data_dir)
+        .map_err(crate::experiment::ExperimentError::from)?
+        .train;
+    let streamed: std::collections::HashSet<usize> =
+        train.stratified_indices(n, args.seed).into_iter().collect();
+    let rest: Vec<usize> = (0..train.len()).filter(|i| !streamed.contains(i)).collect();
+    if rest.len() < args.validation {
+        return Err(ToolError::Invalid(format!(
+            "--validation {}: only {} training samples lie outside --train-size {n}",
+            args.validation,
+            rest.len()
+        )));
+    }
+    let rest = train.select(&rest);
+    let held = rest.select(&rest.stratified_indices(args.validation, args.seed ^ 0x7a11d));
+    let io = |e: std::io::Error| ToolError::Invalid(format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut w = csv::Writer::from_path(path)
+        .map_err(|e| ToolError::Invalid(format!("{}: {e}", path.display())))?;
+    for i in 0..held.len() {
+        let mut rec = vec![held.labels[i].to_string()];
+        rec.extend(held.row(i).iter().map(|v| v.to_string()));
+        w.write_record(&rec)
+            .map_err(|e| ToolError::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    w.flush().map_err(io)
+}
+
 /// The Oracle of a demo run: a model trained as the daemon's first model is
 /// (`bootstrap.epochs`, `bootstrap.seed`, the paper's recipe, then with
 /// `bootstrap.finetune_clean` `cycle.epochs` of fine-tuning) on the first `bootstrap.samples`
@@ -365,4 +438,56 @@ pub fn oracle_accuracy(args: &DemoArgs, cfg: &DaemonConfig) -> Result<f64, ToolE
         crate::evaluation::classification_report(&pred, &p.test.labels, p.test.num_classes)
             .accuracy,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        demo: DemoArgs,
+    }
+
+    #[test]
+    fn held_back_validation_is_outside_the_stream_with_true_labels() {
+        // 100 training rows of 2 classes whose features name the row (label = row % 2).
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, n: usize| {
+            let p = dir.path().join(name);
+            let rows: String = (0..n)
+                .map(|i| format!("{},{i},{}.5\n", i % 2, i * 2))
+                .collect();
+            std::fs::write(&p, rows).unwrap();
+            p
+        };
+        let (train, test) = (write("train.csv", 100), write("test.csv", 10));
+        let spec = format!("csv:{},{}", train.display(), test.display());
+        let args = |extra: &[&str]| {
+            let mut v = vec!["demo", "--dataset", &spec, "--validation", "20"];
+            v.extend_from_slice(extra);
+            Cli::parse_from(v).demo
+        };
+        let out = dir.path().join("validation.csv");
+        let err = write_held_back_validation(&args(&[]), &out).unwrap_err();
+        assert!(err.to_string().contains("--train-size"), "{err}");
+        let a = args(&["--train-size", "60"]);
+        write_held_back_validation(&a, &out).unwrap();
+        let (features, labels, dim) = crate::data::read_csv(&out).unwrap();
+        assert_eq!((labels.len(), dim), (20, 2));
+        let full = load(&a.dataset, &a.data_dir).unwrap().train;
+        let streamed: std::collections::HashSet<usize> =
+            full.stratified_indices(60, a.seed).into_iter().collect();
+        for (r, &y) in labels.iter().enumerate() {
+            let row = features[r * 2] as usize;
+            assert!(!streamed.contains(&row), "row {row} is streamed too");
+            assert_eq!(y as usize, row % 2, "row {row}: not its true label");
+            assert_eq!(features[r * 2 + 1], (row * 2) as f32 + 0.5);
+        }
+        assert_eq!(labels.iter().filter(|&&y| y == 1).count(), 10, "stratified");
+        let err = write_held_back_validation(&args(&["--train-size", "90"]), &out).unwrap_err();
+        assert!(err.to_string().contains("only 10"), "{err}");
+    }
 }
