@@ -14,9 +14,9 @@
 //! 3. **No class collapses**: every class with at least `min_class_samples` evaluation samples
 //!    keeps its recall within `max_recall_drop` (on a held-out slice of the stream, counted on
 //!    the labels the verdicts call clean: under pair noise a class's given labels include the
-//!    samples flipped into it, see [`judge`]; the current model's recall on a class it
-//!    predicts more often than the snapshot labels it is first discounted to that share, see
-//!    `recall_at_label_share`); and over the whole snapshot, a class the
+//!    samples flipped into it, see [`judge`]; there, the current model's recall on a class it
+//!    predicts more often than the snapshot labels it is first discounted to that share, at
+//!    most twofold, see `recall_at_label_share`); and over the whole snapshot, a class the
 //!    current model predicts at least `min_class_predictions` times is still predicted at
 //!    least half as often as the current model predicts it or as the snapshot labels it,
 //!    whichever is fewer, and at least a quarter as often as the current model (a tiny class
@@ -179,12 +179,17 @@ pub enum Decision {
 /// there) would keep only about this recall if it predicted the class at its label share
 /// with the same precision, so a candidate that brings the class back to its share is
 /// measured against this, not against the inflated recall. A class the current model predicts
-/// no more often than it is labelled keeps `rb` (as does a snapshot without labels of it).
+/// no more often than it is labelled keeps `rb`.
+///
+/// The factor is at least ½ (as [`vanishing_base`]'s floor: at most a twofold discount), and
+/// [`judge`] applies it only on a held-out slice of the stream, whose labels are noisy like
+/// the snapshot's; on a trusted validation set the recall is on true labels and is compared
+/// as it is.
 fn recall_at_label_share(rb: f64, predicted_before: usize, labelled: usize) -> f64 {
-    if labelled == 0 || predicted_before <= labelled {
+    if predicted_before <= labelled {
         rb
     } else {
-        rb * labelled as f64 / predicted_before as f64
+        rb * (labelled as f64 / predicted_before as f64).max(0.5)
     }
 }
 
@@ -309,7 +314,11 @@ pub fn judge(
     }
     for c in &ev.classes {
         if let (Some(rb), Some(ra)) = (c.recall_before, c.recall_after) {
-            let rb_at_share = recall_at_label_share(rb, c.predicted_before, c.labelled);
+            let rb_at_share = if trusted.is_some() {
+                recall_at_label_share(rb, c.predicted_before, c.labelled)
+            } else {
+                rb
+            };
             if c.samples >= p.min_class_samples && rb_at_share - ra > p.max_recall_drop {
                 return (
                     Decision::Reject(format!(
@@ -599,6 +608,17 @@ mod tests {
             "1.0 at 300 predictions for 180 labels is 0.6 at the label share"
         );
         assert!(matches!(d, Decision::Accept(_)), "{d:?}");
+        // At most a twofold discount, and a class labelled once is not a free pass.
+        assert_eq!(recall_at_label_share(0.9, 400, 100), 0.45);
+        assert_eq!(recall_at_label_share(0.9, 400, 1), 0.45);
+        assert_eq!(recall_at_label_share(0.9, 100, 100), 0.9);
+        // On a trusted validation set (true labels) there is no discount: the same drop is a
+        // collapse.
+        let (d, _) = judge(&labels, &before, &after, None, snapshot, 10, &p);
+        assert!(
+            matches!(&d, Decision::Reject(r) if r.contains("class 2 recall collapses") && !r.contains("label share")),
+            "{d:?}"
+        );
         // Below what the current model would keep at the label share, it still collapses.
         let mut worse = after.clone();
         for (i, w) in worse.iter_mut().enumerate() {
