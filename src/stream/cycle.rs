@@ -168,7 +168,8 @@ pub struct CycleRecord {
     pub holdout_copies: usize,
     /// `holdout` (clean samples the current model has not trained on), `holdout-unseen` (any
     /// samples it has not trained on, `cycle.guard.holdout = "unseen"`), `holdout-all` (the
-    /// fallback: any clean samples, see [`MIN_UNSEEN_HOLDOUT`]) or `validation` (trusted set).
+    /// fallback: any distinct inputs among the clean samples, or among all under "unseen",
+    /// see [`MIN_UNSEEN_HOLDOUT`]) or `validation` (trusted set).
     pub eval_set: String,
     /// Accuracy of the current model on the evaluation samples (None when the cycle ended
     /// before the comparison).
@@ -295,24 +296,31 @@ fn split_holdout(
 }
 
 /// The held-out rows among `rows` (shuffled snapshot indices) and the eval-set name, by
-/// [`split_holdout`], where a row counts as unseen by the current model when it is at or
-/// after `holdout_from` and is the first row of this snapshot with its content key (`keys`,
-/// one per snapshot row: [`content_keys`]): no copy of its input came earlier in the
-/// snapshot. A copy the store evicted before this snapshot is not caught.
+/// [`split_holdout`] over the rows that are the first of this snapshot with their content
+/// key (`keys`, one per snapshot row: [`content_keys`]), so no input is held out twice; such
+/// a row counts as unseen by the current model when it is at or after `holdout_from` (no
+/// copy of its input came earlier in the snapshot; a copy the store evicted before this
+/// snapshot is not caught). The `holdout-all` fallback may hold out inputs the current
+/// model trained on, and the record says so.
 fn holdout_rows(
     rows: &[usize],
     keys: &[u64],
     holdout_from: usize,
     fraction: f64,
 ) -> (Vec<usize>, &'static str) {
-    // The first row of each input: a later copy is never unseen, so the held-out slice holds
-    // distinct inputs and the "at most half" of split_holdout counts distinct inputs.
+    // The first row of each input: only first copies are candidates, so the held-out slice
+    // (the `holdout-all` fallback's too) holds distinct inputs, and the "at most half" of
+    // split_holdout counts distinct inputs.
     let mut first: HashMap<u64, usize> = HashMap::with_capacity(keys.len());
     for (i, &k) in keys.iter().enumerate() {
         first.entry(k).or_insert(i);
     }
-    let unseen = |i: usize| i >= holdout_from && first[&keys[i]] == i;
-    let (held, _, set) = split_holdout(rows, unseen, fraction);
+    let distinct: Vec<usize> = rows
+        .iter()
+        .copied()
+        .filter(|&i| first[&keys[i]] == i)
+        .collect();
+    let (held, _, set) = split_holdout(&distinct, |i| i >= holdout_from, fraction);
     (held, set)
 }
 
@@ -759,8 +767,9 @@ mod tests {
         let mut rows: Vec<usize> = (0..1000).collect();
         rows.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(3));
         let (held, set) = holdout_rows(&rows, &keys, 400, 0.2);
-        // 300 distinct unseen inputs (rows 400..700): at most half of them are held out.
-        assert_eq!((held.len(), set), (150, "holdout"));
+        // 700 distinct inputs, 300 of them unseen (rows 400..700): a fifth of the distinct
+        // inputs (140), at most half of the unseen ones (150).
+        assert_eq!((held.len(), set), (140, "holdout"));
         assert!(
             held.iter().all(|&i| (400..700).contains(&i)),
             "only first copies of inputs that arrived after the model's data"
@@ -787,6 +796,17 @@ mod tests {
         }
         let extra = excluded.iter().filter(|&&b| b).count() - held.len();
         assert!(extra > 50, "{extra} copies excluded");
+        // The fallback (no row unseen) holds out distinct inputs too.
+        let (all_held, all_set) = holdout_rows(&rows, &keys, 1000, 0.2);
+        assert_eq!((all_held.len(), all_set), (140, "holdout-all"));
+        assert_eq!(
+            all_held
+                .iter()
+                .map(|&i| keys[i])
+                .collect::<HashSet<_>>()
+                .len(),
+            140
+        );
         assert!(excluded
             .iter()
             .enumerate()
