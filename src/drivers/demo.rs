@@ -75,7 +75,7 @@ pub struct DemoArgs {
     /// (needs `--train-size`; stratified, with their true labels) and give them to the daemon
     /// as its trusted `[cycle.validation]` set, written to `OUT/validation.csv` (0 = none:
     /// cycles are judged on the held-out slice of the stream).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, requires = "train_size")]
     pub validation: usize,
 }
 
@@ -180,9 +180,19 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
         cfg.model.num_features = train.dim;
         cfg.model.num_classes = train.num_classes;
         cfg.model.image_shape = train.image_shape.map_or(vec![], |(c, h, w)| vec![c, h, w]);
+        if args.validation > 0 {
+            held_back_room(&args, train.len())?;
+        }
     }
     let validation_csv = args.out_dir.join("validation.csv");
     if args.validation > 0 {
+        if validation_csv.to_string_lossy().contains(',') {
+            return Err(ToolError::Invalid(format!(
+                "--validation: the output folder {} has a comma in its path, which a csv: data \
+                 set spec cannot carry; choose another --out",
+                args.out_dir.display()
+            )));
+        }
         cfg.cycle.validation = Some(crate::stream::config::ValidationConfig {
             dataset: format!(
                 "csv:{p},{p},{}",
@@ -355,6 +365,30 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
     })
 }
 
+/// `--train-size` when the training split (`train_len` samples) leaves at least
+/// `--validation` samples outside the streamed subsample.
+///
+/// # Errors
+/// [`ToolError::Invalid`], one line, without `--train-size` or with too few samples left.
+fn held_back_room(args: &DemoArgs, train_len: usize) -> Result<usize, ToolError> {
+    let Some(n) = args.train_size else {
+        return Err(ToolError::Invalid(
+            "--validation needs --train-size: the validation samples come from the training \
+             split's samples outside the streamed subsample"
+                .into(),
+        ));
+    };
+    let left = train_len.saturating_sub(n);
+    if left < args.validation {
+        return Err(ToolError::Invalid(format!(
+            "--validation {}: only {left} of the {train_len} training samples lie outside \
+             --train-size {n}",
+            args.validation
+        )));
+    }
+    Ok(n)
+}
+
 /// Write `args.validation` samples of the training split that the demo does not stream (the
 /// complement of `--train-size`'s stratified subsample; stratified again, seed `args.seed`)
 /// to `path` as a CSV (label, then the features), with their true labels: the trusted
@@ -364,26 +398,13 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
 /// [`ToolError::Invalid`] without `--train-size` or when fewer samples are left than asked
 /// for; [`ToolError`] when the data cannot be loaded or the file cannot be written.
 pub fn write_held_back_validation(args: &DemoArgs, path: &Path) -> Result<(), ToolError> {
-    let Some(n) = args.train_size else {
-        return Err(ToolError::Invalid(
-            "--validation needs --train-size: the validation samples come from the training \
-             split's samples outside the streamed subsample"
-                .into(),
-        ));
-    };
     let train = load(&args.dataset, &args.data_dir)
         .map_err(crate::experiment::ExperimentError::from)?
         .train;
+    let n = held_back_room(args, train.len())?;
     let streamed: std::collections::HashSet<usize> =
         train.stratified_indices(n, args.seed).into_iter().collect();
     let rest: Vec<usize> = (0..train.len()).filter(|i| !streamed.contains(i)).collect();
-    if rest.len() < args.validation {
-        return Err(ToolError::Invalid(format!(
-            "--validation {}: only {} training samples lie outside --train-size {n}",
-            args.validation,
-            rest.len()
-        )));
-    }
     let rest = train.select(&rest);
     let held = rest.select(&rest.stratified_indices(args.validation, args.seed ^ 0x7a11d));
     let io = |e: std::io::Error| ToolError::Invalid(format!("{}: {e}", path.display()));
@@ -471,8 +492,13 @@ mod tests {
             Cli::parse_from(v).demo
         };
         let out = dir.path().join("validation.csv");
-        let err = write_held_back_validation(&args(&[]), &out).unwrap_err();
-        assert!(err.to_string().contains("--train-size"), "{err}");
+        let no_size =
+            Cli::try_parse_from(["demo", "--dataset", spec.as_str(), "--validation", "20"]);
+        assert!(no_size.is_err(), "--validation without --train-size parses");
+        let mut a = args(&["--train-size", "60"]);
+        a.train_size = None;
+        let err = write_held_back_validation(&a, &out).unwrap_err();
+        assert!(err.to_string().contains("needs --train-size"), "{err}");
         let a = args(&["--train-size", "60"]);
         write_held_back_validation(&a, &out).unwrap();
         let (features, labels, dim) = crate::data::read_csv(&out).unwrap();
@@ -488,6 +514,6 @@ mod tests {
         }
         assert_eq!(labels.iter().filter(|&&y| y == 1).count(), 10, "stratified");
         let err = write_held_back_validation(&args(&["--train-size", "90"]), &out).unwrap_err();
-        assert!(err.to_string().contains("only 10"), "{err}");
+        assert!(err.to_string().contains("only 10 of the 100"), "{err}");
     }
 }
