@@ -282,6 +282,7 @@ def main():
                 if noise == "none":
                     checks = {"noise_rate": checks["noise_rate"]}
                 results.append({"dataset": name, "noise": noise, "corruption": corruption, "samples": m,
+                                "validation": a.validation if n else 0,
                                 "path": path, "rlap": r, "peers": peer, "checks": checks, "seconds": s})
                 print(f"{tag:22s} {path:20s} rlap F1 {fmt(r['f1'])} AUROC {fmt(r['auroc'])} est {fmt(r['estimated'])} "
                       f"true {fmt(r['true'])} | cleanlab F1 {fmt(peer['cleanlab']['f1'])} AUROC {fmt(peer['cleanlab']['auroc'])} "
@@ -303,6 +304,9 @@ def main():
     cycles = cycles_table(a.out)
     print("\nCycles during the streaming runs:\n" + cycles)
     served = served_table(a.out)
+    if a.validation:
+        served = (f"(Fashion-MNIST streams with a trusted validation set of {a.validation} held-back "
+                  "training samples: rlap demo --validation)\n" + served)
     print("\nServed model against the Oracle:\n" + served)
     print(f"\nquality benchmark: {len(results)} rows in {time.time() - t0:.0f} s")
     with open(os.path.join(a.out, "quality.md"), "w") as f:
