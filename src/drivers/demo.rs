@@ -43,7 +43,9 @@ pub struct DemoArgs {
     /// Corruption of the streamed samples.
     #[arg(long, default_value = "label-symmetric:0.4")]
     pub corruption: Corruption,
-    /// Samples streamed (0 = the whole training split).
+    /// Samples streamed (0 = the whole training split, or the `--train-size` subsample); past
+    /// its end the stream starts over, so `--limit 40000 --train-size 20000` streams the
+    /// subsample twice.
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
     /// Every n-th message is malformed (0 = none).
@@ -73,7 +75,7 @@ pub struct DemoArgs {
     pub oracle: bool,
     /// Hold back this many samples of the training split outside the streamed subsample
     /// (needs `--train-size`; stratified, with their true labels) and give them to the daemon
-    /// as its trusted `[cycle.validation]` set, written to `OUT/validation.csv` (0 = none:
+    /// as its trusted `[cycle.validation]` set, written to `OUT/validation.csv` (no header; the label, then the features) (0 = none:
     /// cycles are judged on the held-out slice of the stream).
     #[arg(long, default_value_t = 0, requires = "train_size")]
     pub validation: usize,

@@ -359,10 +359,14 @@ pub fn judge(
     if ev.difference_interval.0 < -p.tolerance || mean <= 0.0 {
         return (
             Decision::Reject(format!(
-                "not better with {:.0} % confidence (lower bound {:+.4} < -{}); {summary}",
+                "not better with {:.0} % confidence (lower bound {:+.4} < {}); {summary}",
                 100.0 * p.confidence,
                 ev.difference_interval.0,
-                p.tolerance
+                if p.tolerance > 0.0 {
+                    format!("-{}", p.tolerance)
+                } else {
+                    "0".into()
+                }
             )),
             ev,
         );
