@@ -75,8 +75,9 @@ pub struct DemoArgs {
     pub oracle: bool,
     /// Hold back this many samples of the training split outside the streamed subsample
     /// (needs `--train-size`; stratified, with their true labels) and give them to the daemon
-    /// as its trusted `[cycle.validation]` set, written to `OUT/validation.csv` (no header; the label, then the features) (0 = none:
-    /// cycles are judged on the held-out slice of the stream).
+    /// as its trusted `[cycle.validation]` set, written to `OUT/validation.csv` (no header;
+    /// the label, then the features). 0 = none: cycles are judged on the held-out slice of
+    /// the stream.
     #[arg(long, default_value_t = 0, requires = "train_size")]
     pub validation: usize,
 }
@@ -171,8 +172,8 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
     cfg.model.store = args.out_dir.join("models");
     cfg.state.dir = args.out_dir.join("state");
     cfg.api.enabled = false;
-    // The demo knows its data: the model takes its shape.
-    {
+    // The demo knows its data: the model takes its shape (and --validation its samples).
+    let train = {
         let (ds, dir) = (args.dataset.clone(), args.data_dir.clone());
         let train = tokio::task::spawn_blocking(move || load(&ds, &dir))
             .await
@@ -185,7 +186,8 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
         if args.validation > 0 {
             held_back_room(&args, train.len())?;
         }
-    }
+        train
+    };
     let validation_csv = args.out_dir.join("validation.csv");
     if args.validation > 0 {
         if validation_csv.to_string_lossy().contains(',') {
@@ -214,7 +216,7 @@ pub async fn run(args: DemoArgs, progress: &Progress) -> Result<DemoSummary, Too
     if args.validation > 0 {
         let a = args.clone();
         let path = validation_csv.clone();
-        tokio::task::spawn_blocking(move || write_held_back_validation(&a, &path))
+        tokio::task::spawn_blocking(move || write_held_back_validation(&train, &a, &path))
             .await
             .map_err(|e| ToolError::Invalid(e.to_string()))??;
     }
@@ -391,37 +393,36 @@ fn held_back_room(args: &DemoArgs, train_len: usize) -> Result<usize, ToolError>
     Ok(n)
 }
 
-/// Write `args.validation` samples of the training split that the demo does not stream (the
-/// complement of `--train-size`'s stratified subsample; stratified again, seed `args.seed`)
-/// to `path` as a CSV (label, then the features), with their true labels: the trusted
-/// validation set of `--validation`.
+/// Write `args.validation` samples of the training split `train` (`args.dataset`'s, with its
+/// true labels) that the demo does not stream (the complement of `--train-size`'s stratified
+/// subsample; stratified again, seed `args.seed`) to `path` as a CSV (no header; the label,
+/// then the features): the trusted validation set of `--validation`.
 ///
 /// # Errors
-/// [`ToolError::Invalid`] without `--train-size` or when fewer samples are left than asked
-/// for; [`ToolError`] when the data cannot be loaded or the file cannot be written.
-pub fn write_held_back_validation(args: &DemoArgs, path: &Path) -> Result<(), ToolError> {
-    let train = load(&args.dataset, &args.data_dir)
-        .map_err(crate::experiment::ExperimentError::from)?
-        .train;
+/// [`ToolError::Invalid`] without `--train-size`, when fewer samples are left than asked for,
+/// or when the file cannot be written.
+pub fn write_held_back_validation(
+    train: &crate::data::Dataset,
+    args: &DemoArgs,
+    path: &Path,
+) -> Result<(), ToolError> {
     let n = held_back_room(args, train.len())?;
     let streamed: std::collections::HashSet<usize> =
         train.stratified_indices(n, args.seed).into_iter().collect();
     let rest: Vec<usize> = (0..train.len()).filter(|i| !streamed.contains(i)).collect();
     let rest = train.select(&rest);
     let held = rest.select(&rest.stratified_indices(args.validation, args.seed ^ 0x7a11d));
-    let io = |e: std::io::Error| ToolError::Invalid(format!("{}: {e}", path.display()));
+    let err = |e: &dyn std::fmt::Display| ToolError::Invalid(format!("{}: {e}", path.display()));
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
     }
-    let mut w = csv::Writer::from_path(path)
-        .map_err(|e| ToolError::Invalid(format!("{}: {e}", path.display())))?;
+    let mut w = csv::Writer::from_path(path).map_err(|e| err(&e))?;
     for i in 0..held.len() {
         let mut rec = vec![held.labels[i].to_string()];
         rec.extend(held.row(i).iter().map(|v| v.to_string()));
-        w.write_record(&rec)
-            .map_err(|e| ToolError::Invalid(format!("{}: {e}", path.display())))?;
+        w.write_record(&rec).map_err(|e| err(&e))?;
     }
-    w.flush().map_err(io)
+    w.flush().map_err(|e| err(&e))
 }
 
 /// The Oracle of a demo run: a model trained as the daemon's first model is
@@ -499,13 +500,13 @@ mod tests {
         assert!(no_size.is_err(), "--validation without --train-size parses");
         let mut a = args(&["--train-size", "60"]);
         a.train_size = None;
-        let err = write_held_back_validation(&a, &out).unwrap_err();
+        let full = load(&a.dataset, &a.data_dir).unwrap().train;
+        let err = write_held_back_validation(&full, &a, &out).unwrap_err();
         assert!(err.to_string().contains("needs --train-size"), "{err}");
         let a = args(&["--train-size", "60"]);
-        write_held_back_validation(&a, &out).unwrap();
+        write_held_back_validation(&full, &a, &out).unwrap();
         let (features, labels, dim) = crate::data::read_csv(&out).unwrap();
         assert_eq!((labels.len(), dim), (20, 2));
-        let full = load(&a.dataset, &a.data_dir).unwrap().train;
         let streamed: std::collections::HashSet<usize> =
             full.stratified_indices(60, a.seed).into_iter().collect();
         for (r, &y) in labels.iter().enumerate() {
@@ -515,7 +516,8 @@ mod tests {
             assert_eq!(features[r * 2 + 1], (row * 2) as f32 + 0.5);
         }
         assert_eq!(labels.iter().filter(|&&y| y == 1).count(), 10, "stratified");
-        let err = write_held_back_validation(&args(&["--train-size", "90"]), &out).unwrap_err();
+        let err =
+            write_held_back_validation(&full, &args(&["--train-size", "90"]), &out).unwrap_err();
         assert!(err.to_string().contains("only 10 of the 100"), "{err}");
     }
 }

@@ -253,8 +253,8 @@ pub fn judge(
     let labelled = count(snapshot.labels);
     let (mut tot, mut hit_b, mut hit_a) = (vec![0usize; k], vec![0usize; k], vec![0usize; k]);
     let (mut right_b, mut right_a) = (0usize, 0usize);
-    let mut d_sum = 0.0;
-    let mut d_sq = 0.0;
+    // Σ dᵢ² over dᵢ ∈ {−1, 0, 1}: the samples where exactly one model is right.
+    let mut discordant = 0usize;
     for i in 0..n {
         let y = labels[i] as usize;
         let (b, a) = (before[i] == labels[i], after[i] == labels[i]);
@@ -265,16 +265,14 @@ pub fn judge(
             hit_b[y] += usize::from(b);
             hit_a[y] += usize::from(a);
         }
-        let d = f64::from(u8::from(a)) - f64::from(u8::from(b));
-        d_sum += d;
-        d_sq += d * d;
+        discordant += usize::from(a != b);
     }
     let nf = n.max(1) as f64;
     ev.accuracy_before = right_b as f64 / nf;
     ev.accuracy_after = right_a as f64 / nf;
-    let mean = d_sum / nf;
+    let mean = (right_a as f64 - right_b as f64) / nf;
     let var = if n > 1 {
-        (d_sq - nf * mean * mean) / (nf - 1.0)
+        (discordant as f64 - nf * mean * mean) / (nf - 1.0)
     } else {
         0.0
     };
